@@ -1,0 +1,5 @@
+"""``python -m smallfit`` runs the CLI."""
+
+from smallfit.cli import main
+
+main()

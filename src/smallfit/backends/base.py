@@ -1,0 +1,97 @@
+"""The backend contract, modelled on lm-evaluation-harness's three batched methods.
+
+A backend scores continuations (``loglikelihood``), scores whole texts
+(``loglikelihood_rolling``) and generates text with timings taken where tokens are produced
+(``generate``). Each takes a sequence of requests and returns one result per request, in order.
+Backends register under the ``smallfit.backends`` entry-point group, or in ``_BUILTIN`` below,
+and are imported only when a candidate uses them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from smallfit.errors import SmallfitError
+from smallfit.records import (
+    Completion,
+    GenerationRequest,
+    Loglikelihood,
+    LoglikelihoodRequest,
+    RollingLoglikelihood,
+    RollingRequest,
+)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do; the runner asks these, never the backend's name."""
+
+    loglikelihood: bool = True
+    generation: bool = True
+    streaming: bool = True
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """How to load a model. ``threads=None`` lets the backend choose; the choice is recorded."""
+
+    model_path: Path
+    threads: int | None = None
+    context_size: int = 2048
+    batch_size: int = 512
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A loaded model behind smallfit's three batched methods."""
+
+    capabilities: Capabilities
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
+        """log P(continuation | context) for each request."""
+        ...
+
+    def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingLoglikelihood]:
+        """Sum of log-probabilities of every token of each text (for perplexity)."""
+        ...
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        """Greedy generation with per-token timestamps."""
+        ...
+
+    def info(self) -> dict[str, Any]:
+        """Settings that shape the measurements (threads, context, batch size, library version)."""
+        ...
+
+    def close(self) -> None:
+        """Release the model."""
+        ...
+
+
+_BUILTIN = {"llamacpp": "smallfit.backends.llamacpp:LlamaCppBackend"}
+
+
+def available_backends() -> dict[str, str]:
+    """Backend name -> ``module:attribute``, built-ins plus installed entry points."""
+    found = dict(_BUILTIN)
+    for ep in entry_points(group="smallfit.backends"):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+def load_backend(name: str, config: BackendConfig) -> Backend:
+    """Import the backend's module (and so its library) and load the model."""
+    target = available_backends().get(name)
+    if target is None:
+        raise SmallfitError(f"unknown backend {name!r}: choose one of {', '.join(sorted(available_backends()))}")
+    module_name, _, attr = target.partition(":")
+    factory = getattr(importlib.import_module(module_name), attr)
+    backend: Backend = factory(config)
+    return backend

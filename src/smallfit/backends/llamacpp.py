@@ -1,0 +1,252 @@
+"""llama.cpp backend (llama-cpp-python), talking to the C API for logits only where scored.
+
+Log-likelihoods come from the model's logits: the context is evaluated once per group of
+requests that share it, and each continuation is evaluated on top of it with logits requested
+only at the positions that are scored. Generation is greedy (argmax of the logits), one token
+per decode step, timestamped the moment each token id is known. The KV cache is cleared before
+every generation so that no request benefits from an earlier one's prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from smallfit.backends.base import BackendConfig, Capabilities
+from smallfit.errors import MissingExtraError, SmallfitError
+from smallfit.records import (
+    Completion,
+    GenerationRequest,
+    Loglikelihood,
+    LoglikelihoodRequest,
+    RollingLoglikelihood,
+    RollingRequest,
+)
+
+# Bytes of logits one decode may ask for: caps the rows per step when every position is scored
+# (Gemma's 262k-token vocabulary makes a 512-row output buffer 512 MiB).
+_LOGIT_BUFFER_BYTES = 64 * 2**20
+
+
+def _import() -> tuple[Any, Any]:
+    try:
+        import llama_cpp
+        import numpy
+    except ImportError:
+        raise MissingExtraError("llama-cpp-python", "llamacpp") from None
+    return llama_cpp, numpy
+
+
+def split_pair(context: str, continuation: str) -> tuple[str, str]:
+    """Move trailing whitespace of the context onto the continuation, as lm-eval does, so that
+    ``"Answer: "`` + ``"Paris"`` is scored as ``"Answer:"`` + ``" Paris"``."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        return context[:-n_spaces], context[-n_spaces:] + continuation
+    return context, continuation
+
+
+class LlamaCppBackend:
+    """A GGUF model loaded through llama-cpp-python."""
+
+    capabilities = Capabilities(loglikelihood=True, generation=True, streaming=True)
+
+    def __init__(self, config: BackendConfig) -> None:
+        self._lib, self._np = _import()
+        path = config.model_path
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise SmallfitError(f"{path} is not a GGUF file; the llamacpp backend reads .gguf models")
+        self.config = config
+        self.threads = config.threads or 1
+        try:
+            self._llm = self._lib.Llama(
+                model_path=str(path), n_ctx=config.context_size, n_batch=config.batch_size,
+                n_ubatch=config.batch_size, n_threads=self.threads, n_threads_batch=self.threads,
+                seed=config.seed, logits_all=False, verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise SmallfitError(f"llama.cpp could not load {path}: {exc}") from None
+        self._ctx = self._llm._ctx.ctx
+        self._mem = self._lib.llama_get_memory(self._ctx)
+        self._vocab = self._lib.llama_model_get_vocab(self._llm._model.model)
+        self.n_vocab = int(self._llm.n_vocab())
+        self.n_ctx = int(self._llm.n_ctx())
+        self._batch = self._lib.llama_batch_init(config.batch_size, 0, 1)
+        bos = int(self._lib.llama_vocab_bos(self._vocab))
+        self._prefix_token = bos if bos >= 0 else int(self._lib.llama_vocab_eos(self._vocab))
+        self._rows_per_logits_step = max(1, min(config.batch_size, _LOGIT_BUFFER_BYTES // (4 * self.n_vocab)))
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        """Token ids from the model's own tokenizer (BOS only if the model declares one)."""
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False))
+
+    def _clear(self) -> None:
+        self._lib.llama_memory_clear(self._mem, True)
+
+    def _decode(self, tokens: Sequence[int], start_pos: int, want_logits: Sequence[bool]) -> None:
+        """Evaluate ``tokens`` at positions from ``start_pos``; logits kept where requested."""
+        b = self._batch
+        b.n_tokens = len(tokens)
+        for i, tok in enumerate(tokens):
+            b.token[i] = tok
+            b.pos[i] = start_pos + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = want_logits[i]
+        rc = self._lib.llama_decode(self._ctx, b)
+        if rc != 0:
+            raise SmallfitError(f"llama_decode failed with code {rc} (context of {self.n_ctx} tokens full?)")
+
+    def _output_rows(self, n_rows: int) -> Any:
+        """The logits of the previous decode's ``n_rows`` outputs, as an (n_rows, n_vocab) view."""
+        ptr = self._lib.llama_get_logits(self._ctx)
+        return self._np.ctypeslib.as_array(ptr, shape=(n_rows, self.n_vocab))
+
+    def _eval_scored(self, inputs: Sequence[int], targets: Sequence[int], start_pos: int) -> tuple[float, bool]:
+        """Evaluate ``inputs`` from ``start_pos``; input ``i`` predicts ``targets[i]``.
+
+        Returns the summed log-probability of the targets and whether each was the argmax.
+        """
+        total, greedy = 0.0, True
+        step = self._rows_per_logits_step
+        for lo in range(0, len(inputs), step):
+            chunk = inputs[lo : lo + step]
+            self._decode(chunk, start_pos + lo, [True] * len(chunk))
+            logits = self._output_rows(len(chunk))
+            peak = logits.max(axis=1)
+            # log-softmax at the target only: x[t] - (max + log(sum(exp(x - max))))
+            lse = peak + self._np.log(self._np.exp(logits - peak[:, None]).sum(axis=1, dtype=self._np.float64))
+            for j, tgt in enumerate(targets[lo : lo + step]):
+                total += float(logits[j, tgt]) - float(lse[j])
+                greedy = greedy and float(logits[j, tgt]) >= float(peak[j])
+        return total, greedy
+
+    def _eval_prefix(self, tokens: Sequence[int]) -> None:
+        """Evaluate tokens into the cache without asking for logits."""
+        step = self.config.batch_size
+        for lo in range(0, len(tokens), step):
+            chunk = tokens[lo : lo + step]
+            self._decode(chunk, lo, [False] * len(chunk))
+
+    # -- the three methods ------------------------------------------------------------------
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
+        """Score each continuation; requests sharing a context evaluate it once."""
+        groups: dict[str, list[int]] = defaultdict(list)
+        pairs = [split_pair(r.context, r.continuation) for r in requests]
+        for i, (ctx, _) in enumerate(pairs):
+            groups[ctx].append(i)
+        out: list[Loglikelihood | None] = [None] * len(requests)
+        for ctx, idxs in groups.items():
+            ctx_tokens = self.tokenize(ctx) if ctx else []
+            if not ctx_tokens:
+                ctx_tokens = [self._prefix_token]
+            conts = [self.tokenize(ctx + pairs[i][1])[len(ctx_tokens):] if ctx else self.tokenize(pairs[i][1], add_bos=False) for i in idxs]
+            longest = max(len(c) for c in conts)
+            keep = max(1, self.n_ctx - longest)
+            ctx_tokens = ctx_tokens[-keep:]  # left-truncate a context that would not fit
+            self._clear()
+            self._eval_prefix(ctx_tokens[:-1])
+            base = len(ctx_tokens) - 1
+            for i, cont in zip(idxs, conts, strict=True):
+                if not cont:
+                    out[i] = Loglikelihood(0.0, True, 0)
+                    continue
+                self._lib.llama_memory_seq_rm(self._mem, 0, base, -1)
+                inputs = [ctx_tokens[-1], *cont[:-1]]
+                logprob, greedy = self._eval_scored(inputs, cont, base)
+                out[i] = Loglikelihood(logprob, greedy, len(cont))
+        return [o for o in out if o is not None]
+
+    def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingLoglikelihood]:
+        """Score every token of each text in disjoint windows of the context size; the first
+        token is predicted from the BOS (or EOS) token, each later window from the token before it."""
+        results = []
+        window = self.n_ctx - 1
+        for req in requests:
+            tokens = self.tokenize(req.text, add_bos=False)
+            total = 0.0
+            for start in range(0, len(tokens), window):
+                targets = tokens[start : start + window]
+                first = self._prefix_token if start == 0 else tokens[start - 1]
+                self._clear()
+                logprob, _ = self._eval_scored([first, *targets[:-1]], targets, 0)
+                total += logprob
+            results.append(RollingLoglikelihood(total, len(tokens)))
+        return results
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        """Greedy generation, one request at a time, each from an empty KV cache."""
+        return [self._generate_one(r) for r in requests]
+
+    def _generate_one(self, req: GenerationRequest) -> Completion:
+        np, lib = self._np, self._lib
+        prompt = self.tokenize(req.prompt)
+        max_new = max(0, min(req.max_tokens, self.n_ctx - len(prompt)))
+        if max_new == 0:
+            raise SmallfitError(f"prompt of {len(prompt)} tokens leaves no room in the {self.n_ctx}-token context")
+        out_bytes = bytearray()
+        times: list[float] = []
+        finish, text = "length", ""
+        t0 = time.perf_counter()
+        self._clear()
+        self._eval_prefix(prompt[:-1])
+        pos, tok = len(prompt) - 1, prompt[-1]
+        for _ in range(max_new):
+            self._decode([tok], pos, [True])
+            pos += 1
+            logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, -1), shape=(self.n_vocab,))
+            tok = int(logits.argmax())
+            if lib.llama_vocab_is_eog(self._vocab, tok):
+                times.append(time.perf_counter() - t0)
+                finish = "eos"
+                times.pop()  # the end-of-generation token is not an output token
+                break
+            out_bytes += self._llm.detokenize([tok])
+            times.append(time.perf_counter() - t0)
+            text = out_bytes.decode("utf-8", errors="ignore")
+            hit = _first_stop(text, req.stop)
+            if hit is not None:
+                text, finish = text[:hit], "stop"
+                break
+        latency = (times[-1] if times else time.perf_counter() - t0)
+        return Completion(
+            text=text, n_prompt_tokens=len(prompt), n_output_tokens=len(times),
+            ttft_s=times[0] if times else None, latency_s=latency,
+            token_times_s=tuple(times), finish_reason=finish,
+        )
+
+    def info(self) -> dict[str, Any]:
+        """Settings recorded with every result of this candidate."""
+        sysinfo = self._lib.llama_print_system_info()
+        return {
+            "library": "llama-cpp-python",
+            "library_version": getattr(self._lib, "__version__", "unknown"),
+            "threads": self.threads,
+            "context_size": self.n_ctx,
+            "batch_size": self.config.batch_size,
+            "n_vocab": self.n_vocab,
+            "prefix_cache": False,
+            "decoding": "greedy (argmax)",
+            "system_info": sysinfo.decode("utf-8", "replace") if isinstance(sysinfo, bytes) else str(sysinfo),
+        }
+
+    def close(self) -> None:
+        """Free the batch and the model."""
+        if getattr(self, "_batch", None) is not None:
+            self._lib.llama_batch_free(self._batch)
+            self._batch = None
+        llm = getattr(self, "_llm", None)
+        if llm is not None:
+            llm.close()
+            self._llm = None
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    hits = [text.find(s) for s in stops if s and s in text]
+    return min(hits) if hits else None

@@ -1,0 +1,251 @@
+"""Command line: parse, build a RunSpec, call runner / store / report. Nothing else lives here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from smallfit import __version__
+from smallfit.errors import SmallfitError
+
+if TYPE_CHECKING:
+    from smallfit.spec import RunSpec
+
+app = typer.Typer(
+    help="Does this small language model do my job well enough, on the hardware and budget I actually have?",
+    add_completion=False, pretty_exceptions_enable=False, no_args_is_help=False,
+)
+out = Console()
+if not out.is_terminal:  # piped or captured: wide enough for the comparison table
+    out = Console(width=150)
+err = Console(stderr=True)
+
+DbOption = Annotated[Path | None, typer.Option(
+    "--db", help="Results database (SQLite). Default: $SMALLFIT_DB, else ~/.local/share/smallfit/smallfit.db.",
+    show_default=False)]
+
+
+def _db(path: Path | None) -> Path:
+    from smallfit.store import default_db_path
+
+    return path or default_db_path()
+
+
+class _ProgressView:
+    """Renders runner events as one progress bar per candidate."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.bars: dict[str, TaskID] = {}
+
+    def __call__(self, ev: object) -> None:
+        from smallfit.runner import Event
+
+        assert isinstance(ev, Event)
+        p, name = self.progress, ev.candidate or ""
+        if ev.kind == "candidate_skipped":
+            p.console.print(f"[green]✓[/] {name}: all {ev.total} tasks already stored, not redone")
+        elif ev.kind == "candidate_started":
+            self.bars[name] = p.add_task(f"{name}: loading", total=None)
+        elif ev.kind == "task_started":
+            p.update(self.bars[name], description=f"{name} · {ev.task}", total=ev.total, completed=0)
+        elif ev.kind == "progress":
+            p.update(self.bars[name], completed=ev.done)
+        elif ev.kind == "task_error":
+            p.console.print(f"[magenta]✗[/] {name} · {ev.task}: {ev.message}")
+        elif ev.kind == "candidate_error":
+            p.console.print(f"[magenta]✗[/] {name}: {ev.message}")
+            if name in self.bars:
+                p.update(self.bars[name], description=f"{name}: error")
+        elif ev.kind == "candidate_done":
+            p.update(self.bars[name], description=f"{name}: done")
+
+
+@app.command()
+def run(
+    spec: Annotated[str | None, typer.Argument(
+        help="TOML spec file. With --resume: the run id to resume (default: the latest unfinished run).",
+        show_default=False)] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", "-m", help="Candidate model, repeatable: a bundled alias (see 'smallfit models'), "
+        "a .gguf path, or hf:OWNER/REPO/FILE.gguf; NAME=MODEL names it.", show_default=False)] = None,
+    task: Annotated[list[str] | None, typer.Option(
+        "--task", "-t", help="Task, repeatable (see 'smallfit tasks').", show_default=False)] = None,
+    budget: Annotated[str | None, typer.Option(
+        help="Checks every candidate must meet, e.g. 'acc>=0.40,latency_s_p95<=2.0,peak_rss_bytes<=1.5GB'.",
+        show_default=False)] = None,
+    limit: Annotated[int | None, typer.Option(help="Use the first N examples of each task.",
+                                                 show_default=False)] = None,
+    threads: Annotated[int | None, typer.Option(
+        help="CPU threads per candidate. Default: the cores free when the run starts.", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted run; finished candidate x task results are kept.")] = False,
+    db: DbOption = None,
+) -> None:
+    """Evaluate candidates on tasks (quality and efficiency on the same prompts) and give a verdict.
+
+    With no arguments: the bundled default, SmolLM2-135M and Gemma-3-270M through llama.cpp on
+    three tasks built from shipped data, against a default budget.
+    """
+    from smallfit import runner
+    from smallfit.report.table import print_comparison
+    from smallfit.results import collect
+    from smallfit.store import Store
+
+    if limit is not None and limit < 1:
+        raise SmallfitError(f"--limit must be at least 1 (got {limit}); omit it to use each task's default")
+    if threads is not None and threads < 1:
+        raise SmallfitError(f"--threads must be at least 1 (got {threads})")
+    if resume and (model or task or budget or limit or threads):
+        raise SmallfitError("--resume continues a run with its stored settings; drop --model/--task/--budget/"
+                            "--limit/--threads")
+    run_spec = None if resume else _build_spec(spec, model, task, budget, limit, threads)
+    store = Store.open(_db(db))
+    if resume:
+        run_id = _resume_target(store, spec)
+    else:
+        assert run_spec is not None
+        run_id = runner.start_run(run_spec, store)
+    err.print(f"run [bold]{run_id}[/] · results in {store.path}")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=err, transient=False) as progress:
+            runner.execute(store, run_id, _ProgressView(progress))
+    except KeyboardInterrupt:
+        err.print(f"\ninterrupted: finished results are stored; continue with: smallfit run --resume {run_id}")
+        raise typer.Exit(130) from None
+    results = collect(store, run_id)
+    print_comparison(out, results)
+    if all(r.error for r in results.rows):
+        raise typer.Exit(1)
+
+
+def _build_spec(spec: str | None, model: list[str] | None, task: list[str] | None, budget: str | None,
+                limit: int | None, threads: int | None) -> RunSpec:
+    from smallfit.spec import DEFAULT_SPEC, build_spec, load_spec_file
+
+    if spec:
+        data = load_spec_file(Path(spec)).model_dump()
+    else:
+        data = DEFAULT_SPEC.model_dump()
+        if task:
+            data["budget"] = []  # the default budget is written for the default tasks
+    if model:
+        data["candidates"] = [{"model": m} for m in model]
+    if task:
+        data["tasks"] = list(task)
+    if budget is not None:
+        data["budget"] = [budget]
+    if limit is not None:
+        data["limit"] = limit
+    if threads is not None:
+        data["threads"] = threads
+    return build_spec(data, spec or "command line")
+
+
+def _resume_target(store: object, run_id: str | None) -> str:
+    from smallfit.store import Store
+
+    assert isinstance(store, Store)
+    if run_id:
+        return str(store.run(run_id)["id"])
+    row = store.latest_unfinished()
+    if row is None:
+        raise SmallfitError(f"no unfinished run in {store.path} to resume; start one with 'smallfit run'")
+    return str(row["id"])
+
+
+@app.command()
+def runs(db: DbOption = None, limit: Annotated[int, typer.Option(min=1, help="How many runs to list.")] = 20) -> None:
+    """List past runs, newest first."""
+    from smallfit.report.table import runs_table
+    from smallfit.store import Store
+
+    store = Store.open(_db(db), create=False)
+    out.print(runs_table(store.runs(limit)))
+
+
+@app.command()
+def results(
+    run_id: Annotated[str | None, typer.Argument(help="Run id or a unique prefix; default: the latest run.",
+                                                    show_default=False)] = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+    db: DbOption = None,
+) -> None:
+    """Show a run's results: the comparison table, or the stable JSON export."""
+    from smallfit.report.table import print_comparison
+    from smallfit.results import collect, to_json
+    from smallfit.store import Store
+
+    if format not in ("table", "json"):
+        raise SmallfitError(f"unknown --format {format!r}: use table or json")
+    res = collect(Store.open(_db(db), create=False), run_id)
+    if format == "json":
+        sys.stdout.write(to_json(res) + "\n")
+    else:
+        print_comparison(out, res)
+
+
+@app.command()
+def tasks() -> None:
+    """List the built-in tasks."""
+    from smallfit.tasks import BUILTIN
+
+    for name, factory in sorted(BUILTIN.items()):
+        t = factory()
+        out.print(f"[bold]{name}[/] ({t.kind.name}, {', '.join(t.kind.quality_metrics)}; default "
+                  f"{t.default_limit} examples): {t.description}. Data: {t.source}")
+
+
+@app.command()
+def models() -> None:
+    """List the bundled model aliases and the reference scheme."""
+    from smallfit.models import ALIASES
+
+    for a in ALIASES.values():
+        out.print(f"[bold]{a.name}[/]: {a.description}. Install: {a.install}")
+    out.print("Also: a path to a .gguf file, or hf:OWNER/REPO/FILE.gguf (downloaded from the hub).")
+
+
+@app.command()
+def metrics() -> None:
+    """Define every metric smallfit reports."""
+    from smallfit.metrics import METRICS
+
+    for m in METRICS.values():
+        better = "higher" if m.higher_is_better else "lower"
+        out.print(f"[bold]{m.name}[/] ({m.unit or 'ratio'}, {better} is better): {m.definition}")
+    out.print("Each quality metric has a [bold]<name>_stderr[/] sibling: its standard error.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"smallfit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Show the version.")] = False) -> None:
+    """smallfit: quality and efficiency of small language models, on your data and hardware."""
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except SmallfitError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,18 @@
+"""Errors that carry a one-line message for the user (problem and fix), never a traceback."""
+
+from __future__ import annotations
+
+
+class SmallfitError(Exception):
+    """A problem the user can fix: the CLI prints the message on one line and exits with code 2."""
+
+    exit_code = 2
+
+
+class MissingExtraError(SmallfitError):
+    """An optional library is not installed; the message names the extra that installs it."""
+
+    def __init__(self, library: str, extra: str) -> None:
+        super().__init__(
+            f"the {library} library is not installed; install it with: pip install 'smallfit[{extra}]'"
+        )

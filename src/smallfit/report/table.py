@@ -1,0 +1,112 @@
+"""Terminal tables: the comparison of candidates, and the list of runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from collections.abc import Sequence
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from smallfit.metrics import METRICS
+from smallfit.results import RunResults
+from smallfit.verdict import ERROR, FAIL, PASS
+
+_VERDICT_STYLE = {PASS: "bold green", FAIL: "bold red", ERROR: "bold magenta"}
+
+
+def fmt_bytes(value: float | None) -> str:
+    """1.5e9 -> '1.50 GB' (powers of 1000, as in the budget's GB)."""
+    if value is None:
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f} B"
+
+
+def fmt_seconds(value: float | None) -> str:
+    """Seconds shown in ms below 1 s."""
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def fmt_rate(value: float | None) -> str:
+    """A tokens/s figure."""
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _quality(metrics: dict[str, float | None]) -> str:
+    for name, value in metrics.items():
+        if name in METRICS and METRICS[name].unit in ("fraction", "bits/byte") and value is not None:
+            se = metrics.get(f"{name}_stderr")
+            return f"{name} {value:.3f}" + (f" ± {se:.3f}" if se is not None else "")
+    return "-"
+
+
+def comparison(results: RunResults) -> Group:
+    """The comparison table plus the budget verdict, ready for ``Console.print``."""
+    run = results.run
+    table = Table(title=f"smallfit run {run['id']}", title_justify="left", header_style="bold")
+    for col in ("candidate", "task", "quality ± s.e.", "latency p50/p95", "TTFT p50", "decode tok/s",
+                "prefill tok/s", "peak RSS", "verdict"):
+        table.add_column(col, no_wrap=True)
+    for r in results.rows:
+        m = r.metrics
+        verdict = Text(r.verdict, style=_VERDICT_STYLE.get(r.verdict, ""))
+        if r.error:
+            table.add_row(r.candidate, r.task, Text(f"error: {r.error}", style="magenta", overflow="fold"),
+                          "", "", "", "", "", verdict)
+            continue
+        table.add_row(r.candidate, r.task, _quality(m),
+                      f"{fmt_seconds(m.get('latency_s'))} / {fmt_seconds(m.get('latency_s_p95'))}",
+                      fmt_seconds(m.get("ttft_s")), fmt_rate(m.get("decode_tok_s")), fmt_rate(m.get("prefill_tok_s")),
+                      fmt_bytes(m.get("peak_rss_bytes")), verdict)
+    table.columns[2].no_wrap = False
+    return Group(table, *verdict_lines(results))
+
+
+def verdict_lines(results: RunResults) -> list[Text]:
+    """One line for the budget, one per candidate with the checks it failed, and the answer."""
+    if not results.budget:
+        return [Text("No budget declared: pass --budget 'acc>=0.4,latency_s_p95<=2' for a verdict.", style="dim")]
+    lines = [Text(f"Budget: {', '.join(results.budget)}")]
+    info = {c["name"]: c for c in results.candidates}
+    for name, v in results.verdicts.items():
+        failed = [c for c in v.checks if not c.passed]
+        why = "; ".join(f"{c.task}:{c.metric}={_fmt_value(c.value)} ({c.reason or 'needs ' + c.check})"
+                        for c in failed[:4])
+        cand = info.get(name, {})
+        line = Text(f"  {name} ({fmt_bytes(cand.get('model_size_bytes'))} on disk, "
+                    f"loads in {fmt_seconds(cand.get('load_s'))}): ")
+        line.append(v.verdict.upper(), style=_VERDICT_STYLE.get(v.verdict, ""))
+        if why:
+            line.append(f"  {why}")
+        lines.append(line)
+    best = results.smallest_passing
+    lines.append(Text(f"Smallest candidate that passes: {best}" if best else
+                      "No candidate passes the budget.", style="bold"))
+    return lines
+
+
+def _fmt_value(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def runs_table(rows: Sequence[sqlite3.Row]) -> Table:
+    """The ``smallfit runs`` listing."""
+    table = Table(header_style="bold")
+    for col in ("run", "started", "status", "candidates", "done tasks", "threads"):
+        table.add_column(col)
+    for r in rows:
+        started = dt.datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M")
+        table.add_row(r["id"], started, r["status"], str(r["n_candidates"]), str(r["n_done"]), str(r["threads"]))
+    return table
+
+
+def print_comparison(console: Console, results: RunResults) -> None:
+    """Print the comparison and the verdict."""
+    console.print(comparison(results))

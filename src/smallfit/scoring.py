@@ -1,0 +1,155 @@
+"""Pure scoring and aggregation functions: no I/O, no model, hand-checkable in tests."""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections.abc import Sequence
+
+_LN2 = math.log(2.0)
+
+
+def mean(values: Sequence[float]) -> float:
+    """Arithmetic mean; raises on an empty sequence, since a mean of nothing is not 0."""
+    if not values:
+        raise ValueError("mean of an empty sequence")
+    return math.fsum(values) / len(values)
+
+
+def sample_stdev(values: Sequence[float]) -> float:
+    """Sample standard deviation (n - 1 in the denominator), 0.0 for fewer than two values."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    m = mean(values)
+    return math.sqrt(math.fsum((v - m) ** 2 for v in values) / (n - 1))
+
+
+def stderr_of_mean(values: Sequence[float]) -> float:
+    """Standard error of the mean, ``sample_stdev / sqrt(n)``, as lm-evaluation-harness computes it."""
+    return sample_stdev(values) / math.sqrt(len(values)) if values else math.nan
+
+
+def ratio_and_stderr(numerators: Sequence[float], denominators: Sequence[float]) -> tuple[float, float]:
+    """Ratio of sums ``R = sum(a) / sum(b)`` and its standard error by the delta method.
+
+    Used for corpus-level figures such as bits per byte, where each document contributes a
+    numerator (negative log-likelihood) and a denominator (bytes):
+    ``SE(R) = sqrt(sum((a_i - R b_i)^2) / (n (n - 1))) / mean(b)``.
+    """
+    n = len(numerators)
+    if n == 0 or n != len(denominators):
+        raise ValueError("ratio needs equal, non-empty sequences")
+    total_b = math.fsum(denominators)
+    if total_b <= 0:
+        raise ValueError("ratio denominator must be positive")
+    r = math.fsum(numerators) / total_b
+    if n < 2:
+        return r, 0.0
+    resid = math.fsum((a - r * b) ** 2 for a, b in zip(numerators, denominators, strict=True))
+    se = math.sqrt(resid / (n * (n - 1))) / (total_b / n)
+    return r, se
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) by linear interpolation between closest ranks.
+
+    This is NumPy's default ("linear", Hyndman & Fan type 7): rank ``h = (n - 1) q / 100``,
+    value ``x[floor h] + (h - floor h) (x[floor h + 1] - x[floor h])`` over the sorted values.
+    """
+    if not values:
+        raise ValueError("percentile of an empty sequence")
+    if not 0.0 <= q <= 100.0:
+        raise ValueError("q must be within [0, 100]")
+    xs = sorted(values)
+    h = (len(xs) - 1) * q / 100.0
+    lo = math.floor(h)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (h - lo) * (xs[hi] - xs[lo])
+
+
+# --- multiple choice -------------------------------------------------------------------------
+
+def argmax(values: Sequence[float]) -> int:
+    """Index of the largest value; the first one wins a tie (as ``numpy.argmax``)."""
+    best = 0
+    for i, v in enumerate(values):
+        if v > values[best]:
+            best = i
+    return best
+
+
+def multiple_choice_scores(logprobs: Sequence[float], choices: Sequence[str], gold: int) -> dict[str, float]:
+    """``acc`` and ``acc_norm`` for one question, as lm-evaluation-harness defines them.
+
+    ``acc`` is 1 when the choice with the highest log-likelihood is the gold one; ``acc_norm``
+    divides each choice's log-likelihood by the length of the choice text in UTF-8 bytes first.
+    """
+    norm = [lp / max(1, len(c.encode("utf-8"))) for lp, c in zip(logprobs, choices, strict=True)]
+    return {
+        "acc": float(argmax(logprobs) == gold),
+        "acc_norm": float(argmax(norm) == gold),
+    }
+
+
+# --- generation ------------------------------------------------------------------------------
+
+_NUMBER = re.compile(r"-?[\d,]*\.?\d+")
+_PUNCT_TABLE = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """Normalisation before exact match: lower case, drop punctuation and articles, fold spaces."""
+    text = text.lower().translate(_PUNCT_TABLE)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def extract_number(text: str, which: str = "first") -> str | None:
+    """Extract a number from generated text, without thousands separators and trailing ``.0``.
+
+    ``which="first"`` takes the first number (the answer to a prompt that ends in "Answer:");
+    ``"last"`` takes the last one (a worked solution ending in its result).
+    """
+    found = _NUMBER.findall(text)
+    if not found:
+        return None
+    raw = found[0] if which == "first" else found[-1]
+    return canonical_number(raw)
+
+
+def canonical_number(raw: str) -> str:
+    """``"1,234.50"`` -> ``"1234.5"``, ``"7.0"`` -> ``"7"``: one spelling per number."""
+    s = raw.replace(",", "").strip()
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    if s in ("", "-"):
+        return raw
+    if s.startswith("-0") and s.strip("-0") == "":
+        return "0"
+    return s
+
+
+def exact_match(prediction: str | None, target: str) -> float:
+    """1.0 when the normalised prediction equals the normalised target, else 0.0."""
+    if prediction is None:
+        return 0.0
+    return float(normalize_answer(prediction) == normalize_answer(target))
+
+
+# --- perplexity ------------------------------------------------------------------------------
+
+def count_words(text: str) -> int:
+    """Words as lm-evaluation-harness counts them for word perplexity: whitespace-split tokens."""
+    return len(re.split(r"\s+", text.strip())) if text.strip() else 0
+
+
+def bits_per_byte(total_logprob: float, total_bytes: int) -> float:
+    """``-sum(log p) / (bytes * ln 2)``: bits the model needs per UTF-8 byte of the text."""
+    return -total_logprob / (total_bytes * _LN2)
+
+
+def nats_to_bits(nats: float) -> float:
+    """Convert natural-log units to bits."""
+    return nats / _LN2

@@ -1,0 +1,118 @@
+"""RunSpec: what to run. Built from a TOML file, from CLI flags, or the bundled default.
+
+A spec file looks like::
+
+    tasks = ["quartz", "gsm8k-bpb"]
+    budget = ["acc>=0.40", "latency_s_p95<=2.0", "peak_rss_bytes<=1.5GB"]
+    limit = 20
+
+    [[candidates]]
+    model = "smollm2-135m"
+
+    [[candidates]]
+    model = "./models/my-model-q4_k_m.gguf"
+    name = "mine"
+    threads = 2
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from smallfit.budget import Check, parse_budget
+from smallfit.errors import SmallfitError
+from smallfit.models import ModelRef, parse_model_ref
+
+
+class CandidateSpec(BaseModel):
+    """One candidate: a model reference, the backend that runs it, and its settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(description="bundled alias, path to a .gguf file, or hf:OWNER/REPO/FILE")
+    name: str | None = Field(default=None, description="label in tables; defaults from the model")
+    backend: str | None = Field(default=None, description="backend; inferred from the model file when omitted")
+    threads: int | None = Field(default=None, ge=1, description="CPU threads; default: the cores free at start")
+    context_size: int = Field(default=2048, ge=64, description="context window in tokens")
+    batch_size: int = Field(default=512, ge=1, description="tokens evaluated per decode call")
+
+    def ref(self) -> ModelRef:
+        """The parsed model reference, named by ``name`` when given."""
+        ref = parse_model_ref(self.model)
+        return ModelRef(ref.raw, self.name or ref.name, ref.kind, ref.location)
+
+
+class RunSpec(BaseModel):
+    """Everything a run needs; stored with the run so it can be resumed or re-reported."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    candidates: list[CandidateSpec] = Field(min_length=1)
+    tasks: list[str] = Field(min_length=1)
+    budget: list[str] = Field(default_factory=list, description="checks like 'acc>=0.4'")
+    limit: int | None = Field(default=None, ge=1, description="first N examples of each task")
+    threads: int | None = Field(default=None, ge=1, description="default threads for every candidate")
+    latency_prompts: int = Field(default=8, ge=1, description="prompts in the latency pass of scoring tasks")
+    latency_max_tokens: int = Field(default=32, ge=2, description="tokens generated per latency-pass prompt")
+    warmup: int = Field(default=1, ge=0, description="untimed requests before each task's timed ones")
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _split_budget(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RunSpec:
+        names = [c.ref().name for c in self.candidates]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"candidate names must be unique, repeated: {', '.join(dupes)} "
+                             "(name them: NAME=MODEL, or name = \"...\" in the spec)")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError("a task is listed twice")
+        return self
+
+    def checks(self) -> list[Check]:
+        """The parsed budget."""
+        return parse_budget(self.budget) if self.budget else []
+
+
+DEFAULT_SPEC = RunSpec(
+    candidates=[CandidateSpec(model="smollm2-135m"), CandidateSpec(model="gemma3-270m")],
+    tasks=["gsm8k-bpb", "quartz", "largest-country"],
+    budget=["bits_per_byte<=1.0", "latency_s_p95<=2.0", "peak_rss_bytes<=1.5GB"],
+)
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "spec"
+    return f"{where}: {err['msg']}"
+
+
+def build_spec(data: dict[str, object], source: str) -> RunSpec:
+    """Validate spec data; a one-line error names the source, the field and the problem."""
+    try:
+        spec = RunSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SmallfitError(f"{source}: {_one_line(exc)}") from None
+    for cand in spec.candidates:
+        cand.ref()  # unknown alias or missing file: fail before anything runs
+    spec.checks()
+    return spec
+
+
+def load_spec_file(path: Path) -> RunSpec:
+    """Read a TOML spec file."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SmallfitError(f"spec file not found: {path}") from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
+        raise SmallfitError(f"cannot read spec file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SmallfitError(f"{path}: invalid TOML ({exc})") from None
+    return build_spec(data, str(path))

@@ -1,0 +1,215 @@
+"""Task kinds: how samples become requests, and how results become scores and metrics.
+
+A :class:`Task` pairs a data loader with a kind. Each kind turns its samples into the backend's
+batched requests, scores every sample, and aggregates the quality metrics with their standard
+errors. The kinds time every request they send, so efficiency is measured on the same prompts
+as quality.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from smallfit import scoring
+from smallfit.backends.base import Backend
+from smallfit.records import (
+    GenerationRequest,
+    LoglikelihoodRequest,
+    RequestTiming,
+    RollingRequest,
+    SampleResult,
+)
+
+Progress = Callable[[int], None]  # called with the number of samples finished so far
+CHUNK = 8  # samples per backend call: small enough for a lively progress bar
+
+
+@dataclass(frozen=True)
+class MultipleChoiceSample:
+    """A question: the context, the choice texts (continuations) and the gold index."""
+
+    id: str
+    context: str
+    choices: tuple[str, ...]
+    gold: int
+
+
+@dataclass(frozen=True)
+class GenerationSample:
+    """A prompt and its reference answer."""
+
+    id: str
+    prompt: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class TextSample:
+    """A document to score for perplexity."""
+
+    id: str
+    text: str
+
+
+Sample = MultipleChoiceSample | GenerationSample | TextSample
+
+
+class TaskKind(Protocol):
+    """How one kind of task talks to a backend and scores what comes back."""
+
+    @property
+    def name(self) -> str:
+        """The kind's name, e.g. ``multiple_choice``."""
+        ...
+
+    @property
+    def generates(self) -> bool:
+        """True if the quality requests are generations (they carry their own timings)."""
+        ...
+
+    @property
+    def quality_metrics(self) -> tuple[str, ...]:
+        """The quality metrics this kind reports, primary first."""
+        ...
+
+    def run(self, backend: Backend, samples: Sequence[Any], progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
+        """Score every sample; return per-sample results and per-request timings."""
+        ...
+
+    def aggregate(self, results: Sequence[SampleResult]) -> dict[str, float | None]:
+        """Quality metrics over all samples, each with its ``_stderr``."""
+        ...
+
+    def prompt_of(self, sample: Any) -> str:
+        """The prompt a latency pass sends for this sample."""
+        ...
+
+
+def _mean_metrics(results: Sequence[SampleResult], names: Sequence[str]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for name in names:
+        values = [r.scores[name] for r in results]
+        out[name] = scoring.mean(values)
+        out[f"{name}_stderr"] = scoring.stderr_of_mean(values)
+    return out
+
+
+@dataclass(frozen=True)
+class MultipleChoice:
+    """Pick the choice whose continuation the model finds most likely (``acc``, ``acc_norm``)."""
+
+    name: str = "multiple_choice"
+    generates: bool = False
+    quality_metrics: tuple[str, ...] = ("acc", "acc_norm")
+
+    def run(self, backend: Backend, samples: Sequence[MultipleChoiceSample], progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
+        results, timings = [], []
+        for i, s in enumerate(samples):
+            t0 = time.perf_counter()
+            lls = backend.loglikelihood([LoglikelihoodRequest(s.context, c) for c in s.choices])
+            elapsed = time.perf_counter() - t0
+            logprobs = [ll.logprob for ll in lls]
+            scores = scoring.multiple_choice_scores(logprobs, s.choices, s.gold)
+            pred = s.choices[scoring.argmax(logprobs)]
+            results.append(SampleResult(i, s.id, s.context, s.choices[s.gold], pred, scores))
+            timings.append(RequestTiming(i, "quality", None, 0, None, elapsed))
+            progress(i + 1)
+        return results, timings
+
+    def aggregate(self, results: Sequence[SampleResult]) -> dict[str, float | None]:
+        return _mean_metrics(results, self.quality_metrics)
+
+    def prompt_of(self, sample: MultipleChoiceSample) -> str:
+        return sample.context
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Generate greedily, extract the answer, and score it by exact match."""
+
+    max_tokens: int = 32
+    stop: tuple[str, ...] = ("\n",)
+    extract: Callable[[str], str | None] = field(default=lambda text: text.strip())
+    name: str = "generation"
+    generates: bool = True
+    quality_metrics: tuple[str, ...] = ("exact_match",)
+
+    def run(self, backend: Backend, samples: Sequence[GenerationSample], progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
+        results, timings = [], []
+        for lo in range(0, len(samples), CHUNK):
+            chunk = samples[lo : lo + CHUNK]
+            reqs = [GenerationRequest(s.prompt, self.max_tokens, self.stop) for s in chunk]
+            for j, (s, c) in enumerate(zip(chunk, backend.generate(reqs), strict=True)):
+                i = lo + j
+                answer = self.extract(c.text)
+                score = scoring.exact_match(answer, s.answer)
+                results.append(SampleResult(i, s.id, s.prompt, s.answer, c.text, {"exact_match": score}))
+                timings.append(RequestTiming(i, "quality", c.n_prompt_tokens, c.n_output_tokens,
+                                             c.ttft_s, c.latency_s, c.token_times_s))
+            progress(lo + len(chunk))
+        return results, timings
+
+    def aggregate(self, results: Sequence[SampleResult]) -> dict[str, float | None]:
+        return _mean_metrics(results, self.quality_metrics)
+
+    def prompt_of(self, sample: GenerationSample) -> str:
+        return sample.prompt
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    """Score whole texts: bits per byte, word and byte perplexity, over the corpus."""
+
+    name: str = "perplexity"
+    generates: bool = False
+    quality_metrics: tuple[str, ...] = ("bits_per_byte", "word_perplexity", "byte_perplexity")
+
+    def run(self, backend: Backend, samples: Sequence[TextSample], progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
+        results, timings = [], []
+        for i, s in enumerate(samples):
+            t0 = time.perf_counter()
+            (r,) = backend.loglikelihood_rolling([RollingRequest(s.text)])
+            elapsed = time.perf_counter() - t0
+            n_bytes, n_words = len(s.text.encode("utf-8")), scoring.count_words(s.text)
+            scores = {"logprob": r.logprob, "bytes": float(n_bytes), "words": float(n_words),
+                      "tokens": float(r.n_tokens), "bits_per_byte": scoring.bits_per_byte(r.logprob, n_bytes)}
+            results.append(SampleResult(i, s.id, s.text, "", "", scores))
+            timings.append(RequestTiming(i, "quality", r.n_tokens, 0, None, elapsed))
+            progress(i + 1)
+        return results, timings
+
+    def aggregate(self, results: Sequence[SampleResult]) -> dict[str, float | None]:
+        nll = [-r.scores["logprob"] for r in results]
+        n_bytes = [r.scores["bytes"] for r in results]
+        n_words = [r.scores["words"] for r in results]
+        nats_per_byte, se_byte = scoring.ratio_and_stderr(nll, n_bytes)
+        nats_per_word, se_word = scoring.ratio_and_stderr(nll, n_words)
+        bpb = scoring.nats_to_bits(nats_per_byte)
+        return {
+            "bits_per_byte": bpb,
+            "bits_per_byte_stderr": scoring.nats_to_bits(se_byte),
+            # delta method: d/dR exp(R) = exp(R)
+            "word_perplexity": math.exp(nats_per_word),
+            "word_perplexity_stderr": math.exp(nats_per_word) * se_word,
+            "byte_perplexity": math.exp(nats_per_byte),
+            "byte_perplexity_stderr": math.exp(nats_per_byte) * se_byte,
+        }
+
+    def prompt_of(self, sample: TextSample) -> str:
+        return sample.text
+
+
+@dataclass(frozen=True)
+class Task:
+    """A named task: where its samples come from and which kind scores them."""
+
+    name: str
+    description: str
+    kind: TaskKind
+    load: Callable[[], Sequence[Any]]
+    source: str
+    default_limit: int = 50
