@@ -84,5 +84,5 @@ def efficiency_from_timings(timings: Sequence[RequestTiming]) -> dict[str, float
             out["decode_tok_s"] = sum(t.n_output_tokens - 1 for t in multi) / decode_time
     ttft_total = sum(ttfts)
     if ttft_total > 0:
-        out["prefill_tok_s"] = sum(t.n_prompt_tokens for t in gen) / ttft_total
+        out["prefill_tok_s"] = sum(t.n_prompt_tokens or 0 for t in gen) / ttft_total
     return out

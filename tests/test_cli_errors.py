@@ -1,0 +1,69 @@
+"""Bad input: one line naming the problem and the fix, exit code 2, no traceback, nothing lost."""
+
+import hashlib
+import subprocess
+import sys
+
+import pytest
+
+from smallfit.store import Store
+
+
+def _assert_one_line_error(proc, fragment):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert fragment in lines[0]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--model", "no-such-model"], "unknown model reference 'no-such-model'"),
+    (["--model", "missing/model.gguf"], "model file not found: missing/model.gguf"),
+    (["--budget", "acc=>0.4"], "malformed budget check 'acc=>0.4'"),
+    (["--budget", "accuracy>=0.4"], "unknown metric 'accuracy'"),
+    (["--task", "quartz", "--budget", "bits_per_byte<=1"], "no task of this run reports"),
+    (["--task", "nope"], "unknown task 'nope'"),
+    (["--limit", "0"], "--limit must be at least 1"),
+    (["--resume"], "no unfinished run"),
+])
+def test_bad_run_input(cli, args, fragment):
+    _assert_one_line_error(cli("run", *args), fragment)
+
+
+def test_bad_db_files(cli, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database " * 100)
+    before = hashlib.sha256(notes.read_bytes()).hexdigest()
+    _assert_one_line_error(cli("run", "--db", str(notes)), "not a usable SQLite database")
+    _assert_one_line_error(cli("results", "--db", str(notes)), "not a usable SQLite database")
+    assert hashlib.sha256(notes.read_bytes()).hexdigest() == before
+    _assert_one_line_error(cli("run", "--db", str(tmp_path)), "is a directory")
+    _assert_one_line_error(cli("results", "--db", str(tmp_path / "none.db")), "no results database")
+
+
+def test_bad_input_loses_nothing_already_stored(cli):
+    store = Store.open(cli.db)
+    run_id = store.create_run('{"candidates": [{"model": "smollm2-135m"}], "tasks": ["quartz"]}', {}, {}, 1, {})
+    store.close()
+    _assert_one_line_error(cli("run", "--model", "nope"), "unknown model reference")
+    _assert_one_line_error(cli("run", "--budget", "acc>>1"), "malformed budget")
+    _assert_one_line_error(cli("results", "zzz"), "no run matching 'zzz'")
+    assert [r["id"] for r in Store.open(cli.db).runs()] == [run_id]
+
+
+def test_spec_file_errors(cli, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('tasks = ["quartz"]\ncandidates = [{model = "smollm2-135m", colour = "red"}]\n')
+    _assert_one_line_error(cli("run", str(bad)), "candidates.0.colour: Extra inputs are not permitted")
+    bad.write_text("tasks = [\n")
+    _assert_one_line_error(cli("run", str(bad)), "invalid TOML")
+    _assert_one_line_error(cli("run", str(tmp_path / "absent.toml")), "spec file not found")
+
+
+def test_import_smallfit_loads_no_ml_library():
+    code = ("import sys, smallfit, smallfit.cli, smallfit.runner, smallfit.tasks; "
+            "heavy = {'llama_cpp', 'numpy', 'torch', 'transformers', 'onnxruntime'} & set(sys.modules); "
+            "print(sorted(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

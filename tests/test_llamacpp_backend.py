@@ -1,0 +1,98 @@
+"""The llama.cpp backend on the real bundled GGUF models."""
+
+import math
+
+import pytest
+
+from tests.conftest import needs_models
+
+pytestmark = [needs_models, pytest.mark.models]
+
+
+@pytest.fixture(scope="module", params=["smollm2-135m", "gemma3-270m"])
+def backend(request):
+    from smallfit.backends.base import BackendConfig, load_backend
+    from smallfit.models import parse_model_ref, resolve_model
+
+    b = load_backend("llamacpp", BackendConfig(resolve_model(parse_model_ref(request.param)), threads=2,
+                                               context_size=512))
+    yield b
+    b.close()
+
+
+def test_generation_timings_are_taken_where_tokens_are_produced(backend):
+    from smallfit.records import GenerationRequest
+
+    (c,) = backend.generate([GenerationRequest("The capital of France is", max_tokens=8)])
+    assert c.text.strip()
+    assert c.n_output_tokens == len(c.token_times_s) >= 1
+    assert c.ttft_s == c.token_times_s[0] <= c.latency_s == c.token_times_s[-1]
+    assert list(c.token_times_s) == sorted(c.token_times_s)
+    assert c.n_prompt_tokens == len(backend.tokenize("The capital of France is"))
+    assert c.finish_reason in ("length", "eos", "stop")
+
+
+def test_stop_sequences_cut_the_text(backend):
+    from smallfit.records import GenerationRequest
+
+    (c,) = backend.generate([GenerationRequest("Count: 1, 2, 3, 4,", max_tokens=16, stop=(",",))])
+    assert "," not in c.text and c.finish_reason in ("stop", "eos", "length")
+
+
+def test_shared_context_scores_equal_separate_scores(backend):
+    from smallfit.records import LoglikelihoodRequest
+
+    ctx = "Question: Which is heavier, a feather or a brick?\nAnswer:"
+    reqs = [LoglikelihoodRequest(ctx, " a brick"), LoglikelihoodRequest(ctx, " a feather"),
+            LoglikelihoodRequest("Unrelated context.", " yes")]
+    together = backend.loglikelihood(reqs)
+    alone = [backend.loglikelihood([r])[0] for r in reqs]
+    for a, b in zip(together, alone):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+        assert a.n_tokens == b.n_tokens and a.logprob < 0
+
+
+def test_greedy_generation_is_greedy_under_loglikelihood(backend):
+    from smallfit.records import GenerationRequest, LoglikelihoodRequest
+
+    prompt = "The capital of France is"
+    # stop at a newline: "\n\n" generated as two tokens re-tokenizes as one, which is not greedy
+    (c,) = backend.generate([GenerationRequest(prompt, max_tokens=4, stop=("\n",))])
+    (ll,) = backend.loglikelihood([LoglikelihoodRequest(prompt, c.text)])
+    # the generated text re-tokenizes to the tokens that were the argmax at each step
+    assert ll.is_greedy
+    assert ll.logprob > -5
+
+
+def test_rolling_equals_loglikelihood_from_the_prefix_token(backend):
+    from smallfit.records import LoglikelihoodRequest, RollingRequest
+
+    text = "Natalia sold clips to 48 of her friends in April."
+    (rolling,) = backend.loglikelihood_rolling([RollingRequest(text)])
+    (ll,) = backend.loglikelihood([LoglikelihoodRequest("", text)])
+    assert rolling.logprob == pytest.approx(ll.logprob, abs=1e-4)
+    assert rolling.n_tokens == len(backend.tokenize(text, add_bos=False))
+
+
+def test_rolling_windows_cover_texts_longer_than_the_context(backend):
+    from smallfit.records import RollingRequest
+
+    long_text = " ".join(["The quick brown fox jumps over the lazy dog."] * 80)  # > 512 tokens
+    (r,) = backend.loglikelihood_rolling([RollingRequest(long_text)])
+    assert r.n_tokens > 512 and math.isfinite(r.logprob) and r.logprob < 0
+
+
+def test_info_records_threads_context_and_batch(backend):
+    info = backend.info()
+    assert info["threads"] == 2 and info["context_size"] == 512 and info["batch_size"] == 512
+    assert info["library_version"]
+
+
+def test_not_a_gguf_file(tmp_path):
+    from smallfit.backends.base import BackendConfig, load_backend
+    from smallfit.errors import SmallfitError
+
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"PK\x03\x04 definitely a zip")
+    with pytest.raises(SmallfitError, match="is not a GGUF file"):
+        load_backend("llamacpp", BackendConfig(fake))

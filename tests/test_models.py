@@ -1,0 +1,38 @@
+"""Model references: aliases, files, hub files, and the errors for each."""
+
+import pytest
+
+from smallfit.errors import SmallfitError
+from smallfit.models import parse_model_ref, resolve_model
+
+
+def test_alias_file_and_hub(tmp_path):
+    assert parse_model_ref("smollm2-135m").kind == "alias"
+    named = parse_model_ref("tiny=gemma3-270m")
+    assert (named.name, named.location) == ("tiny", "gemma3-270m")
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF")
+    ref = parse_model_ref(str(f))
+    assert (ref.kind, ref.name) == ("file", "m")
+    hub = parse_model_ref("hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2-135m-instruct-q8_0.gguf")
+    assert (hub.kind, hub.location) == ("hub", "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2-135m-instruct-q8_0.gguf")
+
+
+@pytest.mark.parametrize("ref, fragment", [
+    ("gpt-17", "unknown model reference 'gpt-17'"),
+    ("./nowhere/model.gguf", "model file not found"),
+    ("hf:just-a-repo", "malformed hub reference"),
+    ("bad name=smollm2-135m", "bad candidate name"),
+])
+def test_bad_references(ref, fragment):
+    with pytest.raises(SmallfitError, match=fragment):
+        parse_model_ref(ref)
+
+
+def test_hub_download_offline_is_a_clear_error(monkeypatch, tmp_path):
+    pytest.importorskip("huggingface_hub")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    ref = parse_model_ref("hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2-135m-instruct-q8_0.gguf")
+    with pytest.raises(SmallfitError, match="could not download .*offline.*local path"):
+        resolve_model(ref)

@@ -1,0 +1,150 @@
+"""`smallfit run` end to end: real models through real llama.cpp, a real SQLite file, real processes."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import needs_models
+
+pytestmark = [needs_models, pytest.mark.models]
+
+REQUIRED = ["ttft_s", "ttft_s_p95", "tpot_s", "tpot_s_p95", "latency_s", "latency_s_p95", "decode_tok_s",
+            "prefill_tok_s", "peak_rss_bytes", "model_size_bytes", "load_s"]
+QUALITY = {"gsm8k-bpb": ["bits_per_byte", "word_perplexity"], "quartz": ["acc", "acc_norm"],
+           "largest-country": ["exact_match"]}
+
+
+def _spec(tmp_path: Path, limit: int = 2, budget: str = '["bits_per_byte<=1.2", "latency_s_p95<=30"]') -> Path:
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f"""
+tasks = ["gsm8k-bpb", "quartz", "largest-country"]
+budget = {budget}
+limit = {limit}
+threads = 1
+latency_prompts = 2
+latency_max_tokens = 8
+
+[[candidates]]
+model = "smollm2-135m"
+
+[[candidates]]
+model = "gemma3-270m"
+""")
+    return spec
+
+
+def test_run_prints_table_and_verdict_and_exports_json(cli, tmp_path):
+    proc = cli("run", str(_spec(tmp_path)), check=True)
+    assert "smollm2-135m" in proc.stdout and "gemma3-270m" in proc.stdout
+    assert "Budget: bits_per_byte<=1.2" in proc.stdout
+    assert "Smallest candidate that passes" in proc.stdout or "No candidate passes" in proc.stdout
+
+    rows = json.loads(cli("results", "--format", "json", check=True).stdout)
+    assert [(r["candidate"], r["task"]) for r in rows] == [
+        (c, t) for c in ("smollm2-135m", "gemma3-270m") for t in ("gsm8k-bpb", "quartz", "largest-country")]
+    for row in rows:
+        assert row["error"] is None and row["verdict"] in ("pass", "fail")
+        for name in REQUIRED + QUALITY[row["task"]]:
+            assert row["metrics"][name] is not None, (row["candidate"], row["task"], name)
+        for name in QUALITY[row["task"]]:
+            assert row["metrics"][f"{name}_stderr"] is not None
+        m = row["metrics"]
+        assert m["ttft_s"] <= m["latency_s_p95"] and m["tpot_s"] > 0 and m["peak_rss_bytes"] > 50e6
+    sizes = {r["candidate"]: r["metrics"]["model_size_bytes"] for r in rows}
+    assert sizes["smollm2-135m"] < sizes["gemma3-270m"]
+
+    conn = sqlite3.connect(cli.db)
+    run = conn.execute("SELECT status, hardware_json, versions_json, threads, load_before_json, load_after_json"
+                       " FROM runs").fetchone()
+    assert run[0] == "finished" and run[3] == 1
+    assert json.loads(run[1])["cpu_model"] and json.loads(run[2])["llama-cpp-python"]
+    assert json.loads(run[4])["loadavg"] and json.loads(run[5])["loadavg"]
+    n_timings = conn.execute("SELECT COUNT(*) FROM timings WHERE phase = 'latency'").fetchone()[0]
+    assert n_timings == 2 * 2 * 2  # two candidates x two scoring tasks x two latency prompts
+    info = json.loads(conn.execute("SELECT backend_info_json FROM candidates LIMIT 1").fetchone()[0])
+    assert info["threads"] == 1 and info["context_size"] == 2048 and info["batch_size"] == 512
+    assert "smallfit" in cli("runs", check=True).stdout or "finished" in cli("runs", check=True).stdout
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
+
+
+def _start(cli, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "smallfit", "run", *args], env=cli.env, cwd=Path(cli.db).parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _done_rows(db: Path) -> dict[tuple[str, str], float]:
+    if not db.exists():
+        return {}
+    with sqlite3.connect(db) as conn:
+        try:
+            rows = conn.execute("SELECT candidate, task, finished_at FROM task_results WHERE status = 'done'")
+            return {(c, t): f for c, t, f in rows}
+        except sqlite3.OperationalError:
+            return {}
+
+
+def test_killed_run_resumes_without_redoing_finished_work(cli, tmp_path):
+    proc = _start(cli, str(_spec(tmp_path, limit=4)))
+    deadline = time.time() + 300
+    while not _done_rows(cli.db) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    workers = _children(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up, like a power cut
+    proc.wait()
+    before = _done_rows(cli.db)
+    assert 1 <= len(before) < 6, before
+    time.sleep(2)
+    assert not any(_alive(w) for w in workers), "a worker outlived its runner"
+
+    status = sqlite3.connect(cli.db).execute("SELECT status FROM runs").fetchone()[0]
+    assert status == "running"  # killed: never got to say otherwise
+    resumed = cli("run", "--resume", check=True)
+    after = _done_rows(cli.db)
+    assert len(after) == 6
+    for key, finished_at in before.items():
+        assert after[key] == finished_at, f"{key} was redone"
+    assert sqlite3.connect(cli.db).execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+    assert "smollm2-135m" in resumed.stdout and "gemma3-270m" in resumed.stdout
+
+
+def test_a_crashed_candidate_is_recorded_and_the_run_goes_on(cli, tmp_path):
+    proc = _start(cli, str(_spec(tmp_path, limit=3)))
+    deadline = time.time() + 120
+    worker = None
+    while worker is None and time.time() < deadline:
+        kids = _children(proc.pid)
+        worker = kids[0] if kids else None
+        time.sleep(0.05)
+    assert worker is not None
+    time.sleep(1.0)
+    os.kill(worker, signal.SIGKILL)  # what the kernel's out-of-memory killer does
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    rows = json.loads(cli("results", "--format", "json", check=True).stdout)
+    first = [r for r in rows if r["candidate"] == "smollm2-135m"]
+    second = [r for r in rows if r["candidate"] == "gemma3-270m"]
+    assert any("SIGKILL" in (r["error"] or "") for r in first)
+    assert all(r["verdict"] == "error" for r in first)
+    assert all(r["error"] is None for r in second)

@@ -1,0 +1,67 @@
+"""Pure scoring functions against hand-computed values."""
+
+import math
+
+import pytest
+
+from smallfit import scoring
+
+
+def test_percentile_linear_interpolation():
+    assert scoring.percentile([4, 1, 3, 2], 50) == 2.5
+    # rank h = 9 * 0.95 = 8.55 over 1..10 -> 9 + 0.55 * (10 - 9)
+    assert scoring.percentile(list(range(1, 11)), 95) == pytest.approx(9.55)
+    assert scoring.percentile([7.0], 95) == 7.0
+    assert scoring.percentile([1, 2], 0) == 1 and scoring.percentile([1, 2], 100) == 2
+    with pytest.raises(ValueError):
+        scoring.percentile([], 50)
+
+
+def test_stderr_of_mean_uses_sample_stdev():
+    # mean 0.5, sample variance (4 * 0.25) / 3, stdev 0.57735, / sqrt(4)
+    assert scoring.stderr_of_mean([0, 1, 1, 0]) == pytest.approx(math.sqrt(1 / 3) / 2)
+    assert scoring.stderr_of_mean([1.0]) == 0.0
+
+
+def test_ratio_and_stderr_delta_method():
+    r, se = scoring.ratio_and_stderr([2.0, 4.0], [1.0, 1.0])
+    assert r == 3.0
+    # residuals (2-3, 4-3) -> sum of squares 2, / (2 * 1) -> 1, sqrt -> 1, / mean(b)=1
+    assert se == pytest.approx(1.0)
+    r, se = scoring.ratio_and_stderr([3.0, 3.0], [1.0, 1.0])
+    assert (r, se) == (3.0, 0.0)
+
+
+def test_multiple_choice_acc_and_length_normalised_acc():
+    # acc picks -1 (choice 0); acc_norm: -1/2 = -0.5 vs -2/5 = -0.4 -> choice 1
+    scores = scoring.multiple_choice_scores([-1.0, -2.0], [" a", " bbbb"], gold=1)
+    assert scores == {"acc": 0.0, "acc_norm": 1.0}
+    # bytes, not characters: "é" is two bytes, so -1.5/2 > -2.0/2 picks "é" (by characters,
+    # -1.5/1 < -2.0/2 would pick "ab")
+    scores = scoring.multiple_choice_scores([-1.5, -2.0], ["é", "ab"], gold=0)
+    assert scores["acc_norm"] == 1.0
+
+
+def test_argmax_first_wins_ties():
+    assert scoring.argmax([1.0, 3.0, 3.0]) == 1
+
+
+def test_normalize_and_exact_match():
+    assert scoring.normalize_answer("  The Russian  Federation. ") == "russian federation"
+    assert scoring.exact_match("the Russian Federation!", "Russian Federation") == 1.0
+    assert scoring.exact_match("Russia", "Russian Federation") == 0.0
+    assert scoring.exact_match(None, "x") == 0.0
+
+
+def test_extract_number():
+    assert scoring.extract_number("It costs $1,234.50 in total, not 7.") == "1234.5"
+    assert scoring.extract_number("first 3 then 18.0", which="last") == "18"
+    assert scoring.extract_number("no digits") is None
+    assert scoring.canonical_number("-0.0") == "0"
+
+
+def test_bits_per_byte_and_words():
+    # log p = -8 ln 2 over 8 bytes is exactly one bit per byte
+    assert scoring.bits_per_byte(-8 * math.log(2), 8) == pytest.approx(1.0)
+    assert scoring.count_words(" two  words\n") == 2
+    assert scoring.count_words("   ") == 0
