@@ -28,7 +28,7 @@ def cli(tmp_path):
     env = {**os.environ, "SMALLFIT_DB": str(tmp_path / "results.db"), "PYTHONUNBUFFERED": "1"}
 
     def run(*args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "smallfit", *args], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "smallfit", *args], check=False, capture_output=True, text=True,
                               env=env, timeout=timeout, cwd=tmp_path)
         if check and proc.returncode != 0:
             raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")

@@ -140,7 +140,7 @@ def test_a_crashed_candidate_is_recorded_and_the_run_goes_on(cli, tmp_path):
     assert worker is not None
     time.sleep(1.0)
     os.kill(worker, signal.SIGKILL)  # what the kernel's out-of-memory killer does
-    out, err = proc.communicate(timeout=600)
+    _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     rows = json.loads(cli("results", "--format", "json", check=True).stdout)
     first = [r for r in rows if r["candidate"] == "smollm2-135m"]

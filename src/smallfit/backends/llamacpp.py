@@ -186,14 +186,14 @@ class LlamaCppBackend:
 
     def _generate_one(self, req: GenerationRequest) -> Completion:
         np, lib = self._np, self._lib
-        prompt = self.tokenize(req.prompt)
+        t0 = time.perf_counter()  # the request starts before tokenisation
+        prompt = self.tokenize(req.prompt) or [self._prefix_token]
         max_new = max(0, min(req.max_tokens, self.n_ctx - len(prompt)))
         if max_new == 0:
             raise SmallfitError(f"prompt of {len(prompt)} tokens leaves no room in the {self.n_ctx}-token context")
         out_bytes = bytearray()
         times: list[float] = []
         finish, text = "length", ""
-        t0 = time.perf_counter()
         self._clear()
         self._eval_prefix(prompt[:-1])
         pos, tok = len(prompt) - 1, prompt[-1]
@@ -202,10 +202,8 @@ class LlamaCppBackend:
             pos += 1
             logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, -1), shape=(self.n_vocab,))
             tok = int(logits.argmax())
-            if lib.llama_vocab_is_eog(self._vocab, tok):
-                times.append(time.perf_counter() - t0)
+            if lib.llama_vocab_is_eog(self._vocab, tok):  # not an output token
                 finish = "eos"
-                times.pop()  # the end-of-generation token is not an output token
                 break
             out_bytes += self._llm.detokenize([tok])
             times.append(time.perf_counter() - t0)
@@ -214,7 +212,7 @@ class LlamaCppBackend:
             if hit is not None:
                 text, finish = text[:hit], "stop"
                 break
-        latency = (times[-1] if times else time.perf_counter() - t0)
+        latency = times[-1] if times else time.perf_counter() - t0
         return Completion(
             text=text, n_prompt_tokens=len(prompt), n_output_tokens=len(times),
             ttft_s=times[0] if times else None, latency_s=latency,

@@ -84,7 +84,7 @@ BUILTIN: dict[str, Callable[[], Task]] = {
     "quartz": lambda: Task("quartz", "QuaRTz qualitative physics, 2 choices (evals registry)",
                            MultipleChoice(), lambda: evals_multiple_choice("quartz"), EVALS, 100),
     "gsm8k-bpb": lambda: Task("gsm8k-bpb", "GSM8K test questions as text: bits per byte",
-                              Perplexity(), gsm8k_texts, AIBENCH, 40),
+                              Perplexity(), gsm8k_texts, AIBENCH, 100),
     "largest-country": lambda: Task(
         "largest-country", "Name the largest of ten countries by area (evals registry), exact match",
         Generation(max_tokens=12, stop=("\n", "."), extract=_first_country), largest_country, EVALS, 30),
