@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -30,6 +31,9 @@ def one_run(db: Path) -> tuple[float, list[dict[str, object]]]:
     print(proc.stdout)
     rows = json.loads(subprocess.run([sys.executable, "-m", "smallfit", "results", "--format", "json"], env=env,
                                      capture_output=True, text=True, check=True).stdout)
+    with sqlite3.connect(db) as conn:
+        threads, hardware = conn.execute("SELECT threads, hardware_json FROM runs").fetchone()
+    print(f"threads {threads} ({json.loads(hardware).get('threads_chosen_by')})")
     return wall, rows
 
 

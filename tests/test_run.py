@@ -120,6 +120,7 @@ def test_killed_run_resumes_without_redoing_finished_work(cli, tmp_path):
 
     status = sqlite3.connect(cli.db).execute("SELECT status FROM runs").fetchone()[0]
     assert status == "running"  # killed: never got to say otherwise
+    assert "stopped (killed)" in cli("runs", check=True).stdout
     resumed = cli("run", "--resume", check=True)
     after = _done_rows(cli.db)
     assert len(after) == 6
@@ -148,3 +149,18 @@ def test_a_crashed_candidate_is_recorded_and_the_run_goes_on(cli, tmp_path):
     assert any("SIGKILL" in (r["error"] or "") for r in first)
     assert all(r["verdict"] == "error" for r in first)
     assert all(r["error"] is None for r in second)
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(cli, tmp_path):
+    proc = _start(cli, str(_spec(tmp_path, limit=4)))
+    deadline = time.time() + 300
+    while not _done_rows(cli.db) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends to the foreground group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "smallfit run --resume" in err
+    conn = sqlite3.connect(cli.db)
+    assert conn.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
+    assert conn.execute("SELECT COUNT(*) FROM candidates WHERE status = 'running'").fetchone()[0] == 0
+    assert len(_done_rows(cli.db)) >= 1

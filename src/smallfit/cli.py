@@ -124,7 +124,8 @@ def run(
         with Progress(*columns, console=err, transient=False) as progress:
             runner.execute(store, run_id, _ProgressView(progress))
     except KeyboardInterrupt:
-        err.print(f"\ninterrupted: finished results are stored; continue with: smallfit run --resume {run_id}")
+        err.print(f"\ninterrupted: finished results are stored; continue with: smallfit run --resume {run_id}",
+                  soft_wrap=True)
         raise typer.Exit(130) from None
     results = collect(store, run_id)
     print_comparison(out, results)

@@ -56,8 +56,13 @@ def start_run(spec: RunSpec, store: Store) -> str:
                                 f"(tasks: {', '.join(spec.tasks)}); drop the check or add a task that reports it")
         if check.task is not None and check.task not in spec.tasks:
             raise SmallfitError(f"budget check {check} names task {check.task!r}, which is not in this run")
-    threads = spec.threads or default_threads()
-    run_id = store.create_run(spec.model_dump_json(), library_versions(), fingerprint(), threads, machine_load())
+    hardware = fingerprint()
+    if spec.threads:
+        threads = spec.threads
+        hardware["threads_chosen_by"] = "user"
+    else:
+        threads, hardware["threads_chosen_by"] = default_threads()
+    run_id = store.create_run(spec.model_dump_json(), library_versions(), hardware, threads, machine_load())
     for i, cand in enumerate(spec.candidates):
         ref = cand.ref()
         store.add_candidate(run_id, ref.name, i, cand.model, cand.backend or ref.backend)
@@ -80,6 +85,9 @@ def execute(store: Store, run_id: str, on_event: OnEvent = lambda e: None) -> No
                 continue
             _run_candidate(store, run_id, spec, cand, pending, int(run["threads"]), on_event)
     except KeyboardInterrupt:
+        for row in store.candidates(run_id):
+            if row["status"] == "running":
+                store.update_candidate(run_id, row["name"], status="interrupted", finished_at=time.time())
         store.mark_run(run_id, "interrupted", machine_load())
         raise
     store.mark_run(run_id, "finished", machine_load())

@@ -118,6 +118,20 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
 
+def effective_status(run: sqlite3.Row) -> str:
+    """A run's status, with ``running`` read as ``stopped`` when its process is gone (killed)."""
+    status = str(run["status"])
+    if status != "running" or run["pid"] is None:
+        return status
+    try:
+        os.kill(int(run["pid"]), 0)
+    except ProcessLookupError:
+        return "stopped (killed)"
+    except PermissionError:
+        pass
+    return status
+
+
 def new_run_id() -> str:
     """Sortable, readable and unique: ``20261126-203000-7f3a``."""
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)

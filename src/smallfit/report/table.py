@@ -12,6 +12,7 @@ from rich.text import Text
 
 from smallfit.metrics import METRICS
 from smallfit.results import RunResults
+from smallfit.store import effective_status
 from smallfit.verdict import ERROR, FAIL, PASS
 
 _VERDICT_STYLE = {PASS: "bold green", FAIL: "bold red", ERROR: "bold magenta"}
@@ -103,7 +104,8 @@ def runs_table(rows: Sequence[sqlite3.Row]) -> Table:
         table.add_column(col)
     for r in rows:
         started = dt.datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M")
-        table.add_row(r["id"], started, r["status"], str(r["n_candidates"]), str(r["n_done"]), str(r["threads"]))
+        table.add_row(r["id"], started, effective_status(r), str(r["n_candidates"]), str(r["n_done"]),
+                      str(r["threads"]))
     return table
 
 
