@@ -67,3 +67,12 @@ def test_import_smallfit_loads_no_ml_library():
             "print(sorted(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_bad_task_file_data_is_exit_2_naming_file_line_and_field(cli, tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"text": "ok", "label": "bug"}\n{"body": "x", "label": "bug"}\n')
+    (tmp_path / "t.toml").write_text('kind = "classification"\ndata = "d.jsonl"\ntemplate = "{text}"\n'
+                                     'labels = ["bug", "billing"]\nanswer_field = "label"\n')
+    proc = cli("run", "--model", "smollm2-135m", "--task", str(tmp_path / "t.toml"))
+    _assert_one_line_error(proc, "d.jsonl:2: the template names field {text}")
+    assert not cli.db.exists() or not Store.open(cli.db).runs()  # nothing was started

@@ -96,3 +96,11 @@ def test_not_a_gguf_file(tmp_path):
     fake.write_bytes(b"PK\x03\x04 definitely a zip")
     with pytest.raises(SmallfitError, match="is not a GGUF file"):
         load_backend("llamacpp", BackendConfig(fake))
+
+
+def test_ignore_eos_generates_exactly_max_tokens(backend):
+    from smallfit.records import GenerationRequest
+
+    # a prompt after which a chat model tends to end its turn at once
+    (c,) = backend.generate([GenerationRequest("Thank you, goodbye.", max_tokens=12, ignore_eos=True)])
+    assert c.n_output_tokens == 12 and c.finish_reason == "length"

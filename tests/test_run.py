@@ -164,3 +164,21 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(cli, tmp_path):
     assert conn.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
     assert conn.execute("SELECT COUNT(*) FROM candidates WHERE status = 'running'").fetchone()[0] == 0
     assert len(_done_rows(cli.db)) >= 1
+
+
+def test_user_task_file_end_to_end(cli):
+    repo = Path(__file__).resolve().parents[1]
+    cli("run", "--model", "smollm2-135m", "--task", str(repo / "examples" / "tickets.toml"),
+        "--task", str(repo / "examples" / "capitals.toml"), "--sample", "4", "--seed", "3",
+        "--budget", "tickets:acc>=0.1", check=True)
+    rows = {r["task"]: r for r in json.loads(cli("results", "--format", "json", check=True).stdout)}
+    assert set(rows) == {"tickets", "capitals"}
+    tickets, capitals = rows["tickets"]["metrics"], rows["capitals"]["metrics"]
+    assert tickets["acc_ci_low"] <= tickets["acc"] <= tickets["acc_ci_high"]
+    assert capitals["f1"] is not None and capitals["exact_match_stderr"] is not None
+    assert tickets["ttft_s"] is not None  # the latency pass ran on the tickets' own prompts
+    assert rows["tickets"]["checks"][0]["check"] == "tickets:acc>=0.1"
+    conn = sqlite3.connect(cli.db)
+    n = conn.execute("SELECT COUNT(*) FROM samples WHERE task = 'tickets'").fetchone()[0]
+    info = json.loads(conn.execute("SELECT info_json FROM task_results WHERE task = 'tickets'").fetchone()[0])
+    assert n == 4 and info["sample"] == 4 and info["seed"] == 3

@@ -87,7 +87,10 @@ def run(
         help="Checks every candidate must meet, e.g. 'acc>=0.40,latency_s_p95<=2.0,peak_rss_bytes<=1.5GB'.",
         show_default=False)] = None,
     limit: Annotated[int | None, typer.Option(help="Use the first N examples of each task.",
-                                                 show_default=False)] = None,
+                                              show_default=False)] = None,
+    sample: Annotated[int | None, typer.Option(
+        help="Use a random N examples of each task, reproducible with --seed.", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of --sample (default 0).", show_default=False)] = None,
     threads: Annotated[int | None, typer.Option(
         help="CPU threads per candidate. Default: the cores free when the run starts.", show_default=False)] = None,
     resume: Annotated[bool, typer.Option(
@@ -106,12 +109,15 @@ def run(
 
     if limit is not None and limit < 1:
         raise SmallfitError(f"--limit must be at least 1 (got {limit}); omit it to use each task's default")
+    if sample is not None and sample < 1:
+        raise SmallfitError(f"--sample must be at least 1 (got {sample})")
     if threads is not None and threads < 1:
         raise SmallfitError(f"--threads must be at least 1 (got {threads})")
-    if resume and (model or task or budget or limit or threads):
+    if resume and (model or task or budget or limit or threads or sample or seed is not None):
         raise SmallfitError("--resume continues a run with its stored settings; drop --model/--task/--budget/"
                             "--limit/--threads")
-    run_spec = None if resume else _build_spec(spec, model, task, budget, limit, threads)
+    overrides = {"limit": limit, "sample": sample, "seed": seed, "threads": threads}
+    run_spec = None if resume else _build_spec(spec, model, task, budget, overrides)
     store = Store.open(_db(db))
     if resume:
         run_id = _resume_target(store, spec)
@@ -134,8 +140,8 @@ def run(
 
 
 def _build_spec(spec: str | None, model: list[str] | None, task: list[str] | None, budget: str | None,
-                limit: int | None, threads: int | None) -> RunSpec:
-    from smallfit.spec import DEFAULT_SPEC, build_spec, load_spec_file
+                overrides: dict[str, int | None]) -> RunSpec:
+    from smallfit.spec import DEFAULT_SPEC, absolute_task_ref, build_spec, load_spec_file
 
     if spec:
         data = load_spec_file(Path(spec)).model_dump()
@@ -146,13 +152,14 @@ def _build_spec(spec: str | None, model: list[str] | None, task: list[str] | Non
     if model:
         data["candidates"] = [{"model": m} for m in model]
     if task:
-        data["tasks"] = list(task)
+        data["tasks"] = [absolute_task_ref(t, Path.cwd()) for t in task]
     if budget is not None:
         data["budget"] = [budget]
-    if limit is not None:
-        data["limit"] = limit
-    if threads is not None:
-        data["threads"] = threads
+    for key, value in overrides.items():
+        if value is not None:
+            data[key] = value
+    if overrides["sample"] is not None and overrides["limit"] is None:
+        data["limit"] = None  # --sample on the command line replaces a spec file's limit
     return build_spec(data, spec or "command line")
 
 

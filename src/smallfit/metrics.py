@@ -27,6 +27,7 @@ _QUALITY = [
     MetricInfo("acc", True, "fraction", "Share of questions whose highest log-likelihood choice is the gold one."),
     MetricInfo("acc_norm", True, "fraction", "As acc, each choice's log-likelihood divided by its length in UTF-8 bytes."),
     MetricInfo("exact_match", True, "fraction", "Share of generations whose extracted, normalised answer equals the target."),
+    MetricInfo("f1", True, "fraction", "Mean word-overlap F1 between the extracted, normalised answer and the target (SQuAD)."),
     MetricInfo("bits_per_byte", False, "bits/byte", "-sum(log p(token)) / (UTF-8 bytes of the texts * ln 2), over all texts."),
     MetricInfo("word_perplexity", False, "", "exp(-sum(log p(token)) / words), words split on whitespace, over all texts."),
     MetricInfo("byte_perplexity", False, "", "exp(-sum(log p(token)) / UTF-8 bytes), over all texts."),
@@ -51,10 +52,15 @@ QUALITY_METRICS: tuple[str, ...] = tuple(m.name for m in _QUALITY)
 EFFICIENCY_METRICS: tuple[str, ...] = tuple(m.name for m in _EFFICIENCY)
 
 
+QUALITY_SUFFIXES = ("_stderr", "_ci_low", "_ci_high")
+
+
 def known_metric(name: str) -> bool:
-    """True for a metric smallfit can report, including ``<quality metric>_stderr``."""
-    if name.endswith("_stderr"):
-        return name[: -len("_stderr")] in QUALITY_METRICS
+    """True for a metric smallfit can report, including a quality metric's ``_stderr``,
+    ``_ci_low`` and ``_ci_high`` (bootstrap 95% interval) siblings."""
+    for suffix in QUALITY_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)] in QUALITY_METRICS
     return name in METRICS
 
 

@@ -49,11 +49,16 @@ class RollingLoglikelihood:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """Greedy generation from ``prompt`` until a stop sequence, end of text or ``max_tokens``."""
+    """Greedy generation from ``prompt`` until a stop sequence, end of text or ``max_tokens``.
+
+    With ``ignore_eos`` the end-of-text token is never chosen (the best other token is), so the
+    request yields exactly ``max_tokens`` tokens, as perf tools time decoding.
+    """
 
     prompt: str
     max_tokens: int = 32
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # keep generating past end-of-text: a fixed-length timing request
 
 
 @dataclass(frozen=True)

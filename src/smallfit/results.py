@@ -8,7 +8,7 @@ from typing import Any
 
 from smallfit.budget import parse_budget
 from smallfit.spec import RunSpec
-from smallfit.store import Store
+from smallfit.store import Store, run_tasks
 from smallfit.verdict import CandidateVerdict, Row, judge, smallest_passing
 
 
@@ -44,7 +44,7 @@ def collect(store: Store, run_id: str | None = None) -> RunResults:
     outcomes = {(t["candidate"], t["task"]): t for t in store.task_results(run_id)}
     base_rows = []
     for cand in candidates:
-        for task in spec.tasks:
+        for task in run_tasks(store.run(run_id)).values():
             outcome = outcomes.get((cand["name"], task))
             if outcome is None:
                 error: str | None = f"not finished; continue with: smallfit run --resume {run_id}"

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from smallfit.errors import SmallfitError
-from smallfit.metrics import EFFICIENCY_METRICS
+from smallfit.metrics import EFFICIENCY_METRICS, QUALITY_SUFFIXES
 from smallfit.models import resolve_model
 from smallfit.probes.hardware import fingerprint, library_versions
 from smallfit.probes.load import default_threads, machine_load
 from smallfit.records import RequestTiming, SampleResult, TaskResult
 from smallfit.spec import CandidateSpec, RunSpec
-from smallfit.store import Store
+from smallfit.store import Store, run_tasks
 from smallfit.tasks import get_task
 
 
@@ -47,14 +47,21 @@ OnEvent = Callable[[Event], None]
 def start_run(spec: RunSpec, store: Store) -> str:
     """Validate the tasks, record a new run with its fingerprint, and return its id."""
     produced = set(EFFICIENCY_METRICS)
-    for name in spec.tasks:
-        for metric in get_task(name).kind.quality_metrics:
-            produced |= {metric, f"{metric}_stderr"}
+    names: dict[str, str] = {}
+    for task_ref in spec.tasks:
+        task = get_task(task_ref)
+        if not task.load():  # read the data now: bad data is bad input, before anything runs
+            raise SmallfitError(f"task {task.name} has no examples")
+        if task.name in names.values():
+            raise SmallfitError(f"two tasks are named {task.name!r}; give one of them another name")
+        names[task_ref] = task.name
+        for metric in task.kind.quality_metrics:
+            produced |= {metric, *(metric + suffix for suffix in QUALITY_SUFFIXES)}
     for check in spec.checks():
         if check.metric not in produced:
             raise SmallfitError(f"budget check {check} names {check.metric!r}, which no task of this run reports "
-                                f"(tasks: {', '.join(spec.tasks)}); drop the check or add a task that reports it")
-        if check.task is not None and check.task not in spec.tasks:
+                                f"(tasks: {', '.join(names.values())}); drop the check or add a task that reports it")
+        if check.task is not None and check.task not in names.values():
             raise SmallfitError(f"budget check {check} names task {check.task!r}, which is not in this run")
     hardware = fingerprint()
     if spec.threads:
@@ -62,7 +69,7 @@ def start_run(spec: RunSpec, store: Store) -> str:
         hardware["threads_chosen_by"] = "user"
     else:
         threads, hardware["threads_chosen_by"] = default_threads()
-    run_id = store.create_run(spec.model_dump_json(), library_versions(), hardware, threads, machine_load())
+    run_id = store.create_run(spec.model_dump_json(), library_versions(), hardware, threads, machine_load(), names)
     for i, cand in enumerate(spec.candidates):
         ref = cand.ref()
         store.add_candidate(run_id, ref.name, i, cand.model, cand.backend or ref.backend)
@@ -74,16 +81,18 @@ def execute(store: Store, run_id: str, on_event: OnEvent = lambda e: None) -> No
     run = store.run(run_id)
     spec = RunSpec.model_validate_json(run["spec_json"])
     done = store.done_tasks(run_id)
+    tasks = run_tasks(run)
     store.mark_run(run_id, "running")
     on_event(Event("run_started", message=run_id))
     try:
         for cand in spec.candidates:
             name = cand.ref().name
-            pending = [t for t in spec.tasks if (name, t) not in done]
+            pending = [ref for ref, task in tasks.items() if (name, task) not in done]
             if not pending:
-                on_event(Event("candidate_skipped", name, total=len(spec.tasks)))
+                on_event(Event("candidate_skipped", name, total=len(tasks)))
                 continue
-            _run_candidate(store, run_id, spec, cand, pending, int(run["threads"]), on_event)
+            _run_candidate(store, run_id, spec, cand, {ref: tasks[ref] for ref in pending}, int(run["threads"]),
+                           on_event)
     except KeyboardInterrupt:
         for row in store.candidates(run_id):
             if row["status"] == "running":
@@ -93,8 +102,9 @@ def execute(store: Store, run_id: str, on_event: OnEvent = lambda e: None) -> No
     store.mark_run(run_id, "finished", machine_load())
 
 
-def _run_candidate(store: Store, run_id: str, spec: RunSpec, cand: CandidateSpec, tasks: list[str],
+def _run_candidate(store: Store, run_id: str, spec: RunSpec, cand: CandidateSpec, tasks: dict[str, str],
                    threads: int, on_event: OnEvent) -> None:
+    """Run the candidate's pending tasks (reference -> name) in a worker and store the outcome."""
     ref = cand.ref()
     on_event(Event("candidate_started", ref.name, total=len(tasks)))
     store.update_candidate(run_id, ref.name, status="running", started_at=time.time(), error=None,
@@ -102,19 +112,19 @@ def _run_candidate(store: Store, run_id: str, spec: RunSpec, cand: CandidateSpec
     try:
         path = resolve_model(ref)
     except SmallfitError as exc:
-        _fail_candidate(store, run_id, ref.name, tasks, str(exc), on_event)
+        _fail_candidate(store, run_id, ref.name, list(tasks.values()), str(exc), on_event)
         return
     size = path.stat().st_size
     store.update_candidate(run_id, ref.name, model_path=str(path), model_size_bytes=size)
     job = {
         "candidate": ref.name, "backend": cand.backend or ref.backend, "model_path": str(path),
         "model_size_bytes": size, "threads": cand.threads or threads, "context_size": cand.context_size,
-        "batch_size": cand.batch_size, "tasks": tasks, "limit": spec.limit, "warmup": spec.warmup,
+        "batch_size": cand.batch_size, "tasks": list(tasks.items()), "limit": spec.limit, "sample": spec.sample, "seed": spec.seed, "warmup": spec.warmup,
         "latency_prompts": spec.latency_prompts, "latency_max_tokens": spec.latency_max_tokens,
     }
     outcome = _Worker(store, run_id, ref.name, on_event).run(job)
     finished = store.done_tasks(run_id)
-    missing = [t for t in tasks if (ref.name, t) not in finished and t not in outcome.task_errors]
+    missing = [t for t in tasks.values() if (ref.name, t) not in finished and t not in outcome.task_errors]
     error = outcome.fatal
     if error is None and missing:
         error = outcome.exit_reason or "worker ended before finishing its tasks"

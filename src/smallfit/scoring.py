@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+import random
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 _LN2 = math.log(2.0)
 
@@ -136,6 +137,51 @@ def exact_match(prediction: str | None, target: str) -> float:
     if prediction is None:
         return 0.0
     return float(normalize_answer(prediction) == normalize_answer(target))
+
+
+def token_f1(prediction: str | None, target: str) -> float:
+    """SQuAD-style F1 between the normalised prediction and target, over their word multisets."""
+    if prediction is None:
+        return 0.0
+    pred, gold = normalize_answer(prediction).split(), normalize_answer(target).split()
+    if not pred or not gold:
+        return float(pred == gold)
+    common = 0
+    remaining = list(gold)
+    for word in pred:
+        if word in remaining:
+            remaining.remove(word)
+            common += 1
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+# --- uncertainty -----------------------------------------------------------------------------
+
+def bootstrap_ci(
+    rows: Sequence[tuple[float, ...]],
+    statistic: Callable[[Sequence[tuple[float, ...]]], float],
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of ``statistic`` over ``rows`` (examples).
+
+    Rows are resampled with replacement ``resamples`` times with a seeded generator, so the
+    interval is reproducible; the bounds are the (1 - level)/2 and (1 + level)/2 percentiles.
+    """
+    if not rows:
+        raise ValueError("bootstrap of an empty sequence")
+    rng = random.Random(seed)
+    n = len(rows)
+    stats = []
+    for _ in range(resamples):
+        draw = [rows[rng.randrange(n)] for _ in range(n)]
+        stats.append(statistic(draw))
+    alpha = (1.0 - level) / 2.0
+    return percentile(stats, 100 * alpha), percentile(stats, 100 * (1 - alpha))
 
 
 # --- perplexity ------------------------------------------------------------------------------

@@ -54,6 +54,8 @@ class RunSpec(BaseModel):
     tasks: list[str] = Field(min_length=1)
     budget: list[str] = Field(default_factory=list, description="checks like 'acc>=0.4'")
     limit: int | None = Field(default=None, ge=1, description="first N examples of each task")
+    sample: int | None = Field(default=None, ge=1, description="a random N examples of each task (see seed)")
+    seed: int = Field(default=0, description="seed of --sample's random subset")
     threads: int | None = Field(default=None, ge=1, description="default threads for every candidate")
     latency_prompts: int = Field(default=8, ge=1, description="prompts in the latency pass of scoring tasks")
     latency_max_tokens: int = Field(default=32, ge=2, description="tokens generated per latency-pass prompt")
@@ -73,6 +75,8 @@ class RunSpec(BaseModel):
                              "(name them: NAME=MODEL, or name = \"...\" in the spec)")
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError("a task is listed twice")
+        if self.limit is not None and self.sample is not None:
+            raise ValueError("give limit (the first N) or sample (a random N), not both")
         return self
 
     def checks(self) -> list[Check]:
@@ -115,4 +119,14 @@ def load_spec_file(path: Path) -> RunSpec:
         raise SmallfitError(f"cannot read spec file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SmallfitError(f"{path}: invalid TOML ({exc})") from None
+    tasks = data.get("tasks")
+    if isinstance(tasks, list):  # task files are relative to the spec file
+        data["tasks"] = [absolute_task_ref(t, path.parent) if isinstance(t, str) else t for t in tasks]
     return build_spec(data, str(path))
+
+
+def absolute_task_ref(ref: str, base: Path) -> str:
+    """A task file reference made absolute (a resumed run may start elsewhere); others unchanged."""
+    if ref.endswith(".toml"):
+        return str((base / ref).resolve())
+    return ref

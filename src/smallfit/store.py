@@ -101,6 +101,11 @@ CREATE TABLE timings (
     PRIMARY KEY (run_id, candidate, task, phase, idx)
 );
 """),
+    # Task files are referred to by path but reported by name: keep both, so a run can be read
+    # back (and resumed) without re-reading its task files.
+    ("0002_run_tasks", """
+ALTER TABLE runs ADD COLUMN tasks_json TEXT;
+"""),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -130,6 +135,14 @@ def effective_status(run: sqlite3.Row) -> str:
     except PermissionError:
         pass
     return status
+
+
+def run_tasks(run: sqlite3.Row) -> dict[str, str]:
+    """Task reference -> task name for a run, in run order (references are names before 0002)."""
+    if run["tasks_json"]:
+        tasks: dict[str, str] = json.loads(run["tasks_json"])
+        return tasks
+    return {ref: ref for ref in json.loads(run["spec_json"])["tasks"]}
 
 
 def new_run_id() -> str:
@@ -212,15 +225,16 @@ class Store:
     # -- writing ----------------------------------------------------------------------------
 
     def create_run(self, spec_json: str, versions: dict[str, Any], hardware: dict[str, Any],
-                   threads: int, load_before: dict[str, Any]) -> str:
-        """Record a new run and return its id."""
+                   threads: int, load_before: dict[str, Any], tasks: dict[str, str] | None = None) -> str:
+        """Record a new run and return its id. ``tasks`` maps each task reference to its name."""
         run_id = new_run_id()
         with self.transaction() as tx:
             tx.execute(
                 "INSERT INTO runs (id, created_at, status, pid, spec_json, smallfit_version, versions_json,"
-                " hardware_json, threads, load_before_json) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                " hardware_json, threads, load_before_json, tasks_json)"
+                " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, time.time(), os.getpid(), spec_json, versions.get("smallfit"), _dumps(versions),
-                 _dumps(hardware), threads, _dumps(load_before)))
+                 _dumps(hardware), threads, _dumps(load_before), json.dumps(tasks) if tasks else None))
         return run_id
 
     def add_candidate(self, run_id: str, name: str, position: int, model_ref: str, backend: str) -> None:

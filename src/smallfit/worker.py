@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import random
 import signal
 import sys
 import threading
@@ -69,11 +70,20 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
+def select(samples: list[Any], limit: int | None, sample: int | None, seed: int, default: int) -> list[Any]:
+    """The examples a task runs on: the first ``limit``, a seeded random ``sample`` (kept in file
+    order), or the task's default number from the start."""
+    if sample is not None:
+        if sample >= len(samples):
+            return samples
+        keep = sorted(random.Random(seed).sample(range(len(samples)), sample))
+        return [samples[i] for i in keep]
+    return samples[: limit or default]
+
+
 def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, emit: Emitter) -> TaskResult:
     """Warm up, run the task's requests, run the latency pass if needed, and aggregate."""
-    samples = list(task.load())
-    limit = job.get("limit") or task.default_limit
-    samples = samples[:limit]
+    samples = select(list(task.load()), job.get("limit"), job.get("sample"), job.get("seed", 0), task.default_limit)
     if not samples:
         raise SmallfitError(f"task {task.name} has no samples")
     kind = task.kind
@@ -87,8 +97,9 @@ def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, e
         # Efficiency on the same prompts: generate from the task's own prompts.
         prompts = [kind.prompt_of(s) for s in samples[: job["latency_prompts"]]]
         max_tokens = job["latency_max_tokens"]
-        backend.generate([GenerationRequest(prompts[0], max_tokens)])  # warm-up
-        for i, c in enumerate(backend.generate([GenerationRequest(p, max_tokens) for p in prompts])):
+        backend.generate([GenerationRequest(prompts[0], max_tokens, ignore_eos=True)])  # warm-up
+        requests = [GenerationRequest(p, max_tokens, ignore_eos=True) for p in prompts]
+        for i, c in enumerate(backend.generate(requests)):
             timings.append(RequestTiming(i, "latency", c.n_prompt_tokens, c.n_output_tokens,
                                          c.ttft_s, c.latency_s, c.token_times_s))
         latency_n = len(prompts)
@@ -96,7 +107,8 @@ def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, e
     metrics: dict[str, float | None] = {**kind.aggregate(results), **efficiency_from_timings(timings)}
     metrics.update(load_s=load_s, peak_rss_bytes=float(peak), model_size_bytes=float(job["model_size_bytes"]))
     info = {
-        "kind": kind.name, "n_samples": len(samples), "limit": limit, "source": task.source,
+        "kind": kind.name, "n_samples": len(samples), "limit": job.get("limit"), "sample": job.get("sample"),
+        "seed": job.get("seed", 0) if job.get("sample") else None, "source": task.source,
         "warmup_requests": job.get("warmup", 1), "latency_pass_prompts": latency_n,
         "latency_pass_max_tokens": job["latency_max_tokens"] if latency_n else None,
         "peak_rss_source": peak_source if peak_resettable else f"{peak_source} (since process start)",
@@ -116,9 +128,9 @@ def run_job(job: dict[str, Any], emit: Emitter) -> int:
         return 1
     load_s = time.perf_counter() - t0
     emit("loaded", load_s=load_s, info=backend.info())
-    for name in job["tasks"]:
+    for ref, name in job["tasks"]:
         try:
-            result = run_task(backend, get_task(name), job, load_s, emit)
+            result = run_task(backend, get_task(ref), job, load_s, emit)
         except SmallfitError as exc:
             emit("task_error", task=name, error=str(exc))
             continue

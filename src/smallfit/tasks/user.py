@@ -1,0 +1,231 @@
+"""The user's own data as a task, with no code: a JSONL or CSV file plus a TOML task file.
+
+A task file (``smallfit run --task my_tickets.toml``)::
+
+    name = "tickets"                      # default: the file's stem
+    kind = "classification"               # multiple_choice | classification | generation | perplexity
+    data = "tickets.jsonl"                # .jsonl or .csv, relative to this file
+    template = "Ticket: {text}\\nCategory:" # a plain format string over the row's fields
+    labels = ["billing", "bug", "feature"] # classification: the same choices for every row
+    answer_field = "label"                # the gold choice (its text, index or letter) or answer
+    fewshot = 2                           # examples shown before each prompt
+    fewshot_data = "tickets_train.jsonl"  # where they come from (default: the first rows of data)
+
+Multiple choice takes its choices per row from ``choices_field`` (a JSON list) or
+``choices_fields`` (one column each, for CSV). Generation takes ``max_tokens``, ``stop`` and
+``extract`` (``strip``, ``first_line``, ``first_number``, ``last_number``). Perplexity scores
+the rendered template (e.g. ``template = "{text}"``).
+"""
+
+from __future__ import annotations
+
+import csv
+import tomllib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from string import Formatter
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from smallfit import scoring
+from smallfit.errors import SmallfitError
+from smallfit.tasks.base import (
+    Generation,
+    GenerationSample,
+    MultipleChoice,
+    MultipleChoiceSample,
+    Perplexity,
+    Task,
+    TaskKind,
+    TextSample,
+)
+from smallfit.tasks.data import read_jsonl
+
+EXTRACTORS: dict[str, Callable[[str], str | None]] = {
+    "strip": lambda text: text.strip(),
+    "first_line": lambda text: (text.strip().splitlines() or [""])[0].strip(),
+    "first_number": lambda text: scoring.extract_number(text, "first"),
+    "last_number": lambda text: scoring.extract_number(text, "last"),
+}
+
+
+class TaskFile(BaseModel):
+    """The fields of a task file; unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["multiple_choice", "classification", "generation", "perplexity"]
+    data: str
+    template: str
+    name: str | None = None
+    description: str = ""
+    answer_field: str | None = None
+    choices_field: str | None = None
+    choices_fields: list[str] | None = None
+    labels: list[str] | None = None
+    target_delimiter: str = " "
+    fewshot: int = Field(default=0, ge=0)
+    fewshot_data: str | None = None
+    fewshot_separator: str = "\n\n"
+    max_tokens: int = Field(default=32, ge=1)
+    stop: list[str] = Field(default_factory=lambda: ["\n"])
+    extract: Literal["strip", "first_line", "first_number", "last_number"] = "strip"
+    limit: int = Field(default=1000, ge=1, description="default number of examples")
+
+    @model_validator(mode="after")
+    def _fields_for_kind(self) -> TaskFile:
+        if self.kind != "perplexity" and not self.answer_field:
+            raise ValueError(f"a {self.kind} task needs answer_field")
+        if self.kind == "classification" and not self.labels:
+            raise ValueError("a classification task needs labels = [...]")
+        if self.kind == "multiple_choice" and not (self.choices_field or self.choices_fields):
+            raise ValueError("a multiple_choice task needs choices_field or choices_fields")
+        return self
+
+
+def is_task_file(ref: str) -> bool:
+    """Whether a --task value names a task file rather than a built-in task."""
+    return ref.endswith(".toml")
+
+
+def load_task_file(path: Path) -> Task:
+    """Read and validate a task file; the data itself is read when the task runs."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SmallfitError(f"task file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SmallfitError(f"cannot read task file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SmallfitError(f"{path}: invalid TOML ({exc})") from None
+    try:
+        spec = TaskFile.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "task"
+        raise SmallfitError(f"{path}: {field}: {err['msg']}") from None
+    base = path.parent
+    data = (base / spec.data).resolve()
+    if not data.is_file():
+        raise SmallfitError(f"{path}: data file not found: {data}")
+    kind: TaskKind
+    if spec.kind == "generation":
+        kind = Generation(max_tokens=spec.max_tokens, stop=tuple(spec.stop), extract=EXTRACTORS[spec.extract])
+    elif spec.kind == "perplexity":
+        kind = Perplexity()
+    else:
+        kind = MultipleChoice()
+    return Task(
+        name=spec.name or path.stem, description=spec.description or f"{spec.kind} over {data.name}",
+        kind=kind, load=lambda: _samples(spec, path, data), source=str(data), default_limit=spec.limit,
+    )
+
+
+# -- reading rows -----------------------------------------------------------------------------
+
+def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) for every row of a JSONL or CSV file; an empty file is an error."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = list(read_jsonl(path))
+    elif suffix == ".csv":
+        rows = list(_read_csv(path))
+    else:
+        raise SmallfitError(f"{path}: data must be .jsonl or .csv")
+    if not rows:
+        raise SmallfitError(f"{path}: the data file has no rows")
+    return rows
+
+
+def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        with path.open(encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            for row in reader:
+                yield reader.line_num, dict(row)
+    except UnicodeDecodeError as exc:
+        raise SmallfitError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8") from None
+    except csv.Error as exc:
+        raise SmallfitError(f"{path}: malformed CSV ({exc})") from None
+
+
+def _render(template: str, row: dict[str, Any], where: str) -> str:
+    for _, field, _, _ in Formatter().parse(template):
+        if field is not None and field.split(".")[0].split("[")[0] not in row:
+            raise SmallfitError(f"{where}: the template names field {{{field}}}, which this row lacks "
+                                f"(fields: {', '.join(sorted(row)) or 'none'})")
+    try:
+        return template.format(**row)
+    except (IndexError, KeyError, ValueError, AttributeError) as exc:
+        raise SmallfitError(f"{where}: cannot fill the template ({exc})") from None
+
+
+def _field(row: dict[str, Any], name: str, where: str) -> Any:
+    if name not in row:
+        raise SmallfitError(f"{where}: field {name!r} is missing (fields: {', '.join(sorted(row))})")
+    return row[name]
+
+
+def _choices(spec: TaskFile, row: dict[str, Any], where: str) -> list[str]:
+    if spec.labels:
+        return list(spec.labels)
+    if spec.choices_fields:
+        return [str(_field(row, f, where)) for f in spec.choices_fields]
+    value = _field(row, spec.choices_field or "", where)
+    if not isinstance(value, list) or len(value) < 2:
+        raise SmallfitError(f"{where}: field {spec.choices_field!r} must be a list of at least two choices")
+    return [str(v) for v in value]
+
+
+def gold_index(answer: Any, choices: Sequence[str], where: str) -> int:
+    """The gold choice from its text, its 0-based index, or its letter (A, B, ...)."""
+    text = str(answer).strip()
+    stripped = [c.strip() for c in choices]
+    if text in stripped:
+        return stripped.index(text)
+    if isinstance(answer, int) or text.isdigit():
+        index = int(text)
+        if 0 <= index < len(choices):
+            return index
+    if len(text) == 1 and text.isalpha() and ord(text.upper()) - 65 < len(choices):
+        return ord(text.upper()) - 65
+    raise SmallfitError(f"{where}: the answer {text!r} is not among the choices {stripped}")
+
+
+def _target(spec: TaskFile, row: dict[str, Any], where: str) -> str:
+    """The text a few-shot example shows after its prompt."""
+    answer = _field(row, spec.answer_field or "", where)
+    if spec.kind in ("multiple_choice", "classification"):
+        choices = _choices(spec, row, where)
+        return choices[gold_index(answer, choices, where)]
+    return str(answer)
+
+
+def _samples(spec: TaskFile, path: Path, data: Path) -> list[Any]:
+    rows = read_rows(data)
+    shots_source = read_rows((path.parent / spec.fewshot_data).resolve()) if spec.fewshot_data else rows
+    if spec.fewshot > len(shots_source) - (0 if spec.fewshot_data else 1):
+        raise SmallfitError(f"{path}: fewshot = {spec.fewshot} but the few-shot source has only "
+                            f"{len(shots_source)} rows{'' if spec.fewshot_data else ' (and needs one left to evaluate)'}")
+    shots = shots_source[: spec.fewshot]
+    if not spec.fewshot_data:
+        rows = rows[spec.fewshot :]  # the shots are not evaluated too
+    source = data if not spec.fewshot_data else (path.parent / spec.fewshot_data)
+    prefix = "".join(
+        _render(spec.template, r, f"{source}:{n}") + spec.target_delimiter + _target(spec, r, f"{source}:{n}")
+        + spec.fewshot_separator for n, r in shots)
+    out: list[Any] = []
+    for lineno, row in rows:
+        where = f"{data}:{lineno}"
+        prompt = prefix + _render(spec.template, row, where)
+        sample_id = str(row.get("id", lineno))
+        if spec.kind == "perplexity":
+            out.append(TextSample(sample_id, prompt))
+        elif spec.kind == "generation":
+            out.append(GenerationSample(sample_id, prompt, str(_field(row, spec.answer_field or "", where))))
+        else:
+            choices = _choices(spec, row, where)
+            gold = gold_index(_field(row, spec.answer_field or "", where), choices, where)
+            out.append(MultipleChoiceSample(sample_id, prompt, tuple(spec.target_delimiter + c for c in choices), gold))
+    return out
