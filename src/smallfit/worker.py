@@ -119,7 +119,8 @@ def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, e
 def run_job(job: dict[str, Any], emit: Emitter) -> int:
     """Load the candidate's model and run each of its tasks; 0 if it loaded."""
     cfg = BackendConfig(model_path=Path(job["model_path"]), threads=job["threads"],
-                        context_size=job["context_size"], batch_size=job["batch_size"])
+                        context_size=job["context_size"], batch_size=job["batch_size"],
+                        options=job.get("options") or {})
     t0 = time.perf_counter()
     try:
         backend = load_backend(job["backend"], cfg)
@@ -127,7 +128,10 @@ def run_job(job: dict[str, Any], emit: Emitter) -> int:
         emit("error", error=str(exc))
         return 1
     load_s = time.perf_counter() - t0
-    emit("loaded", load_s=load_s, info=backend.info())
+    info = backend.info()
+    if info.get("model_size_bytes"):  # the weights the backend actually loaded (a converted copy)
+        job["model_size_bytes"] = info["model_size_bytes"]
+    emit("loaded", load_s=load_s, info=info)
     for ref, name in job["tasks"]:
         try:
             result = run_task(backend, get_task(ref), job, load_s, emit)

@@ -75,7 +75,10 @@ class Backend(Protocol):
         ...
 
 
-_BUILTIN = {"llamacpp": "smallfit.backends.llamacpp:LlamaCppBackend"}
+_BUILTIN = {
+    "llamacpp": "smallfit.backends.llamacpp:LlamaCppBackend",
+    "transformers": "smallfit.backends.hf:TransformersBackend",
+}
 
 
 def available_backends() -> dict[str, str]:
