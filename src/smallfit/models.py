@@ -174,7 +174,7 @@ def _download_from_hub(location: str, whole_repo: bool = False) -> Path:
     owner, repo, *rest = location.split("/", 2)
     filename = rest[0] if rest else None
     try:
-        from huggingface_hub import hf_hub_download, snapshot_download  # noqa: PLC0415 - optional
+        from huggingface_hub import hf_hub_download, snapshot_download
     except ImportError:
         raise MissingExtraError("huggingface_hub", "llamacpp") from None
     try:

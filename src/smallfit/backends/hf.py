@@ -53,8 +53,8 @@ class HFOptions(BaseModel):
 
 def _import() -> tuple[Any, Any]:
     try:
-        import torch  # noqa: PLC0415 - optional library, imported when the backend is used
-        import transformers  # noqa: PLC0415
+        import torch
+        import transformers
     except ImportError:
         raise MissingExtraError("torch/transformers", "hf") from None
     return torch, transformers
@@ -327,7 +327,7 @@ class TransformersBackend:
     def info(self) -> dict[str, Any]:
         """Settings recorded with every result of this candidate."""
         torch = self._torch
-        import transformers  # noqa: PLC0415
+        import transformers
 
         info: dict[str, Any] = {
             "library": "transformers", "library_version": transformers.__version__,
@@ -354,6 +354,6 @@ def _cache_of(output: Any) -> Any:
 
 def _copy_cache(cache: Any) -> Any:
     """A deep copy of a KV cache: expanding it for a batch must not change the shared one."""
-    import copy  # noqa: PLC0415
+    import copy
 
     return copy.deepcopy(cache)
