@@ -135,6 +135,8 @@ class TransformersBackend:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         eos = self.model.generation_config.eos_token_id if self.model.generation_config else None
         self.eos_ids = {e for e in ([eos] if isinstance(eos, int) else list(eos or [])) + [eot] if e is not None}
+        self._packing_ok = True
+        self._check_packing()
 
     def _locate(self, path: Path) -> tuple[Path, str]:
         if path.is_file():
@@ -201,15 +203,31 @@ class TransformersBackend:
         for i, (ctx, _) in enumerate(pairs):
             groups[tuple(ctx)].append(i)
         out: list[tuple[float, bool] | None] = [None] * len(pairs)
-        singles = [idxs[0] for idxs in groups.values() if len(idxs) == 1]
+        packed: list[tuple[list[int], list[list[int]], list[int]]] = []  # (ctx, conts, request ids)
+        singles = []
         for idxs in groups.values():
-            if len(idxs) > 1:
-                for i, res in zip(idxs, self._score_shared([pairs[i] for i in idxs]), strict=True):
+            if len(idxs) == 1:
+                singles.append(idxs[0])
+                continue
+            longest = max(len(pairs[i][1]) for i in idxs)
+            ctx, _ = self._fit(pairs[idxs[0]][0], [0] * longest)
+            conts = [self._fit(ctx, pairs[i][1])[1] for i in idxs]
+            if self._can_pack(len(ctx) + sum(len(c) for c in conts)):
+                packed.append((ctx, conts, idxs))
+            else:
+                for i, res in zip(idxs, self._score_shared(ctx, conts), strict=True):
+                    out[i] = res
+        packed.sort(key=lambda item: -(len(item[0]) + sum(len(c) for c in item[1])))
+        for lo in range(0, len(packed), self.opts.batch_size):
+            chunk = packed[lo : lo + self.opts.batch_size]
+            results = self._score_packed([(ctx, conts) for ctx, conts, _ in chunk])
+            for (_, _, idxs), group_results in zip(chunk, results, strict=True):
+                for i, res in zip(idxs, group_results, strict=True):
                     out[i] = res
         singles.sort(key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))  # longest first
         for lo in range(0, len(singles), self.opts.batch_size):
-            chunk = singles[lo : lo + self.opts.batch_size]
-            for i, res in zip(chunk, self._score_batch([pairs[i] for i in chunk]), strict=True):
+            batch = singles[lo : lo + self.opts.batch_size]
+            for i, res in zip(batch, self._score_batch([pairs[i] for i in batch]), strict=True):
                 out[i] = res
         return [o if o is not None else (0.0, True) for o in out]
 
@@ -218,44 +236,106 @@ class TransformersBackend:
         keep = max(1, self.max_length - len(cont))
         return ctx[-keep:], cont
 
-    def _gather(self, logits: Any, rows: Sequence[tuple[int, list[int]]]) -> list[tuple[float, bool]]:
-        """Sum the log-probabilities of ``targets`` read from ``logits[row, start + j]``."""
+    # Logits only where they are scored: the decoder's hidden states at those positions go
+    # through the output layer (and the model's final soft-capping, if it has one).
+
+    def _hidden(self, ids: Any, **kwargs: Any) -> Any:
+        return self.model.get_decoder()(ids.to(self.device), use_cache=False, **kwargs).last_hidden_state
+
+    def _logprobs_at(self, hidden_rows: Any) -> Any:
         torch = self._torch
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        results = []
-        for b, (start, targets) in enumerate(rows):
+        logits = self.model.get_output_embeddings()(hidden_rows).float()
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return torch.log_softmax(logits, dim=-1)
+
+    def _sum_targets(self, hidden: Any, rows: Sequence[tuple[int, list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """For each (batch row, positions, targets): summed log-probability and greediness."""
+        torch = self._torch
+        flat_b = [b for b, positions, _ in rows for _ in positions]
+        flat_p = [p for _, positions, _ in rows for p in positions]
+        if not flat_p:
+            return [(0.0, True) for _ in rows]
+        logprobs = self._logprobs_at(hidden[torch.tensor(flat_b), torch.tensor(flat_p)])
+        results, at = [], 0
+        for _, positions, targets in rows:
+            span = logprobs[at : at + len(positions)]
+            at += len(positions)
             if not targets:
                 results.append((0.0, True))
                 continue
-            span = logprobs[b, start : start + len(targets)]
             index = torch.tensor(targets, device=span.device).unsqueeze(-1)
             total = float(span.gather(-1, index).sum(dtype=torch.float64))
-            greedy = bool((span.argmax(-1) == index.squeeze(-1)).all())
-            results.append((total, greedy))
+            results.append((total, bool((span.argmax(-1) == index.squeeze(-1)).all())))
         return results
 
     def _score_batch(self, pairs: Sequence[TokenPair]) -> list[tuple[float, bool]]:
-        """Full sequences, right-padded (padding after real tokens cannot be attended to under
-        causal attention), logits kept from the first scored position onwards."""
+        """Full sequences, right-padded: under causal attention no real token can attend to the
+        padding after it, so no mask is needed."""
         torch = self._torch
         fitted = [self._fit(ctx, cont) for ctx, cont in pairs]
         seqs = [(ctx + cont)[:-1] for ctx, cont in fitted]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.prefix_token, dtype=torch.long)
+        ids = torch.full((len(seqs), max(len(s) for s in seqs)), self.prefix_token, dtype=torch.long)
         for b, s in enumerate(seqs):
             ids[b, : len(s)] = torch.tensor(s)
-        first = min(len(ctx) - 1 for ctx, _ in fitted)
         with torch.inference_mode():
-            logits = self.model(ids.to(self.device), use_cache=False, logits_to_keep=width - first).logits
-        return self._gather(logits, [(len(ctx) - 1 - first, cont) for ctx, cont in fitted])
+            hidden = self._hidden(ids)
+            rows = [(b, list(range(len(ctx) - 1, len(ctx) - 1 + len(cont))), cont)
+                    for b, (ctx, cont) in enumerate(fitted)]
+            return self._sum_targets(hidden, rows)
 
-    def _score_shared(self, pairs: Sequence[TokenPair]) -> list[tuple[float, bool]]:
-        """One context, several continuations: the context goes through the model once, then
-        the continuations run as a batch on top of its KV cache."""
+    def _can_pack(self, length: int) -> bool:
+        window = getattr(self.model.config, "sliding_window", None)
+        return self._packing_ok and length <= self.max_length and (not window or length <= window)
+
+    def _score_packed(self, items: Sequence[tuple[list[int], list[list[int]]]]) -> list[list[tuple[float, bool]]]:
+        """Each item is one context and its continuations packed into one sequence: the context
+        once, then every continuation at the positions right after it, each allowed to see the
+        context and itself but not the others (a tree attention mask)."""
         torch = self._torch
-        longest = max(len(cont) for _, cont in pairs)
-        ctx, _ = self._fit(pairs[0][0], [0] * longest)
-        conts = [self._fit(ctx, cont)[1] for _, cont in pairs]
+        layouts = [_pack(ctx, conts) for ctx, conts in items]
+        width = max(len(lay.tokens) for lay in layouts)
+        ids = torch.full((len(items), width), self.prefix_token, dtype=torch.long)
+        pos = torch.zeros((len(items), width), dtype=torch.long)
+        allow = torch.eye(width, dtype=torch.bool).repeat(len(items), 1, 1)  # padding sees itself
+        for b, lay in enumerate(layouts):
+            n = len(lay.tokens)
+            ids[b, :n] = torch.tensor(lay.tokens)
+            pos[b, :n] = torch.tensor(lay.positions)
+            seg = torch.tensor(lay.segments)
+            causal = torch.ones(n, n, dtype=torch.bool).tril()
+            same = (seg[:, None] == seg[None, :]) | (seg[None, :] == 0)
+            allow[b, :n, :n] = causal & same
+        dtype = next(self.model.parameters()).dtype
+        mask = torch.zeros(allow.shape, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)[:, None]
+        with torch.inference_mode():
+            hidden = self._hidden(ids, attention_mask=mask.to(self.device), position_ids=pos.to(self.device))
+            out = []
+            for b, lay in enumerate(layouts):
+                rows = [(b, positions, cont) for positions, cont in zip(lay.reads, items[b][1], strict=True)]
+                out.append(self._sum_targets(hidden, rows))
+        return out
+
+    def _check_packing(self) -> bool:
+        """Packing needs a model that honours a custom 4D attention mask: check once, on a
+        short example, that packed and separate scores agree."""
+        self._packing_ok = True
+        ctx = self.tokenize("Question: is the sky blue?\nAnswer:")
+        conts = [self.tokenize(" yes it is", add_bos=False), self.tokenize(" no", add_bos=False)]
+        try:
+            packed = self._score_packed([(ctx, conts)])[0]
+        except (RuntimeError, ValueError, TypeError, IndexError):
+            self._packing_ok = False
+            return False
+        alone = self._score_batch([(ctx, c) for c in conts])
+        self._packing_ok = all(abs(a[0] - b[0]) < 1e-3 for a, b in zip(packed, alone, strict=True))
+        return self._packing_ok
+
+    def _score_shared(self, ctx: list[int], conts: Sequence[list[int]]) -> list[tuple[float, bool]]:
+        """Fallback for models that cannot pack: the context once through the model, then the
+        continuations as a batch on top of its KV cache."""
+        torch = self._torch
         results: list[tuple[float, bool]] = []
         with torch.inference_mode():
             past = None
@@ -275,7 +355,12 @@ class TransformersBackend:
                     cache.batch_repeat_interleave(len(chunk))
                 logits = self.model(ids.to(self.device), use_cache=cache is not None,
                                     **{self._cache_kw: cache}).logits
-                results.extend(self._gather(logits, [(0, c) for c in chunk]))
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                for b, c in enumerate(chunk):
+                    span = logprobs[b, : len(c)]
+                    index = torch.tensor(c, device=span.device).unsqueeze(-1)
+                    results.append((float(span.gather(-1, index).sum(dtype=torch.float64)),
+                                    bool((span.argmax(-1) == index.squeeze(-1)).all())))
         return results
 
     # -- generation ------------------------------------------------------------------------
@@ -336,6 +421,7 @@ class TransformersBackend:
             "threads": torch.get_num_threads(), "context_size": self.max_length,
             "batch_size": self.opts.batch_size, "source": self.source, "weights": str(self.folder),
             "trust_remote_code": self.opts.trust_remote_code, "prefix_cache": False,
+            "shared_context": "packed (tree attention mask)" if self._packing_ok else "KV cache reuse",
             "decoding": "greedy (argmax)", "model_size_bytes": _weights_bytes(self.folder),
         }
         if self.device.type == "cuda":
@@ -357,3 +443,24 @@ def _copy_cache(cache: Any) -> Any:
     import copy
 
     return copy.deepcopy(cache)
+
+
+class _Layout:
+    """A packed context and continuations: tokens, their positions and segments (0 = context),
+    and for each continuation the sequence indices whose outputs predict its tokens."""
+
+    def __init__(self, tokens: list[int], positions: list[int], segments: list[int], reads: list[list[int]]) -> None:
+        self.tokens, self.positions, self.segments, self.reads = tokens, positions, segments, reads
+
+
+def _pack(ctx: list[int], conts: Sequence[list[int]]) -> _Layout:
+    tokens, positions, segments = list(ctx), list(range(len(ctx))), [0] * len(ctx)
+    reads = []
+    for k, cont in enumerate(conts, 1):
+        start = len(tokens)
+        body = cont[:-1]  # the last token is only predicted, never read
+        tokens += body
+        positions += range(len(ctx), len(ctx) + len(body))
+        segments += [k] * len(body)
+        reads.append([len(ctx) - 1, *range(start, start + len(body))][: len(cont)])
+    return _Layout(tokens, positions, segments, reads)
