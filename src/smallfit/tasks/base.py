@@ -25,7 +25,8 @@ from smallfit.records import (
 )
 
 Progress = Callable[[int], None]  # called with the number of samples finished so far
-CHUNK = 8  # samples per backend call: small enough for a lively progress bar
+CHUNK = 8  # generation requests per backend call: small enough for a lively progress bar
+SCORE_CHUNK = 32  # scored samples per backend call: enough for a backend to batch, one timing each
 
 
 @dataclass(frozen=True)
@@ -110,16 +111,19 @@ class MultipleChoice:
 
     def run(self, backend: Backend, samples: Sequence[MultipleChoiceSample], progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
         results, timings = [], []
-        for i, s in enumerate(samples):
+        for lo in range(0, len(samples), SCORE_CHUNK):
+            chunk = samples[lo : lo + SCORE_CHUNK]
+            requests = [LoglikelihoodRequest(s.context, c) for s in chunk for c in s.choices]
             t0 = time.perf_counter()
-            lls = backend.loglikelihood([LoglikelihoodRequest(s.context, c) for c in s.choices])
-            elapsed = time.perf_counter() - t0
-            logprobs = [ll.logprob for ll in lls]
-            scores = scoring.multiple_choice_scores(logprobs, s.choices, s.gold)
-            pred = s.choices[scoring.argmax(logprobs)]
-            results.append(SampleResult(i, s.id, s.context, s.choices[s.gold], pred, scores))
-            timings.append(RequestTiming(i, "quality", None, 0, None, elapsed))
-            progress(i + 1)
+            lls = iter(backend.loglikelihood(requests))  # one call: the backend may batch them all
+            timings.append(RequestTiming(lo // SCORE_CHUNK, "quality", None, 0, None, time.perf_counter() - t0))
+            for j, s in enumerate(chunk):
+                logprobs = [next(lls).logprob for _ in s.choices]
+                scores = scoring.multiple_choice_scores(logprobs, s.choices, s.gold)
+                scores.update({f"logprob_{k}": lp for k, lp in enumerate(logprobs)})  # kept for inspection
+                pred = s.choices[scoring.argmax(logprobs)]
+                results.append(SampleResult(lo + j, s.id, s.context, s.choices[s.gold], pred, scores))
+            progress(lo + len(chunk))
         return results, timings
 
     def aggregate(self, results: Sequence[SampleResult]) -> dict[str, float | None]:
@@ -172,16 +176,18 @@ class Perplexity:
 
     def run(self, backend: Backend, samples: Sequence[TextSample], progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
         results, timings = [], []
-        for i, s in enumerate(samples):
+        for lo in range(0, len(samples), SCORE_CHUNK):
+            chunk = samples[lo : lo + SCORE_CHUNK]
             t0 = time.perf_counter()
-            (r,) = backend.loglikelihood_rolling([RollingRequest(s.text)])
+            scored = backend.loglikelihood_rolling([RollingRequest(s.text) for s in chunk])
             elapsed = time.perf_counter() - t0
-            n_bytes, n_words = len(s.text.encode("utf-8")), scoring.count_words(s.text)
-            scores = {"logprob": r.logprob, "bytes": float(n_bytes), "words": float(n_words),
-                      "tokens": float(r.n_tokens), "bits_per_byte": scoring.bits_per_byte(r.logprob, n_bytes)}
-            results.append(SampleResult(i, s.id, s.text, "", "", scores))
-            timings.append(RequestTiming(i, "quality", r.n_tokens, 0, None, elapsed))
-            progress(i + 1)
+            timings.append(RequestTiming(lo // SCORE_CHUNK, "quality", sum(r.n_tokens for r in scored), 0, None, elapsed))
+            for j, (s, r) in enumerate(zip(chunk, scored, strict=True)):
+                n_bytes, n_words = len(s.text.encode("utf-8")), scoring.count_words(s.text)
+                scores = {"logprob": r.logprob, "bytes": float(n_bytes), "words": float(n_words),
+                          "tokens": float(r.n_tokens), "bits_per_byte": scoring.bits_per_byte(r.logprob, n_bytes)}
+                results.append(SampleResult(lo + j, s.id, s.text, "", "", scores))
+            progress(lo + len(chunk))
         return results, timings
 
     def aggregate(self, results: Sequence[SampleResult]) -> dict[str, float | None]:
