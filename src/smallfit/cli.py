@@ -209,12 +209,21 @@ def results(
 @app.command()
 def tasks() -> None:
     """List the built-in tasks."""
-    from smallfit.tasks import BUILTIN
+    from smallfit.tasks import BUILTIN, STANDARD, get_task
 
+    out.print("[bold]Built on data shipped in PyPI packages[/] (work offline):")
     for name, factory in sorted(BUILTIN.items()):
         t = factory()
-        out.print(f"[bold]{name}[/] ({t.kind.name}, {', '.join(t.kind.quality_metrics)}; default "
+        out.print(f"  [bold]{name}[/] ({t.kind.name}: {', '.join(t.kind.quality_metrics)}; default "
                   f"{t.default_limit} examples): {t.description}. Data: {t.source}")
+    out.print("[bold]Standard benchmarks[/] as lm-evaluation-harness defines them: from the hub through "
+              "'datasets', or a local copy with NAME=PATH:")
+    for name in sorted(STANDARD):
+        t = get_task(name)
+        out.print(f"  [bold]{name}[/] ({t.kind.name}: {', '.join(t.kind.quality_metrics)}): {t.description}. "
+                  f"Data: {t.source}")
+    out.print("Also [bold]evals:FOLDER[/] (a multiple-choice folder of the evals registry) and "
+              "[bold]path/to/task.toml[/] (your own data, see README).")
 
 
 @app.command()

@@ -29,7 +29,8 @@ _QUALITY = [
     MetricInfo("exact_match", True, "fraction", "Share of generations whose extracted, normalised answer equals the target."),
     MetricInfo("f1", True, "fraction", "Mean word-overlap F1 between the extracted, normalised answer and the target (SQuAD)."),
     MetricInfo("bits_per_byte", False, "bits/byte", "-sum(log p(token)) / (UTF-8 bytes of the texts * ln 2), over all texts."),
-    MetricInfo("word_perplexity", False, "", "exp(-sum(log p(token)) / words), words split on whitespace, over all texts."),
+    MetricInfo("word_perplexity", False, "", "exp(-sum(log p(token)) / words), words = pieces of re.split(r\"\\s+\", text) as lm-eval counts them."),
+    MetricInfo("perplexity", False, "", "Continuation tasks (LAMBADA): exp(-mean log-likelihood of the expected continuation)."),
     MetricInfo("byte_perplexity", False, "", "exp(-sum(log p(token)) / UTF-8 bytes), over all texts."),
 ]
 

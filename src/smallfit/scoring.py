@@ -187,8 +187,9 @@ def bootstrap_ci(
 # --- perplexity ------------------------------------------------------------------------------
 
 def count_words(text: str) -> int:
-    """Words as lm-evaluation-harness counts them for word perplexity: whitespace-split tokens."""
-    return len(re.split(r"\s+", text.strip())) if text.strip() else 0
+    r"""Words exactly as lm-evaluation-harness counts them for word perplexity: the pieces of
+    ``re.split(r"\s+", text)``, so leading or trailing whitespace adds an empty piece."""
+    return len(re.split(r"\s+", text))
 
 
 def bits_per_byte(total_logprob: float, total_bytes: int) -> float:

@@ -128,7 +128,11 @@ def load_spec_file(path: Path) -> RunSpec:
 
 
 def absolute_task_ref(ref: str, base: Path) -> str:
-    """A task file reference made absolute (a resumed run may start elsewhere); others unchanged."""
-    if ref.endswith(".toml"):
+    """Paths in a task reference (a task file, or NAME=PATH) made absolute, since a resumed run
+    may start from another folder; other references unchanged."""
+    if ref.endswith(".toml") and "=" not in ref:
         return str((base / ref).resolve())
+    name, sep, path = ref.partition("=")
+    if sep and path:
+        return f"{name}={(base / Path(path).expanduser()).resolve()}"
     return ref

@@ -7,6 +7,7 @@ from pathlib import Path
 from smallfit.errors import SmallfitError
 from smallfit.tasks.base import Task
 from smallfit.tasks.builtin import BUILTIN, evals_task
+from smallfit.tasks.standard import STANDARD, is_standard, standard_task
 from smallfit.tasks.user import is_task_file, load_task_file
 
 
@@ -16,11 +17,14 @@ def get_task(ref: str) -> Task:
         return load_task_file(Path(ref))
     if ref.startswith("evals:"):
         return evals_task(ref.removeprefix("evals:"))
+    if is_standard(ref):
+        name, _, local = ref.partition("=")
+        return standard_task(name, local or None)
     factory = BUILTIN.get(ref)
     if factory is None:
-        raise SmallfitError(f"unknown task {ref!r}: choose one of {', '.join(sorted(BUILTIN))}, "
+        raise SmallfitError(f"unknown task {ref!r}: choose one of {', '.join(sorted({**BUILTIN, **STANDARD}))}, "
                             "evals:FOLDER, or a task file ending in .toml (see 'smallfit tasks')")
     return factory()
 
 
-__all__ = ["BUILTIN", "Task", "get_task"]
+__all__ = ["BUILTIN", "STANDARD", "Task", "get_task"]

@@ -31,12 +31,27 @@ SCORE_CHUNK = 32  # scored samples per backend call: enough for a backend to bat
 
 @dataclass(frozen=True)
 class MultipleChoiceSample:
-    """A question: the context, the choice texts (continuations) and the gold index."""
+    """A question: the context, the choice texts (continuations) and the gold index.
+
+    With ``contexts`` (one per choice), choice ``i`` is scored as ``contexts[i]`` followed by
+    ``choices[i]``: lm-eval's "partial evaluation" (WinoGrande), where the options fill a blank
+    in the context and the rest of the sentence is scored under each.
+    """
 
     id: str
     context: str
     choices: tuple[str, ...]
     gold: int
+    contexts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ContinuationSample:
+    """A context and the one continuation that should follow it (LAMBADA's last word)."""
+
+    id: str
+    context: str
+    continuation: str
 
 
 @dataclass(frozen=True)
@@ -50,13 +65,15 @@ class GenerationSample:
 
 @dataclass(frozen=True)
 class TextSample:
-    """A document to score for perplexity."""
+    """A document to score for perplexity; words and bytes are counted on ``count_text`` when
+    given (lm-eval's wikitext scores the detokenised page but counts the original)."""
 
     id: str
     text: str
+    count_text: str | None = None
 
 
-Sample = MultipleChoiceSample | GenerationSample | TextSample
+Sample = MultipleChoiceSample | GenerationSample | TextSample | ContinuationSample
 
 
 class TaskKind(Protocol):
@@ -113,7 +130,8 @@ class MultipleChoice:
         results, timings = [], []
         for lo in range(0, len(samples), SCORE_CHUNK):
             chunk = samples[lo : lo + SCORE_CHUNK]
-            requests = [LoglikelihoodRequest(s.context, c) for s in chunk for c in s.choices]
+            requests = [LoglikelihoodRequest(s.contexts[k] if s.contexts else s.context, c)
+                        for s in chunk for k, c in enumerate(s.choices)]
             t0 = time.perf_counter()
             lls = iter(backend.loglikelihood(requests))  # one call: the backend may batch them all
             timings.append(RequestTiming(lo // SCORE_CHUNK, "quality", None, 0, None, time.perf_counter() - t0))
@@ -183,7 +201,8 @@ class Perplexity:
             elapsed = time.perf_counter() - t0
             timings.append(RequestTiming(lo // SCORE_CHUNK, "quality", sum(r.n_tokens for r in scored), 0, None, elapsed))
             for j, (s, r) in enumerate(zip(chunk, scored, strict=True)):
-                n_bytes, n_words = len(s.text.encode("utf-8")), scoring.count_words(s.text)
+                counted = s.text if s.count_text is None else s.count_text
+                n_bytes, n_words = len(counted.encode("utf-8")), scoring.count_words(counted)
                 scores = {"logprob": r.logprob, "bytes": float(n_bytes), "words": float(n_words),
                           "tokens": float(r.n_tokens), "bits_per_byte": scoring.bits_per_byte(r.logprob, n_bytes)}
                 results.append(SampleResult(lo + j, s.id, s.text, "", "", scores))
@@ -215,6 +234,42 @@ class Perplexity:
 
     def prompt_of(self, sample: TextSample) -> str:
         return sample.text
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """Score one expected continuation per context: ``acc`` when it is the greedy one,
+    ``perplexity`` = exp(-mean log-likelihood), as lm-eval's LAMBADA."""
+
+    name: str = "continuation"
+    generates: bool = False
+    quality_metrics: tuple[str, ...] = ("acc", "perplexity")
+
+    def run(self, backend: Backend, samples: Sequence[ContinuationSample], progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
+        results, timings = [], []
+        for lo in range(0, len(samples), SCORE_CHUNK):
+            chunk = samples[lo : lo + SCORE_CHUNK]
+            t0 = time.perf_counter()
+            lls = backend.loglikelihood([LoglikelihoodRequest(s.context, s.continuation) for s in chunk])
+            timings.append(RequestTiming(lo // SCORE_CHUNK, "quality", None, 0, None, time.perf_counter() - t0))
+            for j, (s, ll) in enumerate(zip(chunk, lls, strict=True)):
+                scores = {"acc": float(ll.is_greedy), "logprob": ll.logprob}
+                results.append(SampleResult(lo + j, s.id, s.context, s.continuation, "", scores))
+            progress(lo + len(chunk))
+        return results, timings
+
+    def aggregate(self, results: Sequence[SampleResult]) -> dict[str, float | None]:
+        out = _mean_metrics(results, ("acc",))
+        nll = [-r.scores["logprob"] for r in results]
+        mean_nll = scoring.mean(nll)
+        out["perplexity"] = math.exp(mean_nll)
+        out["perplexity_stderr"] = math.exp(mean_nll) * scoring.stderr_of_mean(nll)  # delta method
+        out["perplexity_ci_low"], out["perplexity_ci_high"] = scoring.bootstrap_ci(
+            [(v,) for v in nll], lambda rows: math.exp(scoring.mean([r[0] for r in rows])))
+        return out
+
+    def prompt_of(self, sample: ContinuationSample) -> str:
+        return sample.context
 
 
 @dataclass(frozen=True)

