@@ -13,9 +13,9 @@ from rich.text import Text
 from smallfit.metrics import METRICS
 from smallfit.results import RunResults
 from smallfit.store import effective_status
-from smallfit.verdict import ERROR, FAIL, PASS
+from smallfit.verdict import ERROR, FAIL, PASS, UNCERTAIN, CheckResult
 
-_VERDICT_STYLE = {PASS: "bold green", FAIL: "bold red", ERROR: "bold magenta"}
+_VERDICT_STYLE = {PASS: "bold green", FAIL: "bold red", ERROR: "bold magenta", UNCERTAIN: "bold yellow"}
 
 
 def fmt_bytes(value: float | None) -> str:
@@ -71,26 +71,39 @@ def comparison(results: RunResults) -> Group:
 
 
 def verdict_lines(results: RunResults) -> list[Text]:
-    """One line for the budget, one per candidate with the checks it failed, and the answer."""
+    """One line for the budget, one per candidate with the checks it failed or left undecided
+    (value, 95% interval, what would decide it), and the answer."""
     if not results.budget:
         return [Text("No budget declared: pass --budget 'acc>=0.4,latency_s_p95<=2' for a verdict.", style="dim")]
-    lines = [Text(f"Budget: {', '.join(results.budget)}")]
+    lines = [Text(f"Budget: {', '.join(results.budget)}  (a check passes when its whole 95% interval does)")]
     info = {c["name"]: c for c in results.candidates}
     for name, v in results.verdicts.items():
-        failed = [c for c in v.checks if not c.passed]
-        why = "; ".join(f"{c.task}:{c.metric}={_fmt_value(c.value)} ({c.reason or 'needs ' + c.check})"
-                        for c in failed[:4])
+        open_checks = [c for c in v.checks if not c.passed]
         cand = info.get(name, {})
         line = Text(f"  {name} ({fmt_bytes(cand.get('model_size_bytes'))} on disk, "
                     f"loads in {fmt_seconds(cand.get('load_s'))}): ")
         line.append(v.verdict.upper(), style=_VERDICT_STYLE.get(v.verdict, ""))
-        if why:
-            line.append(f"  {why}")
+        if open_checks:
+            line.append("  " + "; ".join(check_summary(c) for c in open_checks[:4]))
         lines.append(line)
     best = results.smallest_passing
-    lines.append(Text(f"Smallest candidate that passes: {best}" if best else
-                      "No candidate passes the budget.", style="bold"))
+    undecided = [n for n, v in results.verdicts.items() if v.verdict == UNCERTAIN]
+    if best:
+        answer = f"Smallest candidate that passes with confidence: {best}"
+    else:
+        answer = "No candidate passes the budget with confidence"
+        answer += f"; undecided: {', '.join(undecided)} (more examples would decide)." if undecided else "."
+    lines.append(Text(answer, style="bold"))
     return lines
+
+
+def check_summary(c: CheckResult) -> str:
+    """``task:metric=value [low, high] n=N (why)`` for a check that did not pass."""
+    interval = f" [{_fmt_value(c.low)}, {_fmt_value(c.high)}] n={c.n}" if c.low is not None else ""
+    why = c.reason if c.outcome == UNCERTAIN or c.value is None else f"needs {c.check}"
+    if c.outcome == UNCERTAIN:
+        why = f"{c.check} uncertain: {why}"
+    return f"{c.task}:{c.metric}={_fmt_value(c.value)}{interval} ({why})"
 
 
 def _fmt_value(value: float | None) -> str:
