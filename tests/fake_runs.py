@@ -118,10 +118,11 @@ def build_run(store: Store, spec: FakeRun) -> str:
     return run_id
 
 
-def three_candidates() -> list[FakeCandidate]:
-    """Small and quick but weak; middling; big, slow and good."""
+def demo_candidates() -> list[FakeCandidate]:
+    """Small and quick but weak; middling; one worse than middling on both; big, slow and good."""
     return [
         FakeCandidate("tiny-135m", 98_000_000, 300_000_000, 14, 0.35, bpb=1.08),
         FakeCandidate("mid-270m", 253_000_000, 520_000_000, 22, 0.7, bpb=0.96),
+        FakeCandidate("slow-360m", 360_000_000, 700_000_000, 18, 1.0, bpb=1.01),
         FakeCandidate("big-1b", 900_000_000, 1_400_000_000, 33, 1.6, bpb=0.82),
     ]

@@ -4,7 +4,13 @@ import math
 
 import pytest
 
-from smallfit.stats import bootstrap_difference, difference_z_test, more_needed, two_sided_p, wilson_interval
+from smallfit.stats import (
+    bootstrap_difference,
+    difference_z_test,
+    more_needed,
+    two_sided_p,
+    wilson_interval,
+)
 from smallfit.verdict import dominated
 
 

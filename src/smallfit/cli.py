@@ -206,6 +206,30 @@ def results(
         print_comparison(out, res)
 
 
+RunArg = Annotated[str | None, typer.Argument(help="Run id or a unique prefix; default: the latest run.",
+                                             show_default=False)]
+
+
+@app.command()
+def pareto(
+    run_id: RunArg = None,
+    x: Annotated[str, typer.Option("--x", help="Figure on the x axis (see 'smallfit metrics').")] = "latency_s_p95",
+    y: Annotated[str, typer.Option("--y", help="Figure on the y axis; 'quality' is each task's main "
+                                   "quality metric.")] = "quality",
+    task: Annotated[str | None, typer.Option("--task", "-t", help="Only this task.", show_default=False)] = None,
+    db: DbOption = None,
+) -> None:
+    """Pareto frontier of two figures per task: which candidates no other beats on both."""
+    from smallfit.report.pareto import frontiers
+    from smallfit.report.table import frontier_table
+    from smallfit.results import collect
+    from smallfit.store import Store
+
+    res = collect(Store.open(_db(db), create=False), run_id)
+    for f in frontiers(res, x, y, task):
+        out.print(frontier_table(f))
+
+
 @app.command()
 def tasks() -> None:
     """List the built-in tasks."""

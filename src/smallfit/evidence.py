@@ -35,10 +35,11 @@ class Interval:
     method: str  # "wilson", "bootstrap" (stored), "normal" (value ± 1.96 s.e.), "bootstrap (requests)"
     unit: str  # "examples" or "requests": what more of would narrow it
 
-    @property
-    def se(self) -> float:
-        """The standard error the interval implies: its half-width over 1.96."""
-        return (self.high - self.low) / (2 * Z95)
+    def se_toward(self, value: float, threshold: float) -> float:
+        """The standard error the interval implies on the threshold's side of ``value``: that
+        side's half-width over 1.96 (a Wilson or bootstrap interval need not be symmetric)."""
+        side = self.high - value if threshold >= value else value - self.low
+        return max(0.0, side) / Z95
 
 
 def quality_interval(metric: str, metrics: Mapping[str, float | None], n: int | None) -> Interval | None:

@@ -87,7 +87,7 @@ def apply_check(check: Check, task: str, value: float, interval: Interval | None
         outcome, reason = FAIL, "the whole interval misses"
     else:
         outcome = UNCERTAIN
-        needed = more_needed(interval.n, interval.se, value, check.threshold)
+        needed = more_needed(interval.n, interval.se_toward(value, check.threshold), value, check.threshold)
         reason = (f"about {needed} more {interval.unit} would likely decide it" if needed is not None
                   else "the value sits on the threshold")
     return CheckResult(str(check), task, check.metric, value, outcome == PASS, reason, interval.low,
@@ -138,10 +138,17 @@ def smallest_passing(verdicts: Mapping[str, CandidateVerdict], sizes: Mapping[st
     return min(passing, key=lambda c: (sizes[c] or 0.0, c))
 
 
-def dominated(points: Sequence[tuple[float, float]], x_higher_better: bool, y_higher_better: bool) -> list[bool]:
-    """For each (x, y) point, whether another point is at least as good on both axes and strictly
-    better on one (Pareto dominance); the points not dominated form the frontier. Equal points
-    do not dominate each other."""
+def dominators(points: Sequence[tuple[float, float]], x_higher_better: bool,
+               y_higher_better: bool) -> list[list[int]]:
+    """For each (x, y) point, the indices of the points that dominate it: at least as good on
+    both axes and strictly better on one (Pareto). Points with none form the frontier; equal
+    points do not dominate each other."""
     sx, sy = (1.0 if x_higher_better else -1.0), (1.0 if y_higher_better else -1.0)
     scored = [(sx * x, sy * y) for x, y in points]
-    return [any(ox >= x and oy >= y and (ox > x or oy > y) for ox, oy in scored) for x, y in scored]
+    return [[j for j, (ox, oy) in enumerate(scored) if ox >= x and oy >= y and (ox > x or oy > y)]
+            for x, y in scored]
+
+
+def dominated(points: Sequence[tuple[float, float]], x_higher_better: bool, y_higher_better: bool) -> list[bool]:
+    """For each point, whether another point dominates it (see :func:`dominators`)."""
+    return [bool(d) for d in dominators(points, x_higher_better, y_higher_better)]

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from smallfit.metrics import METRICS
+from smallfit.report.pareto import Frontier
 from smallfit.results import RunResults
 from smallfit.store import effective_status
 from smallfit.verdict import ERROR, FAIL, PASS, UNCERTAIN, CheckResult
@@ -38,6 +39,20 @@ def fmt_seconds(value: float | None) -> str:
 def fmt_rate(value: float | None) -> str:
     """A tokens/s figure."""
     return "-" if value is None else f"{value:.1f}"
+
+
+def fmt_metric(name: str, value: float | None) -> str:
+    """A figure in its metric's unit: bytes as MB/GB, seconds as ms/s, shares to 3 decimals."""
+    unit = METRICS[name].unit if name in METRICS else ""
+    if value is None:
+        return "-"
+    if unit == "bytes":
+        return fmt_bytes(value)
+    if unit == "s":
+        return fmt_seconds(value)
+    if unit == "tokens/s":
+        return f"{value:.1f} tok/s"
+    return f"{value:.3f}" if abs(value) < 100 else f"{value:.4g}"
 
 
 def _quality(metrics: dict[str, float | None]) -> str:
@@ -99,15 +114,28 @@ def verdict_lines(results: RunResults) -> list[Text]:
 
 def check_summary(c: CheckResult) -> str:
     """``task:metric=value [low, high] n=N (why)`` for a check that did not pass."""
-    interval = f" [{_fmt_value(c.low)}, {_fmt_value(c.high)}] n={c.n}" if c.low is not None else ""
+    interval = (f" [{fmt_metric(c.metric, c.low)}, {fmt_metric(c.metric, c.high)}] n={c.n}"
+                if c.low is not None else "")
     why = c.reason if c.outcome == UNCERTAIN or c.value is None else f"needs {c.check}"
     if c.outcome == UNCERTAIN:
         why = f"{c.check} uncertain: {why}"
-    return f"{c.task}:{c.metric}={_fmt_value(c.value)}{interval} ({why})"
+    return f"{c.task}:{c.metric}={fmt_metric(c.metric, c.value)}{interval} ({why})"
 
 
-def _fmt_value(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
+def frontier_table(f: Frontier) -> Table:
+    """One task's Pareto frontier: each candidate's two figures and what dominates it."""
+    arrow = {m: "↑" if METRICS[m].higher_is_better else "↓" for m in (f.x, f.y)}
+    table = Table(title=f"{f.task}: {f.y} {arrow[f.y]} vs {f.x} {arrow[f.x]} (↑/↓: higher/lower is better)",
+                  title_justify="left", header_style="bold")
+    for col in ("candidate", f.y, f.x, "Pareto"):
+        table.add_column(col)
+    for p in sorted(f.points, key=lambda p: (p.dominated, p.x)):
+        status = (Text("dominated by " + ", ".join(p.dominated_by), style="dim") if p.dominated
+                  else Text("on the frontier", style="bold green"))
+        table.add_row(p.candidate, fmt_metric(f.y, p.y), fmt_metric(f.x, p.x), status)
+    for cand, why in f.missing.items():
+        table.add_row(cand, "-", "-", Text(f"not plotted: {why}", style="magenta"))
+    return table
 
 
 def runs_table(rows: Sequence[sqlite3.Row]) -> Table:
