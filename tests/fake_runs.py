@@ -89,7 +89,8 @@ def task_result(cand: FakeCandidate, task: str, n: int) -> TaskResult:
         timings = [RequestTiming(i, "quality", None, 0, None, 0.02) for i in range(n)] + _timings(cand, "latency", 8)
     metrics = {**quality, **efficiency_from_timings(timings), "load_s": cand.size_bytes / 2e8,
                "peak_rss_bytes": float(cand.peak_rss_bytes), "model_size_bytes": float(cand.size_bytes)}
-    info = {"kind": "test", "n_samples": n, "peak_rss_source": "VmHWM"}
+    info = {"kind": "test", "n_samples": n, "peak_rss_source": "VmHWM",
+            "latency_pass_prompts": 0 if task == "largest-country" else 8}
     return TaskResult(task, metrics, samples, timings, info)
 
 

@@ -231,6 +231,29 @@ def pareto(
 
 
 @app.command()
+def report(
+    run_id: RunArg = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")] = Path("report.html"),
+    db: DbOption = None,
+) -> None:
+    """Write one self-contained HTML report (plots, verdicts, trade-offs, machine) that works offline."""
+    from smallfit.report.html import render
+    from smallfit.results import collect
+    from smallfit.store import Store
+
+    page = render(collect(Store.open(_db(db), create=False), run_id))
+    _write(output, page)
+    err.print(f"report written to {output}")
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise SmallfitError(f"cannot write {path}: {exc.strerror}; pass another path with -o") from None
+
+
+@app.command()
 def tasks() -> None:
     """List the built-in tasks."""
     from smallfit.tasks import BUILTIN
