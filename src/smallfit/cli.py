@@ -254,6 +254,20 @@ def _write(path: Path, text: str) -> None:
 
 
 @app.command()
+def card(
+    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix.")],
+    candidate: Annotated[str, typer.Argument(help="Candidate name in that run.")],
+    db: DbOption = None,
+) -> None:
+    """Markdown for a model's README: Hugging Face model-index metadata, efficiency, hardware, verdict."""
+    from smallfit.report.card import model_card
+    from smallfit.results import collect
+    from smallfit.store import Store
+
+    sys.stdout.write(model_card(collect(Store.open(_db(db), create=False), run_id), candidate))
+
+
+@app.command()
 def tasks() -> None:
     """List the built-in tasks."""
     from smallfit.tasks import BUILTIN
