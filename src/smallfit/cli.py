@@ -268,6 +268,41 @@ def card(
 
 
 @app.command()
+def compare(
+    run_a: Annotated[str, typer.Argument(help="The first run (id or unique prefix).")],
+    run_b: Annotated[str, typer.Argument(help="The second run.")],
+    candidate_a: Annotated[str | None, typer.Option(help="Compare this candidate of run A...",
+                                                    show_default=False)] = None,
+    candidate_b: Annotated[str | None, typer.Option(help="...with this candidate of run B (default: the same "
+                                                    "name).", show_default=False)] = None,
+    db: DbOption = None,
+) -> None:
+    """Each figure's change between two runs, with its significance and the test that gave it."""
+    from smallfit.report.compare import changes_table, compare_runs
+    from smallfit.store import Store
+
+    store = Store.open(_db(db), create=False)
+    changes = compare_runs(store, run_a, run_b, candidate_a, candidate_b)
+    out.print(changes_table(changes, str(store.run(run_a)["id"]), str(store.run(run_b)["id"])))
+
+
+@app.command()
+def export(
+    run_id: RunArg = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="csv or parquet (needs smallfit[parquet]).")] = "csv",
+    what: Annotated[str, typer.Option(help="candidates (one row per candidate x task) or samples.")] = "candidates",
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")] = Path("smallfit.csv"),
+    db: DbOption = None,
+) -> None:
+    """Export a run's figures or its scored samples as CSV or Parquet."""
+    from smallfit.report.export import export as do_export
+    from smallfit.store import Store
+
+    n = do_export(Store.open(_db(db), create=False), run_id, what, format, output)
+    err.print(f"{n} {what} rows written to {output}")
+
+
+@app.command()
 def tasks() -> None:
     """List the built-in tasks."""
     from smallfit.tasks import BUILTIN

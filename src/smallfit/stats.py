@@ -8,9 +8,11 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from smallfit.scoring import percentile
 
+T = TypeVar("T")
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
@@ -70,9 +72,9 @@ def difference_z_test(mean_a: float, se_a: float, mean_b: float, se_b: float) ->
 
 
 def bootstrap_difference(
-    a: Sequence[float],
-    b: Sequence[float],
-    statistic: Callable[[Sequence[float]], float],
+    a: Sequence[T],
+    b: Sequence[T],
+    statistic: Callable[[Sequence[T]], float],
     resamples: int = 1000,
     seed: int = 0,
 ) -> tuple[float, float, float, float]:
