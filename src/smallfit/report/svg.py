@@ -68,19 +68,24 @@ def _frontier_path(points: list[Point], sx: tuple[float, float], sy: tuple[float
 
 
 def _labels(points: list[Point], pos: dict[str, tuple[float, float]], colours: dict[str, str]) -> list[str]:
-    placed: list[tuple[float, float]] = []
+    """A label beside each point, moved up or down (and kept inside the plot) until its box
+    overlaps no label placed before it; a box is estimated from the text length."""
+    placed: list[tuple[float, float, float]] = []  # x0, x1, baseline
     out = []
-    for p in sorted(points, key=lambda q: pos[q.candidate][1]):
+    for p in sorted(points, key=lambda q: (q.dominated, pos[q.candidate][1])):
         x, y = pos[p.candidate]
-        anchor, dx = ("end", -10) if x > _W - _RIGHT - 110 else ("start", 10)
-        ly = y + 4
-        while any(abs(ly - oy) < 14 and abs(x - ox) < 130 for ox, oy in placed):
-            ly += 14
-        placed.append((x, ly))
+        text = p.candidate + (" (dominated)" if p.dominated else "")
+        width = 7.6 * len(text) + 6  # bold 12px sans, generously
+        anchor, dx = ("end", -10.0) if x + 10 + width > _W - _RIGHT else ("start", 10.0)
+        x0 = x + dx - width if anchor == "end" else x + dx
+        for shift in (0, -16, 16, -32, 32, -48, 48, -64, 64):
+            ly = min(max(y + 4 + shift, _TOP + 12), _H - _BOTTOM - 4)
+            if not any(x0 < ox1 and ox0 < x0 + width and abs(ly - oy) < 14 for ox0, ox1, oy in placed):
+                break
+        placed.append((x0, x0 + width, ly))
         colour = GREY if p.dominated else colours.get(p.candidate, "#111827")
-        suffix = " (dominated)" if p.dominated else ""
         out.append(f'<text x="{x + dx:.1f}" y="{ly:.1f}" text-anchor="{anchor}" class="label" fill="{colour}">'
-                   f"{escape(p.candidate)}{suffix}</text>")
+                   f"{escape(text)}</text>")
     return out
 
 
