@@ -4,6 +4,7 @@ import pytest
 
 from smallfit.budget import Check, parse_budget
 from smallfit.errors import SmallfitError
+from smallfit.evidence import Interval
 from smallfit.verdict import Row, judge, smallest_passing
 
 
@@ -50,3 +51,34 @@ def test_no_budget_gives_none_and_missing_metric_fails():
     assert judge([], rows)["a"].verdict == "none"
     v = judge(parse_budget("acc>=0.1"), rows)["a"]
     assert v.verdict == "fail" and "no task" in v.checks[0].reason
+
+
+def _iv(low, high, n=100, unit="examples"):
+    return Interval(low, high, n, "wilson", unit)
+
+
+def test_interval_decides_pass_fail_or_uncertain():
+    checks = parse_budget("acc>=0.5,latency_s_p95<=1,peak_rss_bytes<=1GB")
+    rows = [
+        Row("sure", "t", {"acc": 0.62, "latency_s_p95": 0.5, "peak_rss_bytes": 5e8},
+            intervals={"acc": _iv(0.52, 0.71), "latency_s_p95": _iv(0.4, 0.6, 8, "requests")}),
+        Row("close", "t", {"acc": 0.52, "latency_s_p95": 0.5, "peak_rss_bytes": 5e8},
+            intervals={"acc": _iv(0.42, 0.62), "latency_s_p95": _iv(0.4, 0.6, 8, "requests")}),
+        Row("slow", "t", {"acc": 0.52, "latency_s_p95": 1.5, "peak_rss_bytes": 5e8},
+            intervals={"acc": _iv(0.42, 0.62), "latency_s_p95": _iv(1.2, 1.9, 8, "requests")}),
+        Row("fat", "t", {"acc": 0.9, "latency_s_p95": 0.5, "peak_rss_bytes": 2e9}),  # no intervals: plain
+    ]
+    v = judge(checks, rows)
+    assert {k: x.verdict for k, x in v.items()} == {
+        "sure": "pass", "close": "uncertain", "slow": "fail", "fat": "fail"}
+    (acc,) = [c for c in v["close"].checks if c.metric == "acc"]
+    assert (acc.outcome, acc.passed, acc.low, acc.high, acc.n) == ("uncertain", False, 0.42, 0.62, 100)
+    # se = 0.2 / (2 · 1.96); n_needed = 100 (1.96 se / 0.02)² = 100 · 5² = 2500: 2400 more
+    assert acc.needed == 2400 and "2400 more examples" in acc.reason
+    (lat,) = [c for c in v["slow"].checks if c.metric == "latency_s_p95"]
+    assert lat.outcome == "fail" and lat.needed is None
+    (mem,) = [c for c in v["fat"].checks if c.metric == "peak_rss_bytes"]
+    assert (mem.outcome, mem.low, mem.n) == ("fail", None, None)
+    # only a pass with confidence counts for the answer
+    assert smallest_passing(v, {"sure": 300, "close": 100, "slow": 50, "fat": 10}) == "sure"
+    assert smallest_passing(judge(checks, rows[1:2]), {"close": 100}) is None

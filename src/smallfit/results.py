@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from smallfit.budget import parse_budget
+from smallfit.evidence import Interval, quality_interval, timing_intervals, timings_from_rows
+from smallfit.metrics import QUALITY_METRICS
 from smallfit.spec import RunSpec
 from smallfit.store import Store, run_tasks
 from smallfit.verdict import CandidateVerdict, Row, judge, smallest_passing
@@ -21,6 +23,7 @@ class ResultRow:
     metrics: dict[str, float | None]
     verdict: str
     error: str | None
+    info: dict[str, Any] = field(default_factory=dict)  # the task's run info (n_samples, ...)
 
 
 @dataclass(frozen=True)
@@ -42,23 +45,46 @@ def collect(store: Store, run_id: str | None = None) -> RunResults:
     spec = RunSpec.model_validate_json(run["spec_json"])
     candidates = [dict(c) for c in store.candidates(run_id)]
     outcomes = {(t["candidate"], t["task"]): t for t in store.task_results(run_id)}
-    base_rows = []
+    checks = parse_budget(spec.budget) if spec.budget else []
+    base_rows, infos = [], []
     for cand in candidates:
         for task in run_tasks(store.run(run_id)).values():
             outcome = outcomes.get((cand["name"], task))
             if outcome is None:
                 error: str | None = f"not finished; continue with: smallfit run --resume {run_id}"
                 metrics: dict[str, float | None] = {}
+                info: dict[str, Any] = {}
             else:
                 error = outcome["error"] if outcome["status"] == "error" else None
                 metrics = store.metrics(run_id, cand["name"], task)
-            base_rows.append(Row(cand["name"], task, metrics, error))
-    checks = parse_budget(spec.budget) if spec.budget else []
+                info = json.loads(outcome["info_json"] or "{}")
+            wanted = {c.metric for c in checks if c.task in (None, task)} if error is None else set()
+            intervals = (_intervals(store, run_id, cand["name"], task, metrics, wanted, info.get("n_samples"))
+                         if wanted else {})
+            base_rows.append(Row(cand["name"], task, metrics, error, intervals))
+            infos.append(info)
     verdicts = judge(checks, base_rows)
-    rows = [ResultRow(r.candidate, r.task, dict(r.metrics), verdicts[r.candidate].verdict, r.error)
-            for r in base_rows]
+    rows = [ResultRow(r.candidate, r.task, dict(r.metrics), verdicts[r.candidate].verdict, r.error, info)
+            for r, info in zip(base_rows, infos, strict=True)]
     sizes = {c["name"]: c["model_size_bytes"] for c in candidates}
     return RunResults(run, candidates, rows, verdicts, spec.budget, smallest_passing(verdicts, sizes))
+
+
+def _intervals(store: Store, run_id: str, candidate: str, task: str, metrics: dict[str, float | None],
+               wanted: set[str], n_samples: int | None) -> dict[str, Interval]:
+    """Intervals of the figures the budget checks on this row, from the stored samples and timings."""
+    out: dict[str, Interval] = {}
+    quality = [m for m in wanted if m in QUALITY_METRICS and metrics.get(m) is not None]
+    if quality:
+        n = store.sample_count(run_id, candidate, task) or n_samples
+        for m in quality:
+            interval = quality_interval(m, metrics, n)
+            if interval is not None:
+                out[m] = interval
+    timed = sorted(m for m in wanted if metrics.get(m) is not None)
+    if timed:
+        out.update(timing_intervals(timings_from_rows(store.timings(run_id, candidate, task)), timed))
+    return out
 
 
 def to_json(results: RunResults) -> str:

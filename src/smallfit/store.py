@@ -336,6 +336,18 @@ class Store:
                                  " ORDER BY position", (run_id, candidate, task))
         return {r["name"]: r["value"] for r in rows}
 
+    def sample_count(self, run_id: str, candidate: str, task: str) -> int:
+        """How many scored examples a candidate x task stored."""
+        row = self.conn.execute("SELECT COUNT(*) AS n FROM samples WHERE run_id = ? AND candidate = ? AND task = ?",
+                                (run_id, candidate, task)).fetchone()
+        return int(row["n"])
+
+    def samples(self, run_id: str) -> list[sqlite3.Row]:
+        """Every scored example of a run, by candidate, task and index."""
+        return self.conn.execute("SELECT s.* FROM samples s JOIN candidates c ON c.run_id = s.run_id AND"
+                                 " c.name = s.candidate WHERE s.run_id = ? ORDER BY c.position, s.task, s.idx",
+                                 (run_id,)).fetchall()
+
     def timings(self, run_id: str, candidate: str, task: str) -> list[sqlite3.Row]:
         """Raw per-request timings of a candidate x task."""
         return self.conn.execute("SELECT * FROM timings WHERE run_id = ? AND candidate = ? AND task = ?"

@@ -1,8 +1,13 @@
-"""Budget verdicts: each candidate's results checked against the declared budget.
+"""Budget verdicts with confidence intervals, and the Pareto frontier of two figures.
 
-Verdicts are ``pass``, ``fail``, ``error`` (the candidate or one of its tasks failed to run) and
-``none`` (no budget was declared). The record already carries a place for a confidence interval
-(``low``/``high``) so that an ``uncertain`` verdict can be added without changing its shape.
+A check with an interval passes when the whole 95% interval is on the right side of the
+threshold, fails when the whole interval is on the wrong side, and is ``uncertain`` otherwise,
+with about how many more examples (or requests) would likely decide it. A figure without an
+interval (memory, size, load time: single measurements) is a plain pass or fail.
+
+A candidate's verdict is ``error`` (it or one of its tasks failed to run), ``none`` (no budget),
+``fail`` (a check failed), ``uncertain`` (none failed, some undecided) or ``pass`` (every check
+passed with confidence).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from smallfit.budget import Check
+from smallfit.evidence import Interval
+from smallfit.stats import more_needed
 
 PASS, FAIL, ERROR, NONE, UNCERTAIN = "pass", "fail", "error", "none", "uncertain"
 
@@ -23,11 +30,18 @@ class Row:
     task: str
     metrics: Mapping[str, float | None]
     error: str | None = None
+    intervals: Mapping[str, Interval] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class CheckResult:
-    """A check applied to one row: the measured value and whether it met the threshold."""
+    """A check applied to one row: the measured value, its interval, and the outcome.
+
+    ``passed`` is true only for a pass with confidence; ``outcome`` is ``pass``, ``fail`` or
+    ``uncertain``. ``low``/``high`` bound the 95% interval over ``n`` examples or requests
+    (None for a single measurement); ``needed`` is about how many more would decide an
+    uncertain check.
+    """
 
     check: str
     task: str
@@ -37,6 +51,15 @@ class CheckResult:
     reason: str = ""
     low: float | None = None
     high: float | None = None
+    outcome: str = ""
+    n: int | None = None
+    needed: int | None = None
+    method: str | None = None
+    unit: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.outcome:
+            object.__setattr__(self, "outcome", PASS if self.passed else FAIL)
 
 
 @dataclass(frozen=True)
@@ -52,6 +75,25 @@ def _applies(check: Check, row: Row) -> bool:
     return (check.task is None or check.task == row.task) and check.metric in row.metrics
 
 
+def apply_check(check: Check, task: str, value: float, interval: Interval | None) -> CheckResult:
+    """One check on one figure: plain without an interval, else by where the interval lies."""
+    if interval is None:
+        return CheckResult(str(check), task, check.metric, value, check.passes(value))
+    ok_low, ok_high = check.passes(interval.low), check.passes(interval.high)
+    needed: int | None = None
+    if ok_low and ok_high:
+        outcome, reason = PASS, ""
+    elif not ok_low and not ok_high:
+        outcome, reason = FAIL, "the whole interval misses"
+    else:
+        outcome = UNCERTAIN
+        needed = more_needed(interval.n, interval.se_toward(value, check.threshold), value, check.threshold)
+        reason = (f"about {needed} more {interval.unit} would likely decide it" if needed is not None
+                  else "the value sits on the threshold")
+    return CheckResult(str(check), task, check.metric, value, outcome == PASS, reason, interval.low,
+                       interval.high, outcome, interval.n, needed, interval.method, interval.unit)
+
+
 def check_row(checks: Sequence[Check], row: Row) -> list[CheckResult]:
     """Apply every check that concerns this row's task and metrics."""
     results = []
@@ -62,7 +104,7 @@ def check_row(checks: Sequence[Check], row: Row) -> list[CheckResult]:
         if value is None:
             results.append(CheckResult(str(check), row.task, check.metric, None, False, "not measured"))
         else:
-            results.append(CheckResult(str(check), row.task, check.metric, value, check.passes(value)))
+            results.append(apply_check(check, row.task, value, row.intervals.get(check.metric)))
     return results
 
 
@@ -82,14 +124,31 @@ def judge(checks: Sequence[Check], rows: Sequence[Row]) -> dict[str, CandidateVe
                 if not any(res.check == str(check) for res in results):
                     results.append(CheckResult(str(check), check.task or "*", check.metric, None, False,
                                                "no task of this candidate reports it"))
-            verdict = PASS if all(res.passed for res in results) else FAIL
+            outcomes = {res.outcome for res in results}
+            verdict = FAIL if FAIL in outcomes else UNCERTAIN if UNCERTAIN in outcomes else PASS
         out[cand] = CandidateVerdict(cand, verdict, results)
     return out
 
 
 def smallest_passing(verdicts: Mapping[str, CandidateVerdict], sizes: Mapping[str, float | None]) -> str | None:
-    """The passing candidate with the smallest model size on disk, or None if none passes."""
+    """The candidate that passes with confidence with the smallest model size on disk, or None."""
     passing = [c for c, v in verdicts.items() if v.verdict == PASS and sizes.get(c) is not None]
     if not passing:
         return None
     return min(passing, key=lambda c: (sizes[c] or 0.0, c))
+
+
+def dominators(points: Sequence[tuple[float, float]], x_higher_better: bool,
+               y_higher_better: bool) -> list[list[int]]:
+    """For each (x, y) point, the indices of the points that dominate it: at least as good on
+    both axes and strictly better on one (Pareto). Points with none form the frontier; equal
+    points do not dominate each other."""
+    sx, sy = (1.0 if x_higher_better else -1.0), (1.0 if y_higher_better else -1.0)
+    scored = [(sx * x, sy * y) for x, y in points]
+    return [[j for j, (ox, oy) in enumerate(scored) if ox >= x and oy >= y and (ox > x or oy > y)]
+            for x, y in scored]
+
+
+def dominated(points: Sequence[tuple[float, float]], x_higher_better: bool, y_higher_better: bool) -> list[bool]:
+    """For each point, whether another point dominates it (see :func:`dominators`)."""
+    return [bool(d) for d in dominators(points, x_higher_better, y_higher_better)]

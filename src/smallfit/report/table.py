@@ -11,11 +11,12 @@ from rich.table import Table
 from rich.text import Text
 
 from smallfit.metrics import METRICS
+from smallfit.report.pareto import Frontier
 from smallfit.results import RunResults
 from smallfit.store import effective_status
-from smallfit.verdict import ERROR, FAIL, PASS
+from smallfit.verdict import ERROR, FAIL, PASS, UNCERTAIN, CheckResult
 
-_VERDICT_STYLE = {PASS: "bold green", FAIL: "bold red", ERROR: "bold magenta"}
+_VERDICT_STYLE = {PASS: "bold green", FAIL: "bold red", ERROR: "bold magenta", UNCERTAIN: "bold yellow"}
 
 
 def fmt_bytes(value: float | None) -> str:
@@ -38,6 +39,20 @@ def fmt_seconds(value: float | None) -> str:
 def fmt_rate(value: float | None) -> str:
     """A tokens/s figure."""
     return "-" if value is None else f"{value:.1f}"
+
+
+def fmt_metric(name: str, value: float | None) -> str:
+    """A figure in its metric's unit: bytes as MB/GB, seconds as ms/s, shares to 3 decimals."""
+    unit = METRICS[name].unit if name in METRICS else ""
+    if value is None:
+        return "-"
+    if unit == "bytes":
+        return fmt_bytes(value)
+    if unit == "s":
+        return fmt_seconds(value)
+    if unit == "tokens/s":
+        return f"{value:.1f} tok/s"
+    return f"{value:.3f}" if abs(value) < 100 else f"{value:.4g}"
 
 
 def _quality(metrics: dict[str, float | None]) -> str:
@@ -71,30 +86,56 @@ def comparison(results: RunResults) -> Group:
 
 
 def verdict_lines(results: RunResults) -> list[Text]:
-    """One line for the budget, one per candidate with the checks it failed, and the answer."""
+    """One line for the budget, one per candidate with the checks it failed or left undecided
+    (value, 95% interval, what would decide it), and the answer."""
     if not results.budget:
         return [Text("No budget declared: pass --budget 'acc>=0.4,latency_s_p95<=2' for a verdict.", style="dim")]
-    lines = [Text(f"Budget: {', '.join(results.budget)}")]
+    lines = [Text(f"Budget: {', '.join(results.budget)}  (a check passes when its whole 95% interval does)")]
     info = {c["name"]: c for c in results.candidates}
     for name, v in results.verdicts.items():
-        failed = [c for c in v.checks if not c.passed]
-        why = "; ".join(f"{c.task}:{c.metric}={_fmt_value(c.value)} ({c.reason or 'needs ' + c.check})"
-                        for c in failed[:4])
+        open_checks = [c for c in v.checks if not c.passed]
         cand = info.get(name, {})
         line = Text(f"  {name} ({fmt_bytes(cand.get('model_size_bytes'))} on disk, "
                     f"loads in {fmt_seconds(cand.get('load_s'))}): ")
         line.append(v.verdict.upper(), style=_VERDICT_STYLE.get(v.verdict, ""))
-        if why:
-            line.append(f"  {why}")
+        if open_checks:
+            line.append("  " + "; ".join(check_summary(c) for c in open_checks[:4]))
         lines.append(line)
     best = results.smallest_passing
-    lines.append(Text(f"Smallest candidate that passes: {best}" if best else
-                      "No candidate passes the budget.", style="bold"))
+    undecided = [n for n, v in results.verdicts.items() if v.verdict == UNCERTAIN]
+    if best:
+        answer = f"Smallest candidate that passes with confidence: {best}"
+    else:
+        answer = "No candidate passes the budget with confidence"
+        answer += f"; undecided: {', '.join(undecided)} (more examples would decide)." if undecided else "."
+    lines.append(Text(answer, style="bold"))
     return lines
 
 
-def _fmt_value(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
+def check_summary(c: CheckResult) -> str:
+    """``task:metric=value [low, high] n=N (why)`` for a check that did not pass."""
+    interval = (f" [{fmt_metric(c.metric, c.low)}, {fmt_metric(c.metric, c.high)}] n={c.n}"
+                if c.low is not None else "")
+    why = c.reason if c.outcome == UNCERTAIN or c.value is None else f"needs {c.check}"
+    if c.outcome == UNCERTAIN:
+        why = f"{c.check} uncertain: {why}"
+    return f"{c.task}:{c.metric}={fmt_metric(c.metric, c.value)}{interval} ({why})"
+
+
+def frontier_table(f: Frontier) -> Table:
+    """One task's Pareto frontier: each candidate's two figures and what dominates it."""
+    arrow = {m: "↑" if METRICS[m].higher_is_better else "↓" for m in (f.x, f.y)}
+    table = Table(title=f"{f.task}: {f.y} {arrow[f.y]} vs {f.x} {arrow[f.x]} (↑/↓: higher/lower is better)",
+                  title_justify="left", header_style="bold")
+    for col in ("candidate", f.y, f.x, "Pareto"):
+        table.add_column(col)
+    for p in sorted(f.points, key=lambda p: (p.dominated, p.x)):
+        status = (Text("dominated by " + ", ".join(p.dominated_by), style="dim") if p.dominated
+                  else Text("on the frontier", style="bold green"))
+        table.add_row(p.candidate, fmt_metric(f.y, p.y), fmt_metric(f.x, p.x), status)
+    for cand, why in f.missing.items():
+        table.add_row(cand, "-", "-", Text(f"not plotted: {why}", style="magenta"))
+    return table
 
 
 def runs_table(rows: Sequence[sqlite3.Row]) -> Table:

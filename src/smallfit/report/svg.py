@@ -1,0 +1,132 @@
+"""Inline SVG scatter plots of a Pareto frontier: no JavaScript, no plotting library, works offline."""
+
+from __future__ import annotations
+
+import math
+from html import escape
+
+from smallfit.metrics import METRICS
+from smallfit.report.pareto import Frontier, Point
+
+PALETTE = ("#2563eb", "#d97706", "#059669", "#dc2626", "#7c3aed", "#0891b2", "#be185d", "#4d7c0f")
+GREY = "#9ca3af"
+_W, _H = 520, 340
+_LEFT, _RIGHT, _TOP, _BOTTOM = 72, 24, 16, 58
+
+
+def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """About ``count`` round tick values (1, 2, 2.5 or 5 times a power of ten) covering [low, high]."""
+    if high <= low:
+        high = low + (abs(low) or 1.0)
+    raw = (high - low) / max(1, count - 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.floor(low / step) * step
+    ticks, t = [], first
+    while t <= high + step * 1e-9:
+        ticks.append(round(t, 12))
+        t += step
+    if ticks[-1] < high:
+        ticks.append(round(t, 12))
+    return ticks
+
+
+def tick_label(metric: str, value: float) -> str:
+    """Short axis label in the metric's unit."""
+    unit = METRICS[metric].unit if metric in METRICS else ""
+    if unit == "bytes":
+        for suffix, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+            if abs(value) >= scale:
+                return f"{value / scale:g} {suffix}"
+        return f"{value:g} B"
+    if unit == "s":
+        return f"{value * 1000:g} ms" if abs(value) < 1 else f"{value:g} s"
+    return f"{value:g}"
+
+
+def axis_title(metric: str) -> str:
+    """``latency_s_p95 (s, lower is better)``."""
+    info = METRICS.get(metric)
+    if info is None:
+        return metric
+    better = "higher is better" if info.higher_is_better else "lower is better"
+    return f"{metric} ({info.unit + ', ' if info.unit else ''}{better})"
+
+
+def _scale(lo: float, hi: float, a: float, b: float) -> tuple[float, float]:
+    span = hi - lo or 1.0
+    return (b - a) / span, a - lo * (b - a) / span
+
+
+def _frontier_path(points: list[Point], sx: tuple[float, float], sy: tuple[float, float]) -> str:
+    front = sorted((p for p in points if not p.dominated), key=lambda p: (p.x, p.y))
+    if len(front) < 2:
+        return ""
+    coords = " ".join(f"{p.x * sx[0] + sx[1]:.1f},{p.y * sy[0] + sy[1]:.1f}" for p in front)
+    return f'<polyline class="frontier" points="{coords}" fill="none" stroke="#111827" stroke-width="1.5" ' \
+           f'stroke-dasharray="5 4" opacity="0.55"/>'
+
+
+def _labels(points: list[Point], pos: dict[str, tuple[float, float]], colours: dict[str, str]) -> list[str]:
+    """A label beside each point, moved up or down (and kept inside the plot) until its box
+    overlaps no label placed before it; a box is estimated from the text length."""
+    placed: list[tuple[float, float, float]] = []  # x0, x1, baseline
+    out = []
+    for p in sorted(points, key=lambda q: (q.dominated, pos[q.candidate][1])):
+        x, y = pos[p.candidate]
+        text = p.candidate + (" (dominated)" if p.dominated else "")
+        width = 7.6 * len(text) + 6  # bold 12px sans, generously
+        anchor, dx = ("end", -10.0) if x + 10 + width > _W - _RIGHT else ("start", 10.0)
+        x0 = x + dx - width if anchor == "end" else x + dx
+        for shift in (0, -16, 16, -32, 32, -48, 48, -64, 64):
+            ly = min(max(y + 4 + shift, _TOP + 12), _H - _BOTTOM - 4)
+            if not any(x0 < ox1 and ox0 < x0 + width and abs(ly - oy) < 14 for ox0, ox1, oy in placed):
+                break
+        placed.append((x0, x0 + width, ly))
+        colour = GREY if p.dominated else colours.get(p.candidate, "#111827")
+        out.append(f'<text x="{x + dx:.1f}" y="{ly:.1f}" text-anchor="{anchor}" class="label" fill="{colour}">'
+                   f"{escape(text)}</text>")
+    return out
+
+
+def scatter(frontier: Frontier, colours: dict[str, str]) -> str:
+    """One frontier as an SVG scatter: frontier candidates in colour joined by a dashed line,
+    dominated ones hollow and grey, every point labelled with its candidate."""
+    pts = frontier.points
+    xs, ys = [p.x for p in pts], [p.y for p in pts]
+    xt, yt = nice_ticks(min(xs), max(xs)), nice_ticks(min(ys), max(ys))
+    sx = _scale(xt[0], xt[-1], _LEFT, _W - _RIGHT)
+    sy = _scale(yt[0], yt[-1], _H - _BOTTOM, _TOP)
+    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {_H}" role="img" class="plot" '
+             f'aria-label="{escape(frontier.task)}: {escape(frontier.y)} against {escape(frontier.x)}">'),
+             (f'<rect x="{_LEFT}" y="{_TOP}" width="{_W - _LEFT - _RIGHT}" height="{_H - _TOP - _BOTTOM}" '
+             'fill="#fafafa" stroke="#d1d5db"/>')]
+    for t in xt:
+        x = t * sx[0] + sx[1]
+        parts.append(f'<line x1="{x:.1f}" y1="{_TOP}" x2="{x:.1f}" y2="{_H - _BOTTOM}" stroke="#e5e7eb"/>'
+                     f'<text x="{x:.1f}" y="{_H - _BOTTOM + 18}" text-anchor="middle" class="tick">'
+                     f"{escape(tick_label(frontier.x, t))}</text>")
+    for t in yt:
+        y = t * sy[0] + sy[1]
+        parts.append(f'<line x1="{_LEFT}" y1="{y:.1f}" x2="{_W - _RIGHT}" y2="{y:.1f}" stroke="#e5e7eb"/>'
+                     f'<text x="{_LEFT - 8}" y="{y + 4:.1f}" text-anchor="end" class="tick">'
+                     f"{escape(tick_label(frontier.y, t))}</text>")
+    parts.append(f'<text x="{(_LEFT + _W - _RIGHT) / 2}" y="{_H - 12}" text-anchor="middle" class="axis">'
+                 f"{escape(axis_title(frontier.x))}</text>")
+    parts.append(f'<text transform="translate(16 {(_TOP + _H - _BOTTOM) / 2}) rotate(-90)" text-anchor="middle" '
+                 f'class="axis">{escape(axis_title(frontier.y))}</text>')
+    parts.append(_frontier_path(pts, sx, sy))
+    pos = {p.candidate: (p.x * sx[0] + sx[1], p.y * sy[0] + sy[1]) for p in pts}
+    for p in sorted(pts, key=lambda q: not q.dominated):  # frontier points drawn on top
+        x, y = pos[p.candidate]
+        if p.dominated:
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="#fff" stroke="{GREY}" stroke-width="2" '
+                         f'class="point dominated"><title>{escape(p.candidate)}: dominated by '
+                         f'{escape(", ".join(p.dominated_by))}</title></circle>')
+        else:
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="7" fill="{colours.get(p.candidate, "#111827")}" '
+                         f'stroke="#fff" stroke-width="1.5" class="point frontier-point">'
+                         f"<title>{escape(p.candidate)}: on the frontier</title></circle>")
+    parts.extend(_labels(pts, pos, colours))
+    parts.append("</svg>")
+    return "".join(parts)

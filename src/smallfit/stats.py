@@ -1,0 +1,98 @@
+"""Pure statistics for verdicts and comparisons: intervals, sample sizes, significance tests.
+
+No I/O and no third-party library, so each function can be checked by hand in a test.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from smallfit.scoring import percentile
+
+T = TypeVar("T")
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+def normal_cdf(x: float) -> float:
+    """Standard normal cumulative distribution function."""
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def two_sided_p(z: float) -> float:
+    """Two-sided p-value of a standard normal statistic ``z``."""
+    return 2.0 * (1.0 - normal_cdf(abs(z)))
+
+
+def wilson_interval(p: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``p`` observed over ``n`` trials.
+
+    ``(p + z²/2n ± z √(p(1−p)/n + z²/4n²)) / (1 + z²/n)``: unlike the normal interval it stays
+    within [0, 1] and is not empty at p = 0 or 1, which small evaluations hit often.
+    """
+    if n < 1:
+        raise ValueError("Wilson interval needs n >= 1")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError("a proportion must be within [0, 1]")
+    z2 = z * z
+    centre = p + z2 / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    denom = 1 + z2 / n
+    return max(0.0, (centre - half) / denom), min(1.0, (centre + half) / denom)
+
+
+def more_needed(n: int, se: float, value: float, threshold: float, z: float = Z95) -> int | None:
+    """About how many more examples would put the whole interval on one side of ``threshold``.
+
+    The standard error shrinks as 1/√n, so the interval half-width ``z·se`` reaches the distance
+    ``|value − threshold|`` at ``n_needed ≈ n (z·se / |value − threshold|)²``. Returns the extra
+    ``n_needed − n`` (at least 1), or None when the value sits on the threshold (no finite n).
+    """
+    gap = abs(value - threshold)
+    if gap == 0 or se <= 0 or n < 1:
+        return None
+    needed = math.ceil(n * (z * se / gap) ** 2)
+    return max(1, needed - n)
+
+
+def difference_z_test(mean_a: float, se_a: float, mean_b: float, se_b: float) -> tuple[float, float, float]:
+    """Difference ``b − a`` of two independent means, its z statistic and two-sided p-value.
+
+    The standard error of the difference is ``√(se_a² + se_b²)``; with zero combined error the
+    test is undefined and gives ``z = nan, p = nan``.
+    """
+    diff = mean_b - mean_a
+    se = math.sqrt(se_a * se_a + se_b * se_b)
+    if se == 0:
+        return diff, math.nan, math.nan
+    z = diff / se
+    return diff, z, two_sided_p(z)
+
+
+def bootstrap_difference(
+    a: Sequence[T],
+    b: Sequence[T],
+    statistic: Callable[[Sequence[T]], float],
+    resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float, float, float]:
+    """``statistic(b) − statistic(a)``, its 95% percentile-bootstrap interval and a p-value.
+
+    Each sample is resampled independently with replacement; the two-sided p-value is twice the
+    smaller share of resampled differences on either side of 0 (at least ``1 / resamples``).
+    """
+    if not a or not b:
+        raise ValueError("bootstrap of an empty sequence")
+    rng = random.Random(seed)
+    diffs = []
+    for _ in range(resamples):
+        da = [a[rng.randrange(len(a))] for _ in a]
+        db = [b[rng.randrange(len(b))] for _ in b]
+        diffs.append(statistic(db) - statistic(da))
+    low, high = percentile(diffs, 2.5), percentile(diffs, 97.5)
+    below = sum(d <= 0 for d in diffs) / resamples
+    above = sum(d >= 0 for d in diffs) / resamples
+    p = min(1.0, max(1.0 / resamples, 2 * min(below, above)))
+    return statistic(b) - statistic(a), low, high, p

@@ -1,0 +1,50 @@
+"""Intervals from stored samples and raw timings, and verdicts read back from a real store."""
+
+import json
+
+import pytest
+
+from smallfit.evidence import quality_interval, timing_intervals
+from smallfit.records import RequestTiming
+from smallfit.results import collect, to_json
+from smallfit.store import Store
+from tests.fake_runs import FakeCandidate, FakeRun, build_run
+
+
+def test_quality_interval_kinds():
+    wilson = quality_interval("acc", {"acc": 0.5}, 100)
+    assert wilson.method == "wilson" and wilson.low == pytest.approx(0.40383, abs=1e-5)
+    stored = quality_interval("f1", {"f1": 0.4, "f1_ci_low": 0.3, "f1_ci_high": 0.52}, 50)
+    assert (stored.low, stored.high, stored.method) == (0.3, 0.52, "bootstrap")
+    normal = quality_interval("bits_per_byte", {"bits_per_byte": 1.0, "bits_per_byte_stderr": 0.01}, 20)
+    assert normal.low == pytest.approx(1 - 0.0196, abs=1e-4) and normal.method == "normal"
+    assert quality_interval("acc", {"acc": None}, 10) is None
+    assert quality_interval("f1", {"f1": 0.4}, 10) is None  # nothing to build an interval from
+
+
+def test_timing_intervals_use_the_generation_requests_only():
+    scoring_requests = [RequestTiming(i, "quality", None, 0, None, 9.0) for i in range(5)]
+    generations = [RequestTiming(i, "latency", 10, 8, 0.1, 1.0) for i in range(6)]
+    (iv,) = timing_intervals(scoring_requests + generations, ["latency_s_p95"]).values()
+    assert (iv.low, iv.high, iv.n, iv.unit) == (1.0, 1.0, 6, "requests")  # the 9 s requests are not in it
+    assert timing_intervals(scoring_requests, ["latency_s_p95"]) == {}
+    assert timing_intervals(generations, ["peak_rss_bytes"]) == {}  # a single measurement
+
+
+def test_stored_run_gets_interval_verdicts_and_json_fields(tmp_path):
+    store = Store.open(tmp_path / "r.db")
+    cands = [FakeCandidate("weak", 100, 10**8, 12, 0.2), FakeCandidate("close", 200, 10**8, 22, 0.2),
+             FakeCandidate("strong", 300, 10**8, 36, 0.2)]
+    run_id = build_run(store, FakeRun(cands, budget=["quartz:acc>=0.5", "latency_s_p95<=1"], tasks=("quartz",)))
+    res = collect(store, run_id)
+    assert {k: v.verdict for k, v in res.verdicts.items()} == {"weak": "fail", "close": "uncertain", "strong": "pass"}
+    assert res.smallest_passing == "strong"
+    (acc,) = [c for c in res.verdicts["close"].checks if c.metric == "acc"]
+    assert acc.n == 40 and acc.method == "wilson" and acc.low < 0.5 < acc.high and acc.needed > 0
+    exported = json.loads(to_json(res))
+    row = next(r for r in exported if r["candidate"] == "close")
+    assert row["verdict"] == "uncertain"
+    check = next(c for c in row["checks"] if c["metric"] == "acc")
+    assert {"low", "high", "n", "needed", "outcome"} <= check.keys() and check["needed"] == acc.needed
+    lat = next(c for c in row["checks"] if c["metric"] == "latency_s_p95")
+    assert lat["n"] == 8 and lat["unit"] == "requests" and lat["outcome"] == "pass"
