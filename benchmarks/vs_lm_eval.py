@@ -6,9 +6,9 @@ task built from local data (the first N QuaRTz questions of the evals registry, 
 lm-eval runs from its own virtual environment (it is not a smallfit dependency); runs alternate
 A/B and the medians are compared. Printed: per-request log-likelihood differences, accuracy of
 each, and wall times with their ratio (targets: |difference| <= 1e-3, identical accuracy,
-smallfit at least 3x faster).
+smallfit at least 3x faster). lm-eval runs at its default batch size (1) and at smallfit's (8).
 
-    .venv/bin/python benchmarks/vs_lm_eval.py [--n 300] [--repeat 2] [--batch-size 8]
+    .venv/bin/python benchmarks/vs_lm_eval.py [--n 300] [--repeat 2] [--lm-eval-batch-sizes 1,8]
 """
 
 from __future__ import annotations
@@ -144,31 +144,38 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=300, help="questions (default 300)")
     parser.add_argument("--repeat", type=int, default=2, help="alternating runs of each (default 2)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=8, help="lm-eval's --batch_size and smallfit's")
+    parser.add_argument("--batch-size", type=int, default=8, help="smallfit's batch size (default 8)")
+    parser.add_argument("--lm-eval-batch-sizes", default="1,8", help="lm-eval batch sizes (default 1 = its default, 8)")
     args = parser.parse_args()
     if not (LMEVAL_VENV / "bin" / "lm_eval").exists():
         sys.exit(f"lm-eval's environment is missing; create it with:\n  {SETUP}")
     folder, tasks, spec = build_inputs(args.n, args.threads, args.batch_size)
-    lm_walls, sf_walls = [], []
+    lm_batches = [int(b) for b in args.lm_eval_batch_sizes.split(",")]
+    lm_walls: dict[int, list[float]] = {b: [] for b in lm_batches}
+    sf_walls: list[float] = []
     load_before = os.getloadavg()
-    for i in range(args.repeat):
-        lm_walls.append(run_lm_eval(folder, tasks, args.threads, args.batch_size, OUT / "lm_eval_out"))
+    for i in range(args.repeat):  # alternate, so drift on a shared machine hits both alike
+        for b in lm_batches:
+            lm_walls[b].append(run_lm_eval(folder, tasks, args.threads, b, OUT / f"lm_eval_out_b{b}"))
         sf_walls.append(run_smallfit(spec, OUT / "smallfit.db"))
-        print(f"round {i + 1}: lm-eval {lm_walls[-1]:.1f} s, smallfit {sf_walls[-1]:.1f} s", flush=True)
+        print(f"round {i + 1}: " + ", ".join(f"lm-eval (batch {b}) {lm_walls[b][-1]:.1f} s" for b in lm_batches)
+              + f", smallfit (batch {args.batch_size}) {sf_walls[-1]:.1f} s", flush=True)
     load_after = os.getloadavg()
-    lm, lm_acc = lm_eval_scores(OUT / "lm_eval_out")
     sf, sf_acc, sf_scoring = smallfit_scores(OUT / "smallfit.db")
-    diffs = [abs(a - b) for doc in lm for a, b in zip(lm[doc], sf[doc], strict=True)]
-    lm_med, sf_med = statistics.median(lm_walls), statistics.median(sf_walls)
-    print(f"\nquestions {len(lm)} ({len(diffs)} requests), threads {args.threads}, batch size {args.batch_size}, "
-          f"loadavg before {load_before[0]:.2f} after {load_after[0]:.2f}")
-    print(f"per-request |log-likelihood difference|: max {max(diffs):.2e}, mean {statistics.fmean(diffs):.2e} "
-          f"(target <= 1e-3): {'MET' if max(diffs) <= 1e-3 else 'NOT MET'}")
-    print(f"accuracy: lm-eval {lm_acc:.4f}, smallfit {sf_acc:.4f}: {'identical' if lm_acc == sf_acc else 'DIFFERENT'}")
-    print(f"wall time (process start to results, model load included), median of {args.repeat}: "
-          f"lm-eval {lm_med:.1f} s, smallfit {sf_med:.1f} s -> smallfit {lm_med / sf_med:.2f}x faster "
-          f"(target >= 3x): {'MET' if lm_med / sf_med >= 3 else 'NOT MET'}")
-    print(f"smallfit time spent scoring (sum of per-question times): {sf_scoring:.1f} s")
+    sf_med = statistics.median(sf_walls)
+    print(f"\nquestions {len(sf)}, threads {args.threads}, loadavg before {load_before[0]:.2f} after {load_after[0]:.2f}, "
+          f"cpus {os.cpu_count()}")
+    for b in lm_batches:
+        lm, lm_acc = lm_eval_scores(OUT / f"lm_eval_out_b{b}")
+        diffs = [abs(x - y) for doc in lm for x, y in zip(lm[doc], sf[doc], strict=True)]
+        lm_med = statistics.median(lm_walls[b])
+        print(f"lm-eval batch {b}: {len(diffs)} requests; |log-likelihood difference| max {max(diffs):.2e}, "
+              f"mean {statistics.fmean(diffs):.2e} (target <= 1e-3: {'MET' if max(diffs) <= 1e-3 else 'NOT MET'}); "
+              f"accuracy lm-eval {lm_acc:.4f} vs smallfit {sf_acc:.4f} ({'identical' if lm_acc == sf_acc else 'DIFFERENT'}); "
+              f"wall median {lm_med:.1f} s vs smallfit {sf_med:.1f} s -> smallfit {lm_med / sf_med:.2f}x faster "
+              f"(target >= 3x: {'MET' if lm_med / sf_med >= 3 else 'NOT MET'})")
+    print(f"wall time = process start to results, model load included; smallfit's own scoring time "
+          f"(sum over batches): {sf_scoring:.1f} s")
 
 
 if __name__ == "__main__":

@@ -104,3 +104,17 @@ def test_ignore_eos_generates_exactly_max_tokens(backend):
     # a prompt after which a chat model tends to end its turn at once
     (c,) = backend.generate([GenerationRequest("Thank you, goodbye.", max_tokens=12, ignore_eos=True)])
     assert c.n_output_tokens == 12 and c.finish_reason == "length"
+
+
+def test_chat_template_from_the_gguf_is_rendered_and_its_special_tokens_parsed():
+    from smallfit.backends.base import BackendConfig, load_backend
+    from smallfit.models import parse_model_ref, resolve_model
+
+    b = load_backend("llamacpp", BackendConfig(resolve_model(parse_model_ref("smollm2-135m")), threads=1,
+                                               context_size=256))
+    prompt = b.chat_prompt("What is 2+2?")
+    assert "<|im_start|>user\nWhat is 2+2?<|im_end|>" in prompt and prompt.endswith("<|im_start|>assistant\n")
+    ids = b.tokenize(prompt)
+    start = b.tokenize("<|im_start|>", add_bos=False)
+    assert len(start) == 1 and ids.count(start[0]) == 3  # system, user, assistant turns
+    b.close()

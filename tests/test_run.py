@@ -192,3 +192,14 @@ def test_user_task_file_end_to_end(cli):
     n = conn.execute("SELECT COUNT(*) FROM samples WHERE task = 'tickets'").fetchone()[0]
     info = json.loads(conn.execute("SELECT info_json FROM task_results WHERE task = 'tickets'").fetchone()[0])
     assert n == 4 and info["sample"] == 4 and info["seed"] == 3
+
+
+def test_chat_flag_wraps_prompts_in_the_models_template(cli):
+    repo = Path(__file__).resolve().parents[1]
+    cli("run", "-m", "smollm2-135m", "-t", str(repo / "examples" / "capitals.toml"), "--limit", "2", "--chat",
+        check=True)
+    conn = sqlite3.connect(cli.db)
+    prompts = [p for (p,) in conn.execute("SELECT prompt FROM samples")]
+    assert len(prompts) == 2 and all(p.startswith("<|im_start|>system") for p in prompts)
+    info = json.loads(conn.execute("SELECT info_json FROM task_results").fetchone()[0])
+    assert info["chat_template"] is True

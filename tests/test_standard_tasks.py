@@ -7,7 +7,12 @@ import pytest
 
 from smallfit.errors import SmallfitError
 from smallfit.tasks import get_task
-from smallfit.tasks.standard import gsm8k_extract, gsm8k_target, hellaswag_preprocess, wikitext_detokenize
+from smallfit.tasks.standard import (
+    gsm8k_extract,
+    gsm8k_target,
+    hellaswag_preprocess,
+    wikitext_detokenize,
+)
 from tests.conftest import needs_models
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -91,6 +92,9 @@ def run(
     sample: Annotated[int | None, typer.Option(
         help="Use a random N examples of each task, reproducible with --seed.", show_default=False)] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of --sample (default 0).", show_default=False)] = None,
+    chat: Annotated[bool | None, typer.Option(
+        "--chat/--no-chat", help="Wrap prompts in each model's chat template (task files may override).",
+        show_default=False)] = None,
     threads: Annotated[int | None, typer.Option(
         help="CPU threads per candidate. Default: the cores free when the run starts.", show_default=False)] = None,
     resume: Annotated[bool, typer.Option(
@@ -113,10 +117,10 @@ def run(
         raise SmallfitError(f"--sample must be at least 1 (got {sample})")
     if threads is not None and threads < 1:
         raise SmallfitError(f"--threads must be at least 1 (got {threads})")
-    if resume and (model or task or budget or limit or threads or sample or seed is not None):
+    if resume and (model or task or budget or limit or threads or sample or seed is not None or chat is not None):
         raise SmallfitError("--resume continues a run with its stored settings; drop --model/--task/--budget/"
                             "--limit/--threads")
-    overrides = {"limit": limit, "sample": sample, "seed": seed, "threads": threads}
+    overrides = {"limit": limit, "sample": sample, "seed": seed, "threads": threads, "chat": chat}
     run_spec = None if resume else _build_spec(spec, model, task, budget, overrides)
     store = Store.open(_db(db))
     if resume:
@@ -140,7 +144,7 @@ def run(
 
 
 def _build_spec(spec: str | None, model: list[str] | None, task: list[str] | None, budget: str | None,
-                overrides: dict[str, int | None]) -> RunSpec:
+                overrides: dict[str, int | bool | None]) -> RunSpec:
     from smallfit.spec import DEFAULT_SPEC, absolute_task_ref, build_spec, load_spec_file
 
     if spec:
@@ -360,5 +364,6 @@ def main() -> None:
     try:
         app()
     except SmallfitError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # the message is plain text: brackets in it (hf:OWNER/REPO[/FILE]) are not markup
+        err.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

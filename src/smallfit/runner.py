@@ -119,7 +119,7 @@ def _run_candidate(store: Store, run_id: str, spec: RunSpec, cand: CandidateSpec
     job = {
         "candidate": ref.name, "backend": ref.backend, "model_path": str(path), "options": cand.options,
         "model_size_bytes": size, "threads": cand.threads or threads, "context_size": cand.context_size,
-        "batch_size": cand.batch_size, "tasks": list(tasks.items()), "limit": spec.limit, "sample": spec.sample, "seed": spec.seed, "warmup": spec.warmup,
+        "batch_size": cand.batch_size, "tasks": list(tasks.items()), "limit": spec.limit, "sample": spec.sample, "seed": spec.seed, "chat": spec.chat, "warmup": spec.warmup,
         "latency_prompts": spec.latency_prompts, "latency_max_tokens": spec.latency_max_tokens,
     }
     outcome = _Worker(store, run_id, ref.name, on_event).run(job)

@@ -62,6 +62,7 @@ class RunSpec(BaseModel):
     latency_prompts: int = Field(default=8, ge=1, description="prompts in the latency pass of scoring tasks")
     latency_max_tokens: int = Field(default=32, ge=2, description="tokens generated per latency-pass prompt")
     warmup: int = Field(default=1, ge=0, description="untimed requests before each task's timed ones")
+    chat: bool = Field(default=False, description="wrap prompts in each model's chat template (tasks may override)")
 
     @field_validator("budget", mode="before")
     @classmethod

@@ -29,7 +29,7 @@ from smallfit.metrics import efficiency_from_timings
 from smallfit.probes.memory import peak_rss_bytes, reset_peak_rss
 from smallfit.records import GenerationRequest, RequestTiming, TaskResult
 from smallfit.tasks import get_task
-from smallfit.tasks.base import Task
+from smallfit.tasks.base import Task, in_chat
 
 
 class Emitter:
@@ -87,6 +87,9 @@ def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, e
     if not samples:
         raise SmallfitError(f"task {task.name} has no samples")
     kind = task.kind
+    chat = task.chat if task.chat is not None else bool(job.get("chat"))
+    if chat:
+        samples = [in_chat(s, backend.chat_prompt) for s in samples]
     emit("task_started", task=task.name, total=len(samples))
     for s in samples[: job.get("warmup", 1)]:  # untimed: caches, lazy allocations, page faults
         kind.run(backend, [s], lambda _n: None)
@@ -109,7 +112,7 @@ def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, e
     info = {
         "kind": kind.name, "n_samples": len(samples), "limit": job.get("limit"), "sample": job.get("sample"),
         "seed": job.get("seed", 0) if job.get("sample") else None, "source": task.source,
-        "warmup_requests": job.get("warmup", 1), "latency_pass_prompts": latency_n,
+        "warmup_requests": job.get("warmup", 1), "latency_pass_prompts": latency_n, "chat_template": chat,
         "latency_pass_max_tokens": job["latency_max_tokens"] if latency_n else None,
         "peak_rss_source": peak_source if peak_resettable else f"{peak_source} (since process start)",
     }

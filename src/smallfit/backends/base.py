@@ -66,6 +66,11 @@ class Backend(Protocol):
         """Greedy generation with per-token timestamps."""
         ...
 
+    def chat_prompt(self, user_message: str) -> str:
+        """``user_message`` as one user turn in the model's own chat template, ready for the
+        assistant's answer; raises SmallfitError when the model has no chat template."""
+        ...
+
     def info(self) -> dict[str, Any]:
         """Settings that shape the measurements (threads, context, batch size, library version)."""
         ...

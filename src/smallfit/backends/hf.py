@@ -160,9 +160,23 @@ class TransformersBackend:
     # -- tokens ----------------------------------------------------------------------------
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        """Token ids; BOS only where the tokenizer itself adds one (as lm-eval's HF model)."""
+        """Token ids; BOS only where the tokenizer itself adds one (as lm-eval's HF model) and
+        the text does not already start with it (a chat template's output may)."""
         ids: list[int] = self.tokenizer(text, add_special_tokens=False).input_ids
-        return [self.tokenizer.bos_token_id, *ids] if add_bos and self.add_bos else ids
+        bos = self.tokenizer.bos_token_id
+        if add_bos and self.add_bos and not (ids and ids[0] == bos):
+            return [bos, *ids]
+        return ids
+
+    def chat_prompt(self, user_message: str) -> str:
+        """One user turn in the tokenizer's chat template."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise SmallfitError("this model's tokenizer has no chat template; set chat_template = false for the task")
+        try:
+            return str(self.tokenizer.apply_chat_template([{"role": "user", "content": user_message}],
+                                                          tokenize=False, add_generation_prompt=True))
+        except Exception as exc:  # noqa: BLE001 - a template is a program of its own
+            raise SmallfitError(f"the model's chat template failed to render: {exc}") from None
 
     def _pair(self, req: LoglikelihoodRequest) -> TokenPair:
         context, continuation = split_pair(req.context, req.continuation)

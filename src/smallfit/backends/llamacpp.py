@@ -76,14 +76,37 @@ class LlamaCppBackend:
         self.n_ctx = int(self._llm.n_ctx())
         self._batch = self._lib.llama_batch_init(config.batch_size, 0, 1)
         bos = int(self._lib.llama_vocab_bos(self._vocab))
+        self._bos = bos
         self._prefix_token = bos if bos >= 0 else int(self._lib.llama_vocab_eos(self._vocab))
         self._rows_per_logits_step = max(1, min(config.batch_size, _LOGIT_BUFFER_BYTES // (4 * self.n_vocab)))
 
     # -- plumbing ---------------------------------------------------------------------------
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        """Token ids from the model's own tokenizer (BOS only if the model declares one)."""
-        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False))
+        """Token ids from the model's own tokenizer: BOS only if the model declares one (and the
+        text does not start with it already, as a chat template's output may); special tokens
+        written in the text are parsed, as Hugging Face tokenizers do."""
+        ids = list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+        if len(ids) > 1 and ids[0] == ids[1] == self._bos:
+            ids = ids[1:]
+        return ids
+
+    def chat_prompt(self, user_message: str) -> str:
+        """One user turn in the chat template stored in the GGUF file (``tokenizer.chat_template``)."""
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise SmallfitError("this model's GGUF file has no chat template; set chat_template = false for the task")
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        def text_of(token: int) -> str:
+            return "" if token < 0 else bytes(self._llm.detokenize([token], special=True)).decode("utf-8", "replace")
+
+        formatter = Jinja2ChatFormatter(template=template, eos_token=text_of(self._lib.llama_vocab_eos(self._vocab)),
+                                        bos_token=text_of(self._bos), add_generation_prompt=True)
+        try:
+            return str(formatter(messages=[{"role": "user", "content": user_message}]).prompt)
+        except Exception as exc:  # noqa: BLE001 - a template is a program of its own
+            raise SmallfitError(f"the model's chat template failed to render: {exc}") from None
 
     def _clear(self) -> None:
         self._lib.llama_memory_clear(self._mem, True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from smallfit import scoring
@@ -282,3 +282,17 @@ class Task:
     load: Callable[[], Sequence[Any]]
     source: str
     default_limit: int = 50
+    chat: bool | None = None  # wrap prompts in the model's chat template; None: the run's setting
+
+
+def in_chat(sample: Any, render: Callable[[str], str]) -> Any:
+    """A sample whose prompt is one user turn of a chat template; continuations lose the
+    leading delimiter, since the assistant's turn starts fresh (as lm-eval does)."""
+    if isinstance(sample, MultipleChoiceSample):
+        return replace(sample, context=render(sample.context), choices=tuple(c.lstrip() for c in sample.choices),
+                       contexts=tuple(render(c) for c in sample.contexts))
+    if isinstance(sample, GenerationSample):
+        return replace(sample, prompt=render(sample.prompt))
+    if isinstance(sample, ContinuationSample):
+        return replace(sample, context=render(sample.context), continuation=sample.continuation.lstrip())
+    return sample  # perplexity scores raw text

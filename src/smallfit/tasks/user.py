@@ -72,6 +72,7 @@ class TaskFile(BaseModel):
     stop: list[str] = Field(default_factory=lambda: ["\n"])
     extract: Literal["strip", "first_line", "first_number", "last_number"] = "strip"
     limit: int = Field(default=1000, ge=1, description="default number of examples")
+    chat_template: bool | None = Field(default=None, description="wrap prompts in the model's chat template")
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> TaskFile:
@@ -119,6 +120,7 @@ def load_task_file(path: Path) -> Task:
     return Task(
         name=spec.name or path.stem, description=spec.description or f"{spec.kind} over {data.name}",
         kind=kind, load=lambda: _samples(spec, path, data), source=str(data), default_limit=spec.limit,
+        chat=spec.chat_template,
     )
 
 
