@@ -16,7 +16,9 @@ from tests.conftest import needs_models
 pytestmark = [needs_models, pytest.mark.models]
 
 REQUIRED = ["ttft_s", "ttft_s_p95", "tpot_s", "tpot_s_p95", "latency_s", "latency_s_p95", "decode_tok_s",
-            "prefill_tok_s", "peak_rss_bytes", "model_size_bytes", "load_s"]
+            "prefill_tok_s", "peak_rss_bytes", "model_size_bytes", "load_s", "itl_s", "itl_s_p99", "energy_j",
+            "energy_j_per_token", "power_w", "cost_usd_per_mtok_out", "cost_usd_per_mtok_in",
+            "memory_bandwidth_bytes_s", "decode_roofline_pct", "latency_s_p95_ci_low"]
 QUALITY = {"gsm8k-bpb": ["bits_per_byte", "word_perplexity"], "quartz": ["acc", "acc_norm"],
            "largest-country": ["exact_match"]}
 
@@ -30,6 +32,7 @@ limit = {limit}
 threads = 1
 latency_prompts = 2
 latency_max_tokens = 8
+quick = true
 
 [[candidates]]
 model = "smollm2-135m"
@@ -76,8 +79,13 @@ def test_run_prints_table_and_verdict_and_exports_json(cli, tmp_path):
     assert run[0] == "finished" and run[3] == 1
     assert json.loads(run[1])["cpu_model"] and json.loads(run[2])["llama-cpp-python"]
     assert json.loads(run[4])["loadavg"] and json.loads(run[5])["loadavg"]
-    n_timings = conn.execute("SELECT COUNT(*) FROM timings WHERE phase = 'latency'").fetchone()[0]
-    assert n_timings == 2 * 2 * 2  # two candidates x two scoring tasks x two latency prompts
+    # quick timing rule: at least 3 timed generation requests and 1 s per candidate x task
+    per_task = conn.execute("SELECT candidate, task, COUNT(*), SUM(latency_s) FROM timings WHERE ttft_s IS NOT NULL"
+                            " GROUP BY candidate, task").fetchall()
+    assert len(per_task) == 6 and all(n >= 3 and total >= 1.0 for _, _, n, total in per_task)
+    info = json.loads(conn.execute("SELECT info_json FROM task_results WHERE task = 'quartz'").fetchone()[0])
+    assert info["labels"]["energy_j"].startswith(("estimated", "measured"))
+    assert info["contention"]["noisy"] in (True, False) and info["timing_rule"] == {"min_requests": 3, "min_s": 1.0}
     info = json.loads(conn.execute("SELECT backend_info_json FROM candidates LIMIT 1").fetchone()[0])
     assert info["threads"] == 1 and info["context_size"] == 2048 and info["batch_size"] == 512
     assert "smallfit" in cli("runs", check=True).stdout or "finished" in cli("runs", check=True).stdout

@@ -92,6 +92,12 @@ def run(
     sample: Annotated[int | None, typer.Option(
         help="Use a random N examples of each task, reproducible with --seed.", show_default=False)] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of --sample (default 0).", show_default=False)] = None,
+    probe: Annotated[str | None, typer.Option(
+        help="Extra measurements per candidate, comma-separated: load-curve (throughput and latency against "
+        "sequences decoded together), context (TTFT, prefill rate and memory against prompt length), energy "
+        "(steady-state energy per token).", show_default=False)] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer timed requests (3 and 1 s per task instead of "
+                                        "10 and 10 s): for smoke tests.")] = False,
     chat: Annotated[bool | None, typer.Option(
         "--chat/--no-chat", help="Wrap prompts in each model's chat template (task files may override).",
         show_default=False)] = None,
@@ -117,10 +123,13 @@ def run(
         raise SmallfitError(f"--sample must be at least 1 (got {sample})")
     if threads is not None and threads < 1:
         raise SmallfitError(f"--threads must be at least 1 (got {threads})")
-    if resume and (model or task or budget or limit or threads or sample or seed is not None or chat is not None):
+    if resume and (model or task or budget or limit or threads or sample or seed is not None or chat is not None
+                   or probe or quick):
         raise SmallfitError("--resume continues a run with its stored settings; drop --model/--task/--budget/"
                             "--limit/--threads")
-    overrides = {"limit": limit, "sample": sample, "seed": seed, "threads": threads, "chat": chat}
+    overrides: dict[str, object] = {"limit": limit, "sample": sample, "seed": seed, "threads": threads, "chat": chat,
+                                    "quick": quick or None,
+                                    "probes": [p.strip() for p in probe.split(",") if p.strip()] if probe else None}
     run_spec = None if resume else _build_spec(spec, model, task, budget, overrides)
     store = Store.open(_db(db))
     if resume:
@@ -144,7 +153,7 @@ def run(
 
 
 def _build_spec(spec: str | None, model: list[str] | None, task: list[str] | None, budget: str | None,
-                overrides: dict[str, int | bool | None]) -> RunSpec:
+                overrides: dict[str, object]) -> RunSpec:
     from smallfit.spec import DEFAULT_SPEC, absolute_task_ref, build_spec, load_spec_file
 
     if spec:

@@ -77,7 +77,7 @@ def timing_intervals(timings: Sequence[RequestTiming], names: Sequence[str],
     rng = random.Random(seed)
     draws: dict[str, list[float]] = {m: [] for m in wanted}
     for _ in range(resamples):
-        figures = efficiency_from_timings([gen[rng.randrange(len(gen))] for _ in gen])
+        figures = efficiency_from_timings([gen[rng.randrange(len(gen))] for _ in gen], resamples=0)
         for m in wanted:
             value = figures.get(m)
             if value is not None:

@@ -6,6 +6,7 @@ direction in which a metric is better, and for the definitions shown by ``smallf
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,6 +45,26 @@ _EFFICIENCY = [
     MetricInfo("latency_s_p95", False, "s", "95th percentile of end-to-end latency."),
     MetricInfo("decode_tok_s", True, "tokens/s", "Sum of (output tokens - 1) / sum of (latency - TTFT), over requests with >= 2 tokens."),
     MetricInfo("prefill_tok_s", True, "tokens/s", "Sum of prompt tokens / sum of TTFT, over all timed requests."),
+    MetricInfo("ttft_s_p90", False, "s", "90th percentile of time to first token."),
+    MetricInfo("ttft_s_p99", False, "s", "99th percentile of time to first token."),
+    MetricInfo("tpot_s_p90", False, "s", "90th percentile of time per output token."),
+    MetricInfo("tpot_s_p99", False, "s", "99th percentile of time per output token."),
+    MetricInfo("latency_s_p90", False, "s", "90th percentile of end-to-end latency."),
+    MetricInfo("latency_s_p99", False, "s", "99th percentile of end-to-end latency."),
+    MetricInfo("itl_s", False, "s", "Median inter-token latency: every gap between consecutive output tokens, all requests pooled."),
+    MetricInfo("itl_s_p90", False, "s", "90th percentile of inter-token latency."),
+    MetricInfo("itl_s_p95", False, "s", "95th percentile of inter-token latency."),
+    MetricInfo("itl_s_p99", False, "s", "99th percentile of inter-token latency."),
+    MetricInfo("timed_requests", True, "requests", "Generation requests the latency figures come from."),
+    MetricInfo("energy_j", False, "J", "Energy of the timed generation requests (measured or estimated: see the row's labels)."),
+    MetricInfo("energy_j_per_token", False, "J/token", "energy_j / output tokens of those requests."),
+    MetricInfo("energy_j_per_request", False, "J/request", "energy_j / number of those requests."),
+    MetricInfo("power_w", False, "W", "energy_j / wall time of those requests."),
+    MetricInfo("cost_usd_per_mtok_out", False, "USD", "Estimated cost of 1M output tokens: (1e6 / decode_tok_s) s x (hardware $/s + power_w x electricity $/J)."),
+    MetricInfo("cost_usd_per_mtok_in", False, "USD", "Estimated cost of 1M input (prompt) tokens: (1e6 / prefill_tok_s) s x (hardware $/s + power_w x electricity $/J)."),
+    MetricInfo("memory_bandwidth_bytes_s", True, "bytes/s", "Copy bandwidth of this machine with the run's threads (read + write), measured once and cached."),
+    MetricInfo("decode_roofline_tok_s", True, "tokens/s", "Memory-bound ceiling on decode: memory_bandwidth_bytes_s / model_size_bytes."),
+    MetricInfo("decode_roofline_pct", True, "%", "decode_tok_s as a percentage of decode_roofline_tok_s."),
     MetricInfo("peak_rss_bytes", False, "bytes", "Peak resident memory of the candidate's own process while it ran the task (Linux VmHWM)."),
     MetricInfo("model_size_bytes", False, "bytes", "Size of the model file(s) on disk."),
 ]
@@ -65,31 +86,57 @@ def known_metric(name: str) -> bool:
     return name in METRICS
 
 
-def efficiency_from_timings(timings: Sequence[RequestTiming]) -> dict[str, float | None]:
-    """Latency and throughput aggregates (p50 is the bare name) from raw generation timings.
+_LATENCY_KEYS = ("ttft_s", "tpot_s", "latency_s", "itl_s")
+_CI_KEYS = ("ttft_s", "ttft_s_p95", "tpot_s", "tpot_s_p95", "latency_s", "latency_s_p95")
+
+
+def _percentiles(out: dict[str, float | None], name: str, values: Sequence[float]) -> None:
+    if not values:
+        return
+    out[name] = percentile(values, 50)
+    for q in (90, 95, 99):
+        out[f"{name}_p{q}"] = percentile(values, q)
+
+
+def _latency_figures(gen: Sequence[RequestTiming]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    _percentiles(out, "ttft_s", [t.ttft_s for t in gen if t.ttft_s is not None])
+    _percentiles(out, "latency_s", [t.latency_s for t in gen])
+    multi = [t for t in gen if t.n_output_tokens >= 2 and t.ttft_s is not None]
+    _percentiles(out, "tpot_s", [(t.latency_s - (t.ttft_s or 0.0)) / (t.n_output_tokens - 1) for t in multi])
+    gaps = [b - a for t in gen for a, b in zip(t.token_times_s, t.token_times_s[1:], strict=False)]
+    _percentiles(out, "itl_s", gaps)
+    decode_time = sum(t.latency_s - (t.ttft_s or 0.0) for t in multi)
+    if decode_time > 0:
+        out["decode_tok_s"] = sum(t.n_output_tokens - 1 for t in multi) / decode_time
+    ttft_total = sum(t.ttft_s or 0.0 for t in gen)
+    if ttft_total > 0:
+        out["prefill_tok_s"] = sum(t.n_prompt_tokens or 0 for t in gen) / ttft_total
+    return out
+
+
+def efficiency_from_timings(timings: Sequence[RequestTiming], resamples: int = 500) -> dict[str, float | None]:
+    """Latency and throughput figures (p50 is the bare name) from raw generation timings, with
+    bootstrap 95% intervals of the main percentiles (requests resampled with replacement).
 
     Only generation requests (those with a time to first token) count. A figure that cannot be
     computed from what was measured is ``None``, never 0.
     """
     gen = [t for t in timings if t.ttft_s is not None and t.n_output_tokens > 0]
-    out: dict[str, float | None] = dict.fromkeys(
-        ["ttft_s", "ttft_s_p95", "tpot_s", "tpot_s_p95", "latency_s", "latency_s_p95",
-         "decode_tok_s", "prefill_tok_s"]
-    )
+    out: dict[str, float | None] = {}
+    for key in _LATENCY_KEYS:
+        out.update(dict.fromkeys([key, f"{key}_p90", f"{key}_p95", f"{key}_p99"]))
+    out.update(dict.fromkeys(["decode_tok_s", "prefill_tok_s"]))
+    out["timed_requests"] = float(len(gen)) if gen else None
     if not gen:
         return out
-    ttfts = [t.ttft_s for t in gen if t.ttft_s is not None]
-    lat = [t.latency_s for t in gen]
-    out["ttft_s"], out["ttft_s_p95"] = percentile(ttfts, 50), percentile(ttfts, 95)
-    out["latency_s"], out["latency_s_p95"] = percentile(lat, 50), percentile(lat, 95)
-    multi = [t for t in gen if t.n_output_tokens >= 2 and t.ttft_s is not None]
-    if multi:
-        tpots = [(t.latency_s - t.ttft_s) / (t.n_output_tokens - 1) for t in multi if t.ttft_s is not None]
-        out["tpot_s"], out["tpot_s_p95"] = percentile(tpots, 50), percentile(tpots, 95)
-        decode_time = sum(t.latency_s - t.ttft_s for t in multi if t.ttft_s is not None)
-        if decode_time > 0:
-            out["decode_tok_s"] = sum(t.n_output_tokens - 1 for t in multi) / decode_time
-    ttft_total = sum(ttfts)
-    if ttft_total > 0:
-        out["prefill_tok_s"] = sum(t.n_prompt_tokens or 0 for t in gen) / ttft_total
+    out.update(_latency_figures(gen))
+    if len(gen) >= 2 and resamples:
+        rng = random.Random(0)
+        draws = [_latency_figures([gen[rng.randrange(len(gen))] for _ in gen]) for _ in range(resamples)]
+        for key in _CI_KEYS:
+            values = [d[key] for d in draws if d.get(key) is not None]
+            if out.get(key) is not None and values:
+                out[f"{key}_ci_low"] = percentile(values, 2.5)  # type: ignore[arg-type]
+                out[f"{key}_ci_high"] = percentile(values, 97.5)  # type: ignore[arg-type]
     return out

@@ -63,6 +63,8 @@ def start_run(spec: RunSpec, store: Store) -> str:
                                 f"(tasks: {', '.join(names.values())}); drop the check or add a task that reports it")
         if check.task is not None and check.task not in names.values():
             raise SmallfitError(f"budget check {check} names task {check.task!r}, which is not in this run")
+    for probe in spec.probes:
+        names[f"probe:{probe}"] = f"probe:{probe}"
     hardware = fingerprint()
     if spec.threads:
         threads = spec.threads
@@ -119,7 +121,10 @@ def _run_candidate(store: Store, run_id: str, spec: RunSpec, cand: CandidateSpec
     job = {
         "candidate": ref.name, "backend": ref.backend, "model_path": str(path), "options": cand.options,
         "model_size_bytes": size, "threads": cand.threads or threads, "context_size": cand.context_size,
-        "batch_size": cand.batch_size, "tasks": list(tasks.items()), "limit": spec.limit, "sample": spec.sample, "seed": spec.seed, "chat": spec.chat, "warmup": spec.warmup,
+        "batch_size": cand.batch_size, "tasks": list(tasks.items()), "limit": spec.limit, "sample": spec.sample, "seed": spec.seed, "chat": spec.chat,
+        "timing_min_requests": spec.timing_rule()[0], "timing_min_s": spec.timing_rule()[1],
+        "prices": spec.prices.model_dump(), "max_context": spec.max_context,
+        "memory_budget_bytes": spec.memory_budget_bytes(), "first_task": spec.tasks[0], "warmup": spec.warmup,
         "latency_prompts": spec.latency_prompts, "latency_max_tokens": spec.latency_max_tokens,
     }
     outcome = _Worker(store, run_id, ref.name, on_event).run(job)

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from smallfit.budget import Check, parse_budget
+from smallfit.cost import Prices
 from smallfit.errors import SmallfitError
 from smallfit.models import ModelRef, parse_model_ref
 
@@ -63,6 +64,16 @@ class RunSpec(BaseModel):
     latency_max_tokens: int = Field(default=32, ge=2, description="tokens generated per latency-pass prompt")
     warmup: int = Field(default=1, ge=0, description="untimed requests before each task's timed ones")
     chat: bool = Field(default=False, description="wrap prompts in each model's chat template (tasks may override)")
+    timing_min_requests: int = Field(default=10, ge=1, description="timed generation requests per task, at least")
+    timing_min_s: float = Field(default=10.0, ge=0, description="seconds of timed generation per task, at least")
+    quick: bool = Field(default=False, description="fewer timed requests (3 and 1 s): for smoke tests")
+    prices: Prices = Field(default_factory=Prices, description="hardware and electricity prices for cost figures")
+    probes: list[str] = Field(default_factory=list, description="extra measurements: load-curve, context, energy")
+    max_context: int = Field(default=8192, ge=128, description="longest prompt the context probe tries")
+
+    def timing_rule(self) -> tuple[int, float]:
+        """(min requests, min seconds) of timed generation per task."""
+        return (3, 1.0) if self.quick else (self.timing_min_requests, self.timing_min_s)
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -78,6 +89,9 @@ class RunSpec(BaseModel):
                              "(name them: NAME=MODEL, or name = \"...\" in the spec)")
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError("a task is listed twice")
+        unknown = [p for p in self.probes if p not in ("load-curve", "context", "energy")]
+        if unknown:
+            raise ValueError(f"unknown probe {unknown[0]!r}: choose from load-curve, context, energy")
         if self.limit is not None and self.sample is not None:
             raise ValueError("give limit (the first N) or sample (a random N), not both")
         return self
@@ -85,6 +99,11 @@ class RunSpec(BaseModel):
     def checks(self) -> list[Check]:
         """The parsed budget."""
         return parse_budget(self.budget) if self.budget else []
+
+    def memory_budget_bytes(self) -> float | None:
+        """The tightest ``peak_rss_bytes`` upper bound in the budget, if any."""
+        bounds = [c.threshold for c in self.checks() if c.metric == "peak_rss_bytes" and c.op in ("<=", "<")]
+        return min(bounds) if bounds else None
 
 
 DEFAULT_SPEC = RunSpec(

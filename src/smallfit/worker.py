@@ -19,14 +19,26 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
 from smallfit.backends.base import Backend, BackendConfig, load_backend
+from smallfit.cost import Prices, usd_per_mtok
 from smallfit.errors import SmallfitError
 from smallfit.metrics import efficiency_from_timings
+from smallfit.probes.bandwidth import decode_roofline_tok_s, machine_bandwidth
+from smallfit.probes.energy import (
+    DEFAULT_CPU_WATTS_PER_CORE,
+    EnergyMeter,
+    EnergyReading,
+    nvml_energy_reader,
+)
+from smallfit.probes.hardware import fingerprint
+from smallfit.probes.load import Contention
 from smallfit.probes.memory import peak_rss_bytes, reset_peak_rss
+from smallfit.probes.scaling import context_scaling, load_curve, steady_energy
 from smallfit.records import GenerationRequest, RequestTiming, TaskResult
 from smallfit.tasks import get_task
 from smallfit.tasks.base import Task, in_chat
@@ -82,7 +94,7 @@ def select(samples: list[Any], limit: int | None, sample: int | None, seed: int,
 
 
 def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, emit: Emitter) -> TaskResult:
-    """Warm up, run the task's requests, run the latency pass if needed, and aggregate."""
+    """Warm up, run the task's requests, time generation on the same prompts, and aggregate."""
     samples = select(list(task.load()), job.get("limit"), job.get("sample"), job.get("seed", 0), task.default_limit)
     if not samples:
         raise SmallfitError(f"task {task.name} has no samples")
@@ -94,29 +106,136 @@ def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, e
     for s in samples[: job.get("warmup", 1)]:  # untimed: caches, lazy allocations, page faults
         kind.run(backend, [s], lambda _n: None)
     peak_resettable = reset_peak_rss()
-    results, timings = kind.run(backend, samples, lambda n: emit("progress", task=task.name, done=n))
-    latency_n = 0
-    if not kind.generates and backend.capabilities.generation:
-        # Efficiency on the same prompts: generate from the task's own prompts.
+    contention = Contention()
+    contention.start()
+    meter = EnergyMeter(job.get("prices", {}).get("cpu_watts_per_core", DEFAULT_CPU_WATTS_PER_CORE), _gpu_reader(backend))
+    progress = lambda n: emit("progress", task=task.name, done=n)
+    if kind.generates:
+        meter.start()
+        results, timings = kind.run(backend, samples, progress)
+        timings += _timing_pass(backend, job, samples, timings,
+                                lambda chunk: kind.run(backend, chunk, lambda _n: None)[1])
+    else:
+        results, timings = kind.run(backend, samples, progress)
         prompts = [kind.prompt_of(s) for s in samples[: job["latency_prompts"]]]
-        max_tokens = job["latency_max_tokens"]
-        backend.generate([GenerationRequest(prompts[0], max_tokens, ignore_eos=True)])  # warm-up
-        requests = [GenerationRequest(p, max_tokens, ignore_eos=True) for p in prompts]
-        for i, c in enumerate(backend.generate(requests)):
-            timings.append(RequestTiming(i, "latency", c.n_prompt_tokens, c.n_output_tokens,
-                                         c.ttft_s, c.latency_s, c.token_times_s))
-        latency_n = len(prompts)
+        if backend.capabilities.generation:  # warm-up of the latency pass, untimed
+            backend.generate([GenerationRequest(prompts[0], job["latency_max_tokens"], ignore_eos=True)])
+        meter.start()
+        if backend.capabilities.generation:
+            timings += _timing_pass(backend, job, prompts, [], lambda chunk: _fixed_length(backend, chunk, job))
+    energy = meter.stop()
+    busy = contention.stop()
     peak, peak_source = peak_rss_bytes()
     metrics: dict[str, float | None] = {**kind.aggregate(results), **efficiency_from_timings(timings)}
-    metrics.update(load_s=load_s, peak_rss_bytes=float(peak), model_size_bytes=float(job["model_size_bytes"]))
+    metrics.update(load_s=load_s, peak_rss_bytes=float(peak), model_size_bytes=job.get("model_size_bytes"))
+    labels = _energy_cost_roofline(metrics, timings, energy, job)
+    n_timed = int(metrics.get("timed_requests") or 0)
     info = {
         "kind": kind.name, "n_samples": len(samples), "limit": job.get("limit"), "sample": job.get("sample"),
         "seed": job.get("seed", 0) if job.get("sample") else None, "source": task.source,
-        "warmup_requests": job.get("warmup", 1), "latency_pass_prompts": latency_n, "chat_template": chat,
-        "latency_pass_max_tokens": job["latency_max_tokens"] if latency_n else None,
+        "warmup_requests": job.get("warmup", 1), "timed_requests": n_timed, "chat_template": chat,
+        "latency_pass_prompts": 0 if kind.generates else min(len(samples), job["latency_prompts"]),
+        "latency_pass_max_tokens": None if kind.generates else job["latency_max_tokens"],
+        "timing_rule": {"min_requests": job["timing_min_requests"], "min_s": job["timing_min_s"]},
         "peak_rss_source": peak_source if peak_resettable else f"{peak_source} (since process start)",
+        "contention": busy, "noisy": busy.get("noisy"), "labels": labels,
     }
     return TaskResult(task.name, metrics, results, timings, info)
+
+
+def run_probe(backend: Backend, name: str, job: dict[str, Any]) -> TaskResult:
+    """A candidate-level probe, on the prompts of the run's first task."""
+    task = get_task(job["first_task"])
+    samples = select(list(task.load()), job.get("limit"), job.get("sample"), job.get("seed", 0), task.default_limit)
+    prompts = [task.kind.prompt_of(s) for s in samples[: max(8, job["latency_prompts"])]]
+    if name == "load-curve":
+        return load_curve(backend, prompts, job["latency_max_tokens"])
+    if name == "context":
+        text = "\n\n".join(task.kind.prompt_of(s) for s in samples)
+        return context_scaling(backend, text, job["max_context"], job.get("memory_budget_bytes"))
+    watts = job.get("prices", {}).get("cpu_watts_per_core", DEFAULT_CPU_WATTS_PER_CORE)
+    return steady_energy(backend, prompts[0], max(job["timing_min_s"], 1.0), EnergyMeter(watts, _gpu_reader(backend)),
+                         job["latency_max_tokens"])
+
+
+MAX_TIMED_REQUESTS = 200
+
+
+def _timing_pass(backend: Backend, job: dict[str, Any], items: Sequence[Any], done: Sequence[RequestTiming],
+                 run: Callable[[list[Any]], list[RequestTiming]]) -> list[RequestTiming]:
+    """More timed generation on the same prompts, cycling through them, until at least
+    ``timing_min_requests`` requests and ``timing_min_s`` seconds of them are timed (as
+    optimum-benchmark's rule), at most ``MAX_TIMED_REQUESTS``."""
+    timed = [t for t in done if t.ttft_s is not None]
+    count, seconds = len(timed), sum(t.latency_s for t in timed)
+    extra: list[RequestTiming] = []
+    i = 0
+    while (count < job["timing_min_requests"] or seconds < job["timing_min_s"]) and count < MAX_TIMED_REQUESTS:
+        for t in run([items[i % len(items)]]):
+            extra.append(RequestTiming(len(extra), "latency", t.n_prompt_tokens, t.n_output_tokens, t.ttft_s,
+                                       t.latency_s, t.token_times_s))
+            if t.ttft_s is not None:
+                count, seconds = count + 1, seconds + t.latency_s
+        i += 1
+        if i >= MAX_TIMED_REQUESTS:
+            break
+    return extra
+
+
+def _fixed_length(backend: Backend, prompts: list[str], job: dict[str, Any]) -> list[RequestTiming]:
+    requests = [GenerationRequest(p, job["latency_max_tokens"], ignore_eos=True) for p in prompts]
+    return [RequestTiming(i, "latency", c.n_prompt_tokens, c.n_output_tokens, c.ttft_s, c.latency_s, c.token_times_s)
+            for i, c in enumerate(backend.generate(requests))]
+
+
+def _gpu_reader(backend: Backend) -> Callable[[], int] | None:
+    device = str(backend.info().get("device", "cpu"))
+    if not device.startswith("cuda"):
+        return None
+    index = int(device.split(":")[1]) if ":" in device else 0
+    return nvml_energy_reader(index)
+
+
+def _energy_cost_roofline(metrics: dict[str, float | None], timings: Sequence[RequestTiming], energy: EnergyReading,
+                          job: dict[str, Any]) -> dict[str, str]:
+    """Energy per token and request, cost per million tokens, and the decode roofline; each
+    figure's label (measured or estimated, and from what) goes into the returned map."""
+    timed = [t for t in timings if t.ttft_s is not None and t.n_output_tokens > 0]
+    labels: dict[str, str] = {}
+    out_tokens = sum(t.n_output_tokens for t in timed)
+    if energy.joules is not None and timed:
+        metrics["energy_j"] = energy.joules
+        metrics["energy_j_per_token"] = energy.joules / out_tokens if out_tokens else None
+        metrics["energy_j_per_request"] = energy.joules / len(timed)
+        metrics["power_w"] = energy.joules / energy.seconds if energy.seconds > 0 else None
+    else:
+        metrics.update(energy_j=None, energy_j_per_token=None, energy_j_per_request=None, power_w=None)
+    for key in ("energy_j", "energy_j_per_token", "energy_j_per_request", "power_w"):
+        labels[key] = f"{energy.method}: {energy.source}"
+    try:
+        prices = Prices.model_validate(job.get("prices") or {})
+    except ValueError as exc:
+        prices, reason = None, f"not computed: bad price ({exc})"
+    if prices is not None:
+        watts = metrics.get("power_w")
+        metrics["cost_usd_per_mtok_out"] = usd_per_mtok(metrics.get("decode_tok_s"), watts, prices)
+        metrics["cost_usd_per_mtok_in"] = usd_per_mtok(metrics.get("prefill_tok_s"), watts, prices)
+        reason = (f"estimated: hardware {prices.hardware_usd_per_s() * 3600:.4g} $/h, electricity "
+                  f"{prices.electricity_usd_per_kwh:g} $/kWh, power from energy_j ({energy.method})")
+    labels["cost_usd_per_mtok_out"] = labels["cost_usd_per_mtok_in"] = reason
+    bandwidth = job.get("bandwidth") or {}
+    bw, size = bandwidth.get("bytes_per_s"), metrics.get("model_size_bytes")
+    metrics["memory_bandwidth_bytes_s"] = bw
+    if bw and size:
+        ceiling = decode_roofline_tok_s(bw, size)
+        metrics["decode_roofline_tok_s"] = ceiling
+        decode = metrics.get("decode_tok_s")
+        metrics["decode_roofline_pct"] = 100 * decode / ceiling if decode else None
+    else:
+        metrics["decode_roofline_tok_s"] = metrics["decode_roofline_pct"] = None
+    labels["memory_bandwidth_bytes_s"] = f"measured: {bandwidth.get('method', 'not measured')}"
+    labels["decode_roofline_pct"] = "estimated: assumes every weight byte is read once per token"
+    return labels
 
 
 def run_job(job: dict[str, Any], emit: Emitter) -> int:
@@ -132,12 +251,17 @@ def run_job(job: dict[str, Any], emit: Emitter) -> int:
         return 1
     load_s = time.perf_counter() - t0
     info = backend.info()
+    job["bandwidth"] = machine_bandwidth(job["threads"] or 1, str(fingerprint()["cpu_model"]))
     if info.get("model_size_bytes"):  # the weights the backend actually loaded (a converted copy)
         job["model_size_bytes"] = info["model_size_bytes"]
     emit("loaded", load_s=load_s, info=info)
     for ref, name in job["tasks"]:
         try:
-            result = run_task(backend, get_task(ref), job, load_s, emit)
+            if ref.startswith("probe:"):
+                emit("task_started", task=name, total=1)
+                result = run_probe(backend, ref.removeprefix("probe:"), job)
+            else:
+                result = run_task(backend, get_task(ref), job, load_s, emit)
         except SmallfitError as exc:
             emit("task_error", task=name, error=str(exc))
             continue

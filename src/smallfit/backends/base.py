@@ -34,6 +34,7 @@ class Capabilities:
     loglikelihood: bool = True
     generation: bool = True
     streaming: bool = True
+    batching: bool = False  # generate_together / prefill_seconds / context_train (the load and context probes)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def split_pair(context: str, continuation: str) -> tuple[str, str]:
 class LlamaCppBackend:
     """A GGUF model loaded through llama-cpp-python."""
 
-    capabilities = Capabilities(loglikelihood=True, generation=True, streaming=True)
+    capabilities = Capabilities(loglikelihood=True, generation=True, streaming=True, batching=True)
 
     def __init__(self, config: BackendConfig) -> None:
         self._lib, self._np = _import()
@@ -251,6 +251,26 @@ class LlamaCppBackend:
             masked[tok] = -float("inf")
             tok = int(masked.argmax())
         return tok
+
+    # -- probes (their own contexts; see llamacpp_probes) --------------------------------------
+
+    def generate_together(self, prompts: Sequence[str], max_tokens: int) -> list[Completion]:
+        """Fixed-length greedy generation for all prompts at once (one batch per step)."""
+        from smallfit.backends.llamacpp_probes import generate_together
+
+        return generate_together(self, prompts, max_tokens)
+
+    def prefill_seconds(self, tokens: Sequence[int]) -> float:
+        """Time to evaluate a prompt of these tokens and pick the first output token."""
+        from smallfit.backends.llamacpp_probes import prefill_once
+
+        return prefill_once(self, tokens)
+
+    def context_train(self) -> int:
+        """The model's training context length."""
+        from smallfit.backends.llamacpp_probes import context_train
+
+        return context_train(self)
 
     def info(self) -> dict[str, Any]:
         """Settings recorded with every result of this candidate."""

@@ -61,3 +61,51 @@ def default_threads() -> tuple[int, dict[str, Any]]:
             busy = 0.0
     threads = max(1, cpus - round(busy))
     return threads, {"usable_cpus": cpus, "busy_cpus": round(busy, 2), "threads": threads}
+
+
+NOISY_OTHER_CPUS = 0.5  # other processes keeping half a core busy on average
+NOISY_STEAL_PCT = 5.0
+
+
+def _proc_stat() -> tuple[float, float, float] | None:
+    """(busy, steal, total) seconds over all CPUs since boot, from /proc/stat."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    except (OSError, ValueError, IndexError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (values + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq) / tick, steal / tick, sum(values) / tick
+
+
+class Contention:
+    """How busy the rest of the machine was during a span: CPU seconds other processes used
+    (all CPU busy time minus this process's own), and time stolen by a hypervisor."""
+
+    def __init__(self) -> None:
+        self._start: tuple[float, tuple[float, float, float] | None, float] | None = None
+
+    def start(self) -> None:
+        """Take the starting snapshot."""
+        self._start = (time.perf_counter(), _proc_stat(), _own_cpu_s())
+
+    def stop(self) -> dict[str, Any]:
+        """``others_busy_cpus``, ``steal_pct`` and the ``noisy`` flag for the span."""
+        assert self._start is not None
+        t0, stat0, own0 = self._start
+        wall = time.perf_counter() - t0
+        stat1, own1 = _proc_stat(), _own_cpu_s()
+        if stat0 is None or stat1 is None or wall <= 0:
+            return {"others_busy_cpus": None, "steal_pct": None, "noisy": None, "reason": "/proc/stat unreadable"}
+        busy, steal, total = (b - a for a, b in zip(stat0, stat1, strict=True))
+        others = max(0.0, (busy - (own1 - own0)) / wall)
+        steal_pct = 100 * steal / total if total > 0 else 0.0
+        return {"others_busy_cpus": round(others, 3), "steal_pct": round(steal_pct, 2), "wall_s": round(wall, 3),
+                "noisy": others > NOISY_OTHER_CPUS or steal_pct > NOISY_STEAL_PCT}
+
+
+def _own_cpu_s() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime

@@ -52,7 +52,7 @@ class Change:
 
 def _statistic(metric: str) -> Callable[[Sequence[RequestTiming]], float]:
     def stat(rows: Sequence[RequestTiming]) -> float:
-        value = efficiency_from_timings(rows).get(metric)
+        value = efficiency_from_timings(rows, resamples=0).get(metric)
         return math.nan if value is None else value
     return stat
 

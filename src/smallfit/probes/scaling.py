@@ -1,0 +1,120 @@
+"""Probes run once per candidate: the load curve, context scaling, and steady-state energy.
+
+Each returns a TaskResult named ``probe:<name>`` so it is stored, resumed and exported like a
+task; its raw measurements go to the timings table (phase ``load-curve``, ``context`` or
+``energy``). A figure a backend cannot measure is None with the reason in ``info``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from itertools import pairwise
+from collections.abc import Sequence
+from typing import Any
+
+from smallfit.backends.base import Backend
+from smallfit.probes.energy import EnergyMeter
+from smallfit.probes.memory import peak_rss_bytes, reset_peak_rss
+from smallfit.records import GenerationRequest, RequestTiming, TaskResult
+
+PROBES = ("load-curve", "context", "energy")
+BATCH_SIZES = (1, 2, 4, 8)
+CONTEXT_LENGTHS = (128, 512, 2048, 8192, 32768, 131072)
+KNEE_GAIN = 0.10  # a doubling that adds less than 10 % throughput is past the knee
+
+
+def knee(throughputs: dict[int, float]) -> int | None:
+    """The batch size after which doubling it adds less than ``KNEE_GAIN`` throughput."""
+    sizes = sorted(throughputs)
+    for small, big in pairwise(sizes):
+        if throughputs[big] < throughputs[small] * (1 + KNEE_GAIN):
+            return small
+    return sizes[-1] if sizes else None
+
+
+def _unsupported(name: str, backend: Backend) -> TaskResult:
+    return TaskResult(f"probe:{name}", {}, [], [], {"unsupported": f"the {type(backend).__name__} cannot run this "
+                                                                     "probe (it needs batched decoding)"})
+
+
+def load_curve(backend: Backend, prompts: Sequence[str], max_tokens: int) -> TaskResult:
+    """Throughput and latency against the number of sequences decoded together."""
+    if not backend.capabilities.batching:
+        return _unsupported("load-curve", backend)
+    gen = backend.generate_together
+    gen(list(prompts[:1]), 4)  # warm-up
+    metrics: dict[str, float | None] = {}
+    timings: list[RequestTiming] = []
+    rates: dict[int, float] = {}
+    for size in BATCH_SIZES:
+        batch = [prompts[i % len(prompts)] for i in range(size)]
+        done = gen(batch, max_tokens)
+        wall = max(c.latency_s for c in done)
+        rates[size] = sum(c.n_output_tokens for c in done) / wall
+        metrics[f"throughput_tok_s_at_{size}"] = rates[size]
+        metrics[f"latency_s_at_{size}"] = statistics.median(c.latency_s for c in done)
+        metrics[f"ttft_s_at_{size}"] = statistics.median(c.ttft_s or 0.0 for c in done)
+        timings += [RequestTiming(size * 100 + i, "load-curve", c.n_prompt_tokens, c.n_output_tokens, c.ttft_s,
+                                  c.latency_s, c.token_times_s) for i, c in enumerate(done)]
+    best = knee(rates)
+    metrics["knee_batch_size"] = float(best) if best else None
+    return TaskResult("probe:load-curve", metrics, [], timings,
+                      {"batch_sizes": list(BATCH_SIZES), "max_tokens": max_tokens, "knee_rule":
+                       f"the batch size after which doubling adds less than {KNEE_GAIN:.0%} throughput"})
+
+
+def context_scaling(backend: Backend, text: str, max_context: int, memory_budget: float | None) -> TaskResult:
+    """TTFT, prefill tokens/s and peak memory against prompt length, each in a fresh context."""
+    if not backend.capabilities.batching:
+        return _unsupported("context", backend)
+    limit = min(max_context, int(backend.context_train()))
+    tokenize = backend.tokenize
+    tokens: list[int] = tokenize(text)
+    while len(tokens) < limit:
+        tokens = tokens + tokens[1:]
+    metrics: dict[str, float | None] = {}
+    timings: list[RequestTiming] = []
+    skipped = {}
+    fits: list[int] = []
+    for length in CONTEXT_LENGTHS:
+        if length > limit:
+            skipped[str(length)] = f"longer than the limit of {limit} tokens (model context or max_context)"
+            continue
+        reset_peak_rss()
+        seconds = backend.prefill_seconds(tokens[:length])
+        peak, _ = peak_rss_bytes()
+        metrics[f"ttft_s_at_{length}"] = seconds
+        metrics[f"prefill_tok_s_at_{length}"] = length / seconds
+        metrics[f"peak_rss_bytes_at_{length}"] = float(peak)
+        timings.append(RequestTiming(length, "context", length, 1, seconds, seconds, (seconds,)))
+        if memory_budget is None or peak <= memory_budget:
+            fits.append(length)
+    metrics["max_context_tokens_measured"] = float(max(int(t.index) for t in timings)) if timings else None
+    metrics["max_context_within_memory_budget"] = float(max(fits)) if fits and memory_budget is not None else None
+    info: dict[str, Any] = {"lengths": [t.index for t in timings], "skipped": skipped, "limit": limit,
+                            "memory_budget_bytes": memory_budget}
+    return TaskResult("probe:context", metrics, [], timings, info)
+
+
+def steady_energy(backend: Backend, prompt: str, seconds: float, meter: EnergyMeter, max_tokens: int) -> TaskResult:
+    """Energy per output token over at least ``seconds`` of steady fixed-length decoding."""
+    backend.generate([GenerationRequest(prompt, 4, ignore_eos=True)])  # warm-up
+    timings: list[RequestTiming] = []
+    meter.start()
+    elapsed = 0.0
+    while elapsed < seconds and len(timings) < 500:
+        (c,) = backend.generate([GenerationRequest(prompt, max_tokens, ignore_eos=True)])
+        timings.append(RequestTiming(len(timings), "energy", c.n_prompt_tokens, c.n_output_tokens, c.ttft_s,
+                                     c.latency_s, c.token_times_s))
+        elapsed += c.latency_s
+    reading = meter.stop()
+    tokens = sum(t.n_output_tokens for t in timings)
+    joules = reading.joules
+    metrics: dict[str, float | None] = {
+        "energy_j": joules, "energy_j_per_token": joules / tokens if joules is not None and tokens else None,
+        "energy_j_per_request": joules / len(timings) if joules is not None and timings else None,
+        "power_w": joules / reading.seconds if joules is not None and reading.seconds > 0 else None,
+    }
+    label = f"{reading.method}: {reading.source}"
+    return TaskResult("probe:energy", metrics, [], timings,
+                      {"labels": dict.fromkeys(metrics, label), "seconds": reading.seconds, "tokens": tokens})
