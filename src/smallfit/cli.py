@@ -96,6 +96,9 @@ def run(
         help="Extra measurements per candidate, comma-separated: load-curve (throughput and latency against "
         "sequences decoded together), context (TTFT, prefill rate and memory against prompt length), energy "
         "(steady-state energy per token).", show_default=False)] = None,
+    max_context: Annotated[int | None, typer.Option(
+        help="Longest prompt the context probe tries (default 8192; capped at the model's context).",
+        show_default=False)] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Fewer timed requests (3 and 1 s per task instead of "
                                         "10 and 10 s): for smoke tests.")] = False,
     chat: Annotated[bool | None, typer.Option(
@@ -124,11 +127,11 @@ def run(
     if threads is not None and threads < 1:
         raise SmallfitError(f"--threads must be at least 1 (got {threads})")
     if resume and (model or task or budget or limit or threads or sample or seed is not None or chat is not None
-                   or probe or quick):
+                   or probe or quick or max_context):
         raise SmallfitError("--resume continues a run with its stored settings; drop --model/--task/--budget/"
                             "--limit/--threads")
     overrides: dict[str, object] = {"limit": limit, "sample": sample, "seed": seed, "threads": threads, "chat": chat,
-                                    "quick": quick or None,
+                                    "quick": quick or None, "max_context": max_context,
                                     "probes": [p.strip() for p in probe.split(",") if p.strip()] if probe else None}
     run_spec = None if resume else _build_spec(spec, model, task, budget, overrides)
     store = Store.open(_db(db))

@@ -66,6 +66,7 @@ _EFFICIENCY = [
     MetricInfo("decode_roofline_tok_s", True, "tokens/s", "Memory-bound ceiling on decode: memory_bandwidth_bytes_s / model_size_bytes."),
     MetricInfo("decode_roofline_pct", True, "%", "decode_tok_s as a percentage of decode_roofline_tok_s."),
     MetricInfo("peak_rss_bytes", False, "bytes", "Peak resident memory of the candidate's own process while it ran the task (Linux VmHWM)."),
+    MetricInfo("peak_vram_bytes", False, "bytes", "GPU candidates: peak memory torch allocated on the device during the task (None on the CPU)."),
     MetricInfo("model_size_bytes", False, "bytes", "Size of the model file(s) on disk."),
 ]
 

@@ -106,6 +106,8 @@ def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, e
     for s in samples[: job.get("warmup", 1)]:  # untimed: caches, lazy allocations, page faults
         kind.run(backend, [s], lambda _n: None)
     peak_resettable = reset_peak_rss()
+    if hasattr(backend, "reset_peak_device_memory"):
+        backend.reset_peak_device_memory()
     contention = Contention()
     contention.start()
     meter = EnergyMeter(job.get("prices", {}).get("cpu_watts_per_core", DEFAULT_CPU_WATTS_PER_CORE), _gpu_reader(backend))
@@ -128,6 +130,8 @@ def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, e
     peak, peak_source = peak_rss_bytes()
     metrics: dict[str, float | None] = {**kind.aggregate(results), **efficiency_from_timings(timings)}
     metrics.update(load_s=load_s, peak_rss_bytes=float(peak), model_size_bytes=job.get("model_size_bytes"))
+    vram = backend.peak_device_memory_bytes() if hasattr(backend, "peak_device_memory_bytes") else None
+    metrics["peak_vram_bytes"] = float(vram) if vram is not None else None
     labels = _energy_cost_roofline(metrics, timings, energy, job)
     n_timed = int(metrics.get("timed_requests") or 0)
     info = {
@@ -260,6 +264,7 @@ def run_job(job: dict[str, Any], emit: Emitter) -> int:
             if ref.startswith("probe:"):
                 emit("task_started", task=name, total=1)
                 result = run_probe(backend, ref.removeprefix("probe:"), job)
+                emit("progress", task=name, done=1)
             else:
                 result = run_task(backend, get_task(ref), job, load_s, emit)
         except SmallfitError as exc:

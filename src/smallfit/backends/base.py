@@ -81,6 +81,26 @@ class Backend(Protocol):
         ...
 
 
+class BatchingBackend(Backend, Protocol):
+    """A backend that declares ``capabilities.batching``: the load-curve and context probes."""
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        """Token ids from the model's own tokenizer."""
+        ...
+
+    def generate_together(self, prompts: Sequence[str], max_tokens: int) -> list[Completion]:
+        """Fixed-length greedy generation of all prompts decoded together."""
+        ...
+
+    def prefill_seconds(self, tokens: Sequence[int]) -> float:
+        """Seconds to evaluate a prompt and pick its first output token, in a fresh context."""
+        ...
+
+    def context_train(self) -> int:
+        """The model's training context length."""
+        ...
+
+
 _BUILTIN = {
     "llamacpp": "smallfit.backends.llamacpp:LlamaCppBackend",
     "transformers": "smallfit.backends.hf:TransformersBackend",

@@ -423,6 +423,17 @@ class TransformersBackend:
                           ttft_s=times[0] if times else None, latency_s=latency,
                           token_times_s=tuple(times), finish_reason=finish)
 
+    def reset_peak_device_memory(self) -> None:
+        """Start a new peak-VRAM window (CUDA only)."""
+        if self.device.type == "cuda":
+            self._torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_device_memory_bytes(self) -> int | None:
+        """Peak memory torch allocated on the GPU since the last reset; None on the CPU."""
+        if self.device.type != "cuda":
+            return None
+        return int(self._torch.cuda.max_memory_allocated(self.device))
+
     def info(self) -> dict[str, Any]:
         """Settings recorded with every result of this candidate."""
         torch = self._torch
@@ -440,6 +451,8 @@ class TransformersBackend:
         }
         if self.device.type == "cuda":
             info["gpu"] = torch.cuda.get_device_name(self.device)
+            info["cuda_version"] = torch.version.cuda
+            info["gpu_total_memory_bytes"] = torch.cuda.get_device_properties(self.device).total_memory
         return info
 
     def close(self) -> None:

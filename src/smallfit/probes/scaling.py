@@ -8,11 +8,11 @@ task; its raw measurements go to the timings table (phase ``load-curve``, ``cont
 from __future__ import annotations
 
 import statistics
-from itertools import pairwise
 from collections.abc import Sequence
-from typing import Any
+from itertools import pairwise
+from typing import Any, cast
 
-from smallfit.backends.base import Backend
+from smallfit.backends.base import Backend, BatchingBackend
 from smallfit.probes.energy import EnergyMeter
 from smallfit.probes.memory import peak_rss_bytes, reset_peak_rss
 from smallfit.records import GenerationRequest, RequestTiming, TaskResult
@@ -41,7 +41,7 @@ def load_curve(backend: Backend, prompts: Sequence[str], max_tokens: int) -> Tas
     """Throughput and latency against the number of sequences decoded together."""
     if not backend.capabilities.batching:
         return _unsupported("load-curve", backend)
-    gen = backend.generate_together
+    gen = cast(BatchingBackend, backend).generate_together
     gen(list(prompts[:1]), 4)  # warm-up
     metrics: dict[str, float | None] = {}
     timings: list[RequestTiming] = []
@@ -67,8 +67,9 @@ def context_scaling(backend: Backend, text: str, max_context: int, memory_budget
     """TTFT, prefill tokens/s and peak memory against prompt length, each in a fresh context."""
     if not backend.capabilities.batching:
         return _unsupported("context", backend)
-    limit = min(max_context, int(backend.context_train()))
-    tokenize = backend.tokenize
+    batching = cast(BatchingBackend, backend)
+    limit = min(max_context, int(batching.context_train()))
+    tokenize = batching.tokenize
     tokens: list[int] = tokenize(text)
     while len(tokens) < limit:
         tokens = tokens + tokens[1:]
@@ -81,7 +82,7 @@ def context_scaling(backend: Backend, text: str, max_context: int, memory_budget
             skipped[str(length)] = f"longer than the limit of {limit} tokens (model context or max_context)"
             continue
         reset_peak_rss()
-        seconds = backend.prefill_seconds(tokens[:length])
+        seconds = batching.prefill_seconds(tokens[:length])
         peak, _ = peak_rss_bytes()
         metrics[f"ttft_s_at_{length}"] = seconds
         metrics[f"prefill_tok_s_at_{length}"] = length / seconds

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from smallfit.metrics import METRICS
 from smallfit.report.pareto import Frontier
-from smallfit.results import RunResults
+from smallfit.results import ResultRow, RunResults
 from smallfit.store import effective_status
 from smallfit.verdict import ERROR, FAIL, PASS, UNCERTAIN, CheckResult
 
@@ -70,7 +70,7 @@ def comparison(results: RunResults) -> Group:
     for col in ("candidate", "task", "quality ± s.e.", "latency p50/p95", "TTFT p50", "decode tok/s",
                 "prefill tok/s", "peak RSS", "verdict"):
         table.add_column(col, no_wrap=True)
-    for r in results.rows:
+    for r in task_rows(results):
         m = r.metrics
         verdict = Text(r.verdict, style=_VERDICT_STYLE.get(r.verdict, ""))
         if r.error:
@@ -82,7 +82,92 @@ def comparison(results: RunResults) -> Group:
                       fmt_seconds(m.get("ttft_s")), fmt_rate(m.get("decode_tok_s")), fmt_rate(m.get("prefill_tok_s")),
                       fmt_bytes(m.get("peak_rss_bytes")), verdict)
     table.columns[2].no_wrap = False
-    return Group(table, *verdict_lines(results))
+    extra = [t for t in (efficiency_table(results), load_curve_table(results), context_table(results)) if t]
+    return Group(table, *extra, *verdict_lines(results))
+
+
+def task_rows(results: RunResults) -> list[ResultRow]:
+    """The candidate x task rows, without the probes' rows."""
+    return [r for r in results.rows if not r.task.startswith("probe:")]
+
+
+def _label(r: ResultRow, key: str) -> str:
+    label = str((r.info.get("labels") or {}).get(key, ""))
+    return " (meas.)" if label.startswith("measured") else " (est.)" if label.startswith("estimated") else ""
+
+
+def efficiency_table(results: RunResults) -> Table | None:
+    """Energy, cost, inter-token latency, roofline and the noise flag of each candidate x task."""
+    rows = [r for r in task_rows(results) if not r.error and r.metrics.get("energy_j") is not None]
+    if not rows:
+        return None
+    table = Table(title="Energy, cost, inter-token latency and roofline", title_justify="left", header_style="bold")
+    for col in ("candidate", "task", "energy / token", "power", "$ / 1M out", "$ / 1M in", "ITL p50 / p99",
+                "% of decode roofline", "machine"):
+        table.add_column(col, no_wrap=True)
+    for r in rows:
+        m = r.metrics
+        e_tok, watts = m.get("energy_j_per_token"), m.get("power_w")
+        noisy = r.info.get("noisy")
+        table.add_row(
+            r.candidate, r.task,
+            "-" if e_tok is None else f"{e_tok * 1000:.1f} mJ{_label(r, 'energy_j_per_token')}",
+            "-" if watts is None else f"{watts:.1f} W",
+            _usd(m.get("cost_usd_per_mtok_out")) + " (est.)", _usd(m.get("cost_usd_per_mtok_in")) + " (est.)",
+            f"{fmt_seconds(m.get('itl_s'))} / {fmt_seconds(m.get('itl_s_p99'))}",
+            "-" if m.get("decode_roofline_pct") is None else f"{m['decode_roofline_pct']:.0f} %",
+            Text("noisy", style="bold yellow") if noisy else Text("quiet" if noisy is False else "-"))
+    return table
+
+
+def _usd(value: float | None) -> str:
+    return "-" if value is None else f"${value:.3f}"
+
+
+def load_curve_table(results: RunResults) -> Table | None:
+    """Throughput and latency against sequences decoded together, per candidate."""
+    rows = [r for r in results.rows if r.task == "probe:load-curve" and not r.error]
+    if not rows:
+        return None
+    sizes = sorted({int(k.rsplit("_", 1)[1]) for r in rows for k in r.metrics if k.startswith("throughput_tok_s_at_")})
+    table = Table(title="Load curve: tokens/s (median latency) against sequences decoded together",
+                  title_justify="left", header_style="bold")
+    for col in ("candidate", *(f"{n} seq" for n in sizes), "knee"):
+        table.add_column(col, no_wrap=True)
+    for r in rows:
+        m = r.metrics
+        if r.info.get("unsupported"):
+            table.add_row(r.candidate, str(r.info["unsupported"]), *[""] * len(sizes))
+            continue
+        cells = [f"{m[f'throughput_tok_s_at_{n}']:.1f} ({fmt_seconds(m.get(f'latency_s_at_{n}'))})"
+                 if m.get(f"throughput_tok_s_at_{n}") is not None else "-" for n in sizes]
+        knee = m.get("knee_batch_size")
+        table.add_row(r.candidate, *cells, "-" if knee is None else f"{knee:.0f} seq")
+    return table
+
+
+def context_table(results: RunResults) -> Table | None:
+    """TTFT, prefill rate and peak memory against prompt length, per candidate."""
+    rows = [r for r in results.rows if r.task == "probe:context" and not r.error]
+    if not rows:
+        return None
+    lengths = sorted({int(k.rsplit("_", 1)[1]) for r in rows for k in r.metrics if k.startswith("ttft_s_at_")})
+    table = Table(title="Context scaling: TTFT / prefill tokens/s / peak RSS against prompt tokens",
+                  title_justify="left", header_style="bold")
+    for col in ("candidate", *(str(n) for n in lengths), "longest within memory budget"):
+        table.add_column(col)
+    for r in rows:
+        m = r.metrics
+        if r.info.get("unsupported"):
+            table.add_row(r.candidate, str(r.info["unsupported"]), *[""] * len(lengths))
+            continue
+        cells = [f"{fmt_seconds(m.get(f'ttft_s_at_{n}'))} / {m[f'prefill_tok_s_at_{n}']:.0f} / "
+                 f"{fmt_bytes(m.get(f'peak_rss_bytes_at_{n}'))}" if m.get(f"ttft_s_at_{n}") is not None else "-"
+                 for n in lengths]
+        best = m.get("max_context_within_memory_budget")
+        table.add_row(r.candidate, *cells, "no memory budget" if r.info.get("memory_budget_bytes") is None
+                      else "-" if best is None else f"{best:.0f} tokens")
+    return table
 
 
 def verdict_lines(results: RunResults) -> list[Text]:
