@@ -88,10 +88,12 @@ def _intervals(store: Store, run_id: str, candidate: str, task: str, metrics: di
 
 
 def to_json(results: RunResults) -> str:
-    """The stable export: a list of ``{candidate, task, metrics, verdict, error, checks}`` objects."""
+    """The stable export: a list of ``{candidate, task, metrics, verdict, error, checks, labels, noisy}``
+    objects; ``labels`` says which figures were measured and which estimated, and from what."""
     out = []
     for r in results.rows:
         checks = [asdict(c) for c in results.verdicts[r.candidate].checks if c.task in (r.task, "*")]
         out.append({"run_id": results.run["id"], "candidate": r.candidate, "task": r.task,
-                    "metrics": r.metrics, "verdict": r.verdict, "error": r.error, "checks": checks})
+                    "metrics": r.metrics, "verdict": r.verdict, "error": r.error, "checks": checks,
+                    "labels": r.info.get("labels", {}), "noisy": r.info.get("noisy")})
     return json.dumps(out, indent=2)
