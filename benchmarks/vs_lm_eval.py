@@ -2,7 +2,8 @@
 
 Both load the same weights (SmolLM2-135M-Instruct dequantised from the bundled GGUF into a
 safetensors folder) on the CPU with the same thread count, and score the same multiple-choice
-task built from local data (the first N QuaRTz questions of the evals registry, 2 options).
+task built from local data (the first N questions of an evals-registry multiple-choice folder:
+QuaRTz by default, or --task logiqa: long passages, four multi-token options).
 lm-eval runs from its own virtual environment (it is not a smallfit dependency); runs alternate
 A/B and the medians are compared. Printed: per-request log-likelihood differences, accuracy of
 each, and wall times with their ratio (targets: |difference| <= 1e-3, identical accuracy,
@@ -67,7 +68,7 @@ options = {{batch_size = {batch}}}
 """
 
 
-def build_inputs(n: int, threads: int, batch: int) -> tuple[Path, Path, Path]:
+def build_inputs(n: int, threads: int, batch: int, folder_name: str) -> tuple[Path, Path, Path]:
     """The data (JSONL), the lm-eval task folder and the smallfit spec; the shared weights."""
     from smallfit.backends.hf import gguf_to_safetensors
     from smallfit.models import parse_model_ref, resolve_model
@@ -77,7 +78,7 @@ def build_inputs(n: int, threads: int, batch: int) -> tuple[Path, Path, Path]:
     folder = gguf_to_safetensors(resolve_model(parse_model_ref("smollm2-135m")))
     data = OUT / "quartz.jsonl"
     with data.open("w") as fh:
-        for i, s in enumerate(evals_multiple_choice("quartz")[:n]):
+        for i, s in enumerate(evals_multiple_choice(folder_name)[:n]):
             question = s.context.removeprefix("Question: ").removesuffix("\nAnswer:")
             fh.write(json.dumps({"id": i, "question": question, "choices": [c.strip() for c in s.choices],
                                  "gold": s.gold}) + "\n")
@@ -142,6 +143,8 @@ def smallfit_scores(db: Path) -> tuple[dict[int, list[float]], float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="smallfit vs lm-evaluation-harness")
     parser.add_argument("--n", type=int, default=300, help="questions (default 300)")
+    parser.add_argument("--task", default="quartz", help="evals registry multiple-choice folder (default quartz; "
+                        "logiqa has long passages and four multi-token options)")
     parser.add_argument("--repeat", type=int, default=2, help="alternating runs of each (default 2)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8, help="smallfit's batch size (default 8)")
@@ -149,7 +152,7 @@ def main() -> None:
     args = parser.parse_args()
     if not (LMEVAL_VENV / "bin" / "lm_eval").exists():
         sys.exit(f"lm-eval's environment is missing; create it with:\n  {SETUP}")
-    folder, tasks, spec = build_inputs(args.n, args.threads, args.batch_size)
+    folder, tasks, spec = build_inputs(args.n, args.threads, args.batch_size, args.task)
     lm_batches = [int(b) for b in args.lm_eval_batch_sizes.split(",")]
     lm_walls: dict[int, list[float]] = {b: [] for b in lm_batches}
     sf_walls: list[float] = []
@@ -163,7 +166,7 @@ def main() -> None:
     load_after = os.getloadavg()
     sf, sf_acc, sf_scoring = smallfit_scores(OUT / "smallfit.db")
     sf_med = statistics.median(sf_walls)
-    print(f"\nquestions {len(sf)}, threads {args.threads}, loadavg before {load_before[0]:.2f} after {load_after[0]:.2f}, "
+    print(f"\ntask {args.task}, questions {len(sf)}, threads {args.threads}, loadavg before {load_before[0]:.2f} after {load_after[0]:.2f}, "
           f"cpus {os.cpu_count()}")
     for b in lm_batches:
         lm, lm_acc = lm_eval_scores(OUT / f"lm_eval_out_b{b}")

