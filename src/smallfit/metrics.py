@@ -90,6 +90,6 @@ def efficiency_from_timings(timings: Sequence[RequestTiming]) -> dict[str, float
         if decode_time > 0:
             out["decode_tok_s"] = sum(t.n_output_tokens - 1 for t in multi) / decode_time
     ttft_total = sum(ttfts)
-    if ttft_total > 0:
+    if ttft_total > 0 and all(t.n_prompt_tokens is not None for t in gen):  # uncounted prompts: None, not 0
         out["prefill_tok_s"] = sum(t.n_prompt_tokens or 0 for t in gen) / ttft_total
     return out

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
-from smallfit.backends.base import Backend, BackendConfig, load_backend
+from smallfit.backends.base import Backend, BackendConfig, ConcurrentBackend, load_backend
 from smallfit.errors import SmallfitError
 from smallfit.metrics import efficiency_from_timings
 from smallfit.probes.memory import peak_rss_bytes, reset_peak_rss
@@ -81,8 +81,10 @@ def select(samples: list[Any], limit: int | None, sample: int | None, seed: int,
     return samples[: limit or default]
 
 
-def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, emit: Emitter) -> TaskResult:
-    """Warm up, run the task's requests, run the latency pass if needed, and aggregate."""
+def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, emit: Emitter,
+             load_info: dict[str, Any] | None = None) -> TaskResult:
+    """Warm up, run the task's requests, run the latency pass if needed (and the concurrency
+    pass for a backend that serves concurrent requests), and aggregate."""
     samples = select(list(task.load()), job.get("limit"), job.get("sample"), job.get("seed", 0), task.default_limit)
     if not samples:
         raise SmallfitError(f"task {task.name} has no samples")
@@ -106,24 +108,43 @@ def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, e
             timings.append(RequestTiming(i, "latency", c.n_prompt_tokens, c.n_output_tokens,
                                          c.ttft_s, c.latency_s, c.token_times_s))
         latency_n = len(prompts)
+    concurrency = _concurrency_pass(backend, [kind.prompt_of(s) for s in samples[: job["latency_prompts"]]],
+                                    job["latency_max_tokens"])
     peak, peak_source = peak_rss_bytes()
     metrics: dict[str, float | None] = {**kind.aggregate(results), **efficiency_from_timings(timings)}
-    metrics.update(load_s=load_s, peak_rss_bytes=float(peak), model_size_bytes=float(job["model_size_bytes"]))
+    size = job.get("model_size_bytes")
+    metrics.update(load_s=load_s, peak_rss_bytes=float(peak), model_size_bytes=None if size is None else float(size))
     info = {
         "kind": kind.name, "n_samples": len(samples), "limit": job.get("limit"), "sample": job.get("sample"),
         "seed": job.get("seed", 0) if job.get("sample") else None, "source": task.source,
         "warmup_requests": job.get("warmup", 1), "latency_pass_prompts": latency_n, "chat_template": chat,
         "latency_pass_max_tokens": job["latency_max_tokens"] if latency_n else None,
         "peak_rss_source": peak_source if peak_resettable else f"{peak_source} (since process start)",
+        **concurrency,
     }
+    changed = {k: v for k, v in backend.info().items() if (load_info or {}).get(k) != v}
+    if changed:  # counters a backend keeps while it runs (a server's retries), as of this task's end
+        info["backend"] = changed
     return TaskResult(task.name, metrics, results, timings, info)
+
+
+def _concurrency_pass(backend: Backend, prompts: list[str], max_tokens: int) -> dict[str, Any]:
+    """Per-level throughput and latency on the task's prompts, for backends that serve several
+    requests at once; {} for the others. A failure is recorded, not fatal to the task."""
+    if not isinstance(backend, ConcurrentBackend) or not backend.capabilities.generation or not prompts:
+        return {}
+    requests = [GenerationRequest(p, max_tokens, ignore_eos=True) for p in prompts]
+    try:
+        return {"concurrency": backend.measure_concurrency(requests)}
+    except SmallfitError as exc:
+        return {"concurrency": None, "concurrency_error": str(exc)}
 
 
 def run_job(job: dict[str, Any], emit: Emitter) -> int:
     """Load the candidate's model and run each of its tasks; 0 if it loaded."""
     cfg = BackendConfig(model_path=Path(job["model_path"]), threads=job["threads"],
                         context_size=job["context_size"], batch_size=job["batch_size"],
-                        options=job.get("options") or {})
+                        options=job.get("options") or {}, location=job.get("location") or "")
     t0 = time.perf_counter()
     try:
         backend = load_backend(job["backend"], cfg)
@@ -137,7 +158,7 @@ def run_job(job: dict[str, Any], emit: Emitter) -> int:
     emit("loaded", load_s=load_s, info=info)
     for ref, name in job["tasks"]:
         try:
-            result = run_task(backend, get_task(ref), job, load_s, emit)
+            result = run_task(backend, get_task(ref), job, load_s, emit, info)
         except SmallfitError as exc:
             emit("task_error", task=name, error=str(exc))
             continue
