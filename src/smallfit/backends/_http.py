@@ -75,7 +75,8 @@ class Transport:
             started = time.perf_counter()
             try:
                 response = send()
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+                # RemoteProtocolError before any answer: a kept-alive connection the server had closed
                 if tries >= self.policy.retries:
                     self.counter.add(tries)
                     raise SmallfitError(
@@ -195,4 +196,5 @@ def sse_events(response: Any, what: str) -> Iterator[dict[str, Any]]:
     finally:
         response.close()
     reason = f" ({type(broke).__name__})" if broke is not None else ""
-    raise StreamClosed(f"{what}: the server closed the stream before it finished{reason}; check the server's log")
+    raise StreamClosed(f"{what}: the server closed the stream before it finished{reason}; check the server's log "
+                       "(a prompt longer than its context?)")
