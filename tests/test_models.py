@@ -49,3 +49,14 @@ def test_backend_suffix_folder_and_hub_repo(tmp_path):
     assert (repo.kind, repo.location, repo.backend) == ("hub-repo", "HuggingFaceTB/SmolLM2-135M-Instruct", "transformers")
     with pytest.raises(SmallfitError, match="unknown backend 'onnx2'"):
         parse_model_ref("smollm2-135m@onnx2")
+
+
+def test_server_urls_parse_as_served_models_without_a_file():
+    from smallfit.models import locate_model, parse_model_ref
+
+    ref = parse_model_ref("http://127.0.0.1:8080/v1#smollm2")
+    assert (ref.kind, ref.backend, ref.name, ref.location) == ("server", "openai", "smollm2",
+                                                                "http://127.0.0.1:8080/v1#smollm2")
+    assert parse_model_ref("https://example.invalid/v1").name == "example.invalid"
+    assert parse_model_ref("mine=http://127.0.0.1:8080/v1@server").backend == "openai"
+    assert locate_model(ref) == (None, None)  # nothing opened, no size: None, never 0

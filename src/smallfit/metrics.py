@@ -111,7 +111,7 @@ def _latency_figures(gen: Sequence[RequestTiming]) -> dict[str, float | None]:
     if decode_time > 0:
         out["decode_tok_s"] = sum(t.n_output_tokens - 1 for t in multi) / decode_time
     ttft_total = sum(t.ttft_s or 0.0 for t in gen)
-    if ttft_total > 0:
+    if ttft_total > 0 and all(t.n_prompt_tokens is not None for t in gen):  # uncounted prompts: None, not 0
         out["prefill_tok_s"] = sum(t.n_prompt_tokens or 0 for t in gen) / ttft_total
     return out
 

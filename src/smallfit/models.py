@@ -5,11 +5,13 @@
 * ``hf:OWNER/REPO/FILE.gguf``: a file in a Hugging Face hub repository, downloaded (and cached)
   through ``huggingface_hub``; offline, this fails with a message saying so;
 * ``hf:OWNER/REPO``: a whole hub repository (safetensors weights and tokenizer), for transformers;
-* ``path/to/folder``: a local transformers model folder.
+* ``path/to/folder``: a local transformers model folder;
+* ``http(s)://HOST:PORT/v1[#MODEL]``: a model served by an OpenAI-compatible server (llama-server,
+  Ollama, vLLM, TGI...), run by the ``openai`` backend; there is no file to resolve.
 
 An optional ``NAME=`` prefix names the candidate (``small=smollm2-135m``) and an optional
 ``@BACKEND`` suffix picks the backend (``smollm2-135m@transformers``); by default GGUF files go
-to llama.cpp and folders and hub repositories to transformers.
+to llama.cpp, folders and hub repositories to transformers, and URLs to the openai backend.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from smallfit.errors import MissingExtraError, SmallfitError
 
@@ -90,22 +93,24 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _HUB = re.compile(r"^hf:(?P<repo>[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+)(?:/(?P<file>.+))?$")
 _BACKEND = re.compile(r"^(?P<ref>.+)@(?P<backend>[a-z][a-z0-9_]*)$")
 BACKEND_ALIASES = {"llamacpp": "llamacpp", "llama.cpp": "llamacpp", "transformers": "transformers",
-                   "hf": "transformers"}
+                   "hf": "transformers", "openai": "openai", "server": "openai"}
 
 
 @dataclass(frozen=True)
 class ModelRef:
     """A parsed model reference. ``kind`` is ``alias``, ``file``, ``folder``, ``hub`` (one file
-    of a hub repository) or ``hub-repo`` (a whole repository)."""
+    of a hub repository), ``hub-repo`` (a whole repository) or ``server`` (a URL)."""
 
     raw: str
     name: str
     kind: str
-    location: str  # alias name, file or folder path, "OWNER/REPO/FILE" or "OWNER/REPO"
+    location: str  # alias name, file or folder path, "OWNER/REPO/FILE", "OWNER/REPO" or a URL[#MODEL]
     backend: str = "llamacpp"
 
 
 def _default_backend(kind: str) -> str:
+    if kind == "server":
+        return "openai"
     return "transformers" if kind in ("folder", "hub-repo") else "llamacpp"
 
 
@@ -129,11 +134,19 @@ def parse_model_ref(text: str) -> ModelRef:
                                 f"{', '.join(sorted(set(BACKEND_ALIASES)))}")
         backend = BACKEND_ALIASES[requested]
     kind, location, default_name = _classify(ref)
+    if backend is not None and (kind == "server") != (backend == "openai"):
+        raise SmallfitError(f"{raw!r}: a server URL runs on the openai backend and a local model on llamacpp or "
+                            "transformers; drop the @BACKEND suffix")
     suffix = f"@{backend}" if backend and backend != _default_backend(kind) else ""
     return ModelRef(raw, name or default_name + suffix, kind, location, backend or _default_backend(kind))
 
 
 def _classify(ref: str) -> tuple[str, str, str]:
+    if ref.startswith(("http://", "https://")):
+        parts = urlsplit(ref)
+        if not parts.hostname:
+            raise SmallfitError(f"malformed server URL {ref!r}: write http://HOST:PORT/v1 (optionally #MODEL)")
+        return "server", ref, parts.fragment or parts.netloc
     if ref in ALIASES:
         return "alias", ref, ref
     hub = _HUB.match(ref)
@@ -158,7 +171,10 @@ def _classify(ref: str) -> tuple[str, str, str]:
 
 
 def resolve_model(ref: ModelRef) -> Path:
-    """Materialise the model file: locate or assemble a bundled one, or download from the hub."""
+    """Materialise the model file: locate or assemble a bundled one, or download from the hub.
+    A served model has no file: see :func:`locate_model`."""
+    if ref.kind == "server":
+        raise SmallfitError(f"{ref.raw} is served over HTTP and has no model file")
     if ref.kind == "alias":
         path: Path = ALIASES[ref.location].locate()
         return path
@@ -168,6 +184,14 @@ def resolve_model(ref: ModelRef) -> Path:
             raise SmallfitError(f"model not found: {path}; check the path")
         return path
     return _download_from_hub(ref.location, whole_repo=ref.kind == "hub-repo")
+
+
+def locate_model(ref: ModelRef) -> tuple[Path | None, int | None]:
+    """The model's file or folder and its size on disk, both None for a served model."""
+    if ref.kind == "server":
+        return None, None
+    path = resolve_model(ref)
+    return path, path.stat().st_size
 
 
 def _download_from_hub(location: str, whole_repo: bool = False) -> Path:

@@ -67,11 +67,13 @@ class Completion:
 
     Times are seconds from the moment the backend received the request (monotonic clock).
     ``token_times_s[i]`` is when output token ``i`` became available; ``ttft_s`` equals
-    ``token_times_s[0]``. Token counts come from the model's own tokenizer.
+    ``token_times_s[0]``. Token counts come from the model's own tokenizer. A server backend
+    timestamps streamed chunks (usually one token each; its ``info()`` says how counts were
+    made) and may not know the prompt's token count (``None``).
     """
 
     text: str
-    n_prompt_tokens: int
+    n_prompt_tokens: int | None
     n_output_tokens: int
     ttft_s: float | None
     latency_s: float

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from smallfit.errors import SmallfitError
 from smallfit.metrics import EFFICIENCY_METRICS, QUALITY_SUFFIXES
-from smallfit.models import resolve_model
+from smallfit.models import locate_model
 from smallfit.probes.hardware import fingerprint, library_versions
 from smallfit.probes.load import default_threads, machine_load
 from smallfit.records import RequestTiming, SampleResult, TaskResult
@@ -112,14 +112,14 @@ def _run_candidate(store: Store, run_id: str, spec: RunSpec, cand: CandidateSpec
     store.update_candidate(run_id, ref.name, status="running", started_at=time.time(), error=None,
                            load_before_json=machine_load())
     try:
-        path = resolve_model(ref)
+        path, size = locate_model(ref)  # a served model has neither file nor size
     except SmallfitError as exc:
         _fail_candidate(store, run_id, ref.name, list(tasks.values()), str(exc), on_event)
         return
-    size = path.stat().st_size
-    store.update_candidate(run_id, ref.name, model_path=str(path), model_size_bytes=size)
+    store.update_candidate(run_id, ref.name, model_path=str(path) if path else ref.location, model_size_bytes=size)
     job = {
-        "candidate": ref.name, "backend": ref.backend, "model_path": str(path), "options": cand.options,
+        "candidate": ref.name, "backend": ref.backend, "model_path": str(path) if path else "",
+        "location": "" if path else ref.location, "options": cand.options,
         "model_size_bytes": size, "threads": cand.threads or threads, "context_size": cand.context_size,
         "batch_size": cand.batch_size, "tasks": list(tasks.items()), "limit": spec.limit, "sample": spec.sample, "seed": spec.seed, "chat": spec.chat,
         "timing_min_requests": spec.timing_rule()[0], "timing_min_s": spec.timing_rule()[1],

@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
-from smallfit.backends.base import Backend, BackendConfig, load_backend
+from smallfit.backends.base import Backend, BackendConfig, ConcurrentBackend, load_backend
 from smallfit.cost import Prices, usd_per_mtok
 from smallfit.errors import SmallfitError
 from smallfit.metrics import efficiency_from_timings
@@ -93,8 +93,10 @@ def select(samples: list[Any], limit: int | None, sample: int | None, seed: int,
     return samples[: limit or default]
 
 
-def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, emit: Emitter) -> TaskResult:
-    """Warm up, run the task's requests, time generation on the same prompts, and aggregate."""
+def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, emit: Emitter,
+             load_info: dict[str, Any] | None = None) -> TaskResult:
+    """Warm up, run the task's requests, time generation on the same prompts (and, for a backend
+    that serves concurrent requests, at each concurrency level), and aggregate."""
     samples = select(list(task.load()), job.get("limit"), job.get("sample"), job.get("seed", 0), task.default_limit)
     if not samples:
         raise SmallfitError(f"task {task.name} has no samples")
@@ -127,9 +129,12 @@ def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, e
             timings += _timing_pass(backend, job, prompts, [], lambda chunk: _fixed_length(backend, chunk, job))
     energy = meter.stop()
     busy = contention.stop()
+    concurrency = _concurrency_pass(backend, [kind.prompt_of(s) for s in samples[: job["latency_prompts"]]],
+                                    job["latency_max_tokens"])
     peak, peak_source = peak_rss_bytes()
     metrics: dict[str, float | None] = {**kind.aggregate(results), **efficiency_from_timings(timings)}
-    metrics.update(load_s=load_s, peak_rss_bytes=float(peak), model_size_bytes=job.get("model_size_bytes"))
+    size = job.get("model_size_bytes")
+    metrics.update(load_s=load_s, peak_rss_bytes=float(peak), model_size_bytes=None if size is None else float(size))
     vram = backend.peak_device_memory_bytes() if hasattr(backend, "peak_device_memory_bytes") else None
     metrics["peak_vram_bytes"] = float(vram) if vram is not None else None
     labels = _energy_cost_roofline(metrics, timings, energy, job)
@@ -143,7 +148,11 @@ def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, e
         "timing_rule": {"min_requests": job["timing_min_requests"], "min_s": job["timing_min_s"]},
         "peak_rss_source": peak_source if peak_resettable else f"{peak_source} (since process start)",
         "contention": busy, "noisy": busy.get("noisy"), "labels": labels,
+        **concurrency,
     }
+    changed = {k: v for k, v in backend.info().items() if (load_info or {}).get(k) != v}
+    if changed:  # counters a backend keeps while it runs (a server's retries), as of this task's end
+        info["backend"] = changed
     return TaskResult(task.name, metrics, results, timings, info)
 
 
@@ -242,11 +251,23 @@ def _energy_cost_roofline(metrics: dict[str, float | None], timings: Sequence[Re
     return labels
 
 
+def _concurrency_pass(backend: Backend, prompts: list[str], max_tokens: int) -> dict[str, Any]:
+    """Per-level throughput and latency on the task's prompts, for backends that serve several
+    requests at once; {} for the others. A failure is recorded, not fatal to the task."""
+    if not isinstance(backend, ConcurrentBackend) or not backend.capabilities.generation or not prompts:
+        return {}
+    requests = [GenerationRequest(p, max_tokens, ignore_eos=True) for p in prompts]
+    try:
+        return {"concurrency": backend.measure_concurrency(requests)}
+    except SmallfitError as exc:
+        return {"concurrency": None, "concurrency_error": str(exc)}
+
+
 def run_job(job: dict[str, Any], emit: Emitter) -> int:
     """Load the candidate's model and run each of its tasks; 0 if it loaded."""
     cfg = BackendConfig(model_path=Path(job["model_path"]), threads=job["threads"],
                         context_size=job["context_size"], batch_size=job["batch_size"],
-                        options=job.get("options") or {})
+                        options=job.get("options") or {}, location=job.get("location") or "")
     t0 = time.perf_counter()
     try:
         backend = load_backend(job["backend"], cfg)
@@ -266,7 +287,7 @@ def run_job(job: dict[str, Any], emit: Emitter) -> int:
                 result = run_probe(backend, ref.removeprefix("probe:"), job)
                 emit("progress", task=name, done=1)
             else:
-                result = run_task(backend, get_task(ref), job, load_s, emit)
+                result = run_task(backend, get_task(ref), job, load_s, emit, info)
         except SmallfitError as exc:
             emit("task_error", task=name, error=str(exc))
             continue

@@ -39,7 +39,11 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class BackendConfig:
-    """How to load a model. ``threads=None`` lets the backend choose; the choice is recorded."""
+    """How to load a model. ``threads=None`` lets the backend choose; the choice is recorded.
+
+    ``model_path`` is the local file or folder; a model served over HTTP has none (``Path()``)
+    and is found at ``location`` instead (``http://HOST:PORT/v1#MODEL``).
+    """
 
     model_path: Path
     threads: int | None = None
@@ -47,6 +51,7 @@ class BackendConfig:
     batch_size: int = 512
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    location: str = ""  # a served model's URL; "" for local models
 
 
 @runtime_checkable
@@ -101,9 +106,21 @@ class BatchingBackend(Backend, Protocol):
         ...
 
 
+@runtime_checkable
+class ConcurrentBackend(Protocol):
+    """A backend that can keep several requests in flight (a server): the worker runs its
+    concurrency pass when a backend implements this."""
+
+    def measure_concurrency(self, requests: Sequence[GenerationRequest]) -> list[dict[str, Any]]:
+        """The same requests at each concurrency level: one dict of throughput and latency
+        figures per level (``concurrency``, ``requests_per_s``, ``latency_s_p95``...)."""
+        ...
+
+
 _BUILTIN = {
     "llamacpp": "smallfit.backends.llamacpp:LlamaCppBackend",
     "transformers": "smallfit.backends.hf:TransformersBackend",
+    "openai": "smallfit.backends.openai:OpenAIBackend",
 }
 
 
