@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -65,9 +66,9 @@ class _ProgressView:
         elif ev.kind == "progress":
             p.update(self.bars[name], completed=ev.done)
         elif ev.kind == "task_error":
-            p.console.print(f"[magenta]✗[/] {name} · {ev.task}: {ev.message}")
+            p.console.print(f"[magenta]✗[/] {escape(name)} · {escape(ev.task or '')}: {escape(ev.message)}")
         elif ev.kind == "candidate_error":
-            p.console.print(f"[magenta]✗[/] {name}: {ev.message}")
+            p.console.print(f"[magenta]✗[/] {escape(name)}: {escape(ev.message)}")
             if name in self.bars:
                 p.update(self.bars[name], description=f"{name}: error")
         elif ev.kind == "candidate_done":
