@@ -60,6 +60,8 @@ threads = {threads}
 warmup = 0
 latency_prompts = 1
 latency_max_tokens = 2
+timing_min_requests = 1   # scoring is what is compared: time one generation, not 10 s of it
+timing_min_s = 0
 
 [[candidates]]
 model = "{folder}@transformers"
