@@ -9,6 +9,7 @@ every generation so that no request benefits from an earlier one's prompt.
 
 from __future__ import annotations
 
+import ctypes
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -73,6 +74,7 @@ class LlamaCppBackend:
         self._mem = self._lib.llama_get_memory(self._ctx)
         self._vocab = self._lib.llama_model_get_vocab(self._llm._model.model)
         self.n_vocab = int(self._llm.n_vocab())
+        self._logits_type = ctypes.c_float * self.n_vocab
         self.n_ctx = int(self._llm.n_ctx())
         self._batch = self._lib.llama_batch_init(config.batch_size, 0, 1)
         bos = int(self._lib.llama_vocab_bos(self._vocab))
@@ -208,12 +210,13 @@ class LlamaCppBackend:
         return [self._generate_one(r) for r in requests]
 
     def _generate_one(self, req: GenerationRequest) -> Completion:
-        np, lib = self._np, self._lib
+        lib = self._lib
         t0 = time.perf_counter()  # the request starts before tokenisation
         prompt = self.tokenize(req.prompt) or [self._prefix_token]
         max_new = max(0, min(req.max_tokens, self.n_ctx - len(prompt)))
         if max_new == 0:
             raise SmallfitError(f"prompt of {len(prompt)} tokens leaves no room in the {self.n_ctx}-token context")
+        out: list[int] = []
         out_bytes = bytearray()
         times: list[float] = []
         finish, text = "length", ""
@@ -223,26 +226,38 @@ class LlamaCppBackend:
         for _ in range(max_new):
             self._decode([tok], pos, [True])
             pos += 1
-            logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, -1), shape=(self.n_vocab,))
+            logits = self._last_logits()
             tok = int(logits.argmax())
             if lib.llama_vocab_is_eog(self._vocab, tok):  # not an output token
                 if not req.ignore_eos:
                     finish = "eos"
                     break
                 tok = self._best_non_eog(logits)
-            out_bytes += self._llm.detokenize([tok])
             times.append(time.perf_counter() - t0)
-            text = out_bytes.decode("utf-8", errors="ignore")
-            hit = _first_stop(text, req.stop)
-            if hit is not None:
-                text, finish = text[:hit], "stop"
-                break
+            out.append(tok)
+            if req.stop:  # text is needed per token only to look for a stop sequence
+                out_bytes += self._llm.detokenize([tok])
+                text = out_bytes.decode("utf-8", errors="ignore")
+                hit = _first_stop(text, req.stop)
+                if hit is not None:
+                    text, finish = text[:hit], "stop"
+                    break
+        if not req.stop:
+            text = bytes(self._llm.detokenize(out)).decode("utf-8", errors="ignore")
         latency = times[-1] if times else time.perf_counter() - t0
         return Completion(
             text=text, n_prompt_tokens=len(prompt), n_output_tokens=len(times),
             ttft_s=times[0] if times else None, latency_s=latency,
             token_times_s=tuple(times), finish_reason=finish,
         )
+
+    def _last_logits(self) -> Any:
+        """A zero-copy view of the last decoded position's logits."""
+        ptr = self._lib.llama_get_logits_ith(self._ctx, -1)
+        address = ctypes.cast(ptr, ctypes.c_void_p).value
+        if not address:
+            raise SmallfitError("llama.cpp returned no logits for the last position")
+        return self._np.frombuffer(self._logits_type.from_address(address), dtype=self._np.float32)
 
     def _best_non_eog(self, logits: Any) -> int:
         masked = logits.copy()
