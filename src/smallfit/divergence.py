@@ -42,7 +42,7 @@ def kl_rows(ref_logprobs: Any, logprobs: Any) -> Any:
         raise SmallfitError(f"reference distributions have shape {ref.shape}, the variant's {other.shape}: "
                             "the variants do not share a vocabulary")
     p = np.exp(ref)
-    terms = np.where(p > 0, p * (ref - other), 0.0)
+    terms = p * np.where(p > 0, ref - other, 0.0)
     return np.maximum(terms.sum(axis=1), 0.0)  # rounding can leave -1e-12 for identical rows
 
 
