@@ -35,6 +35,8 @@ def test_sweep_expands_candidates_reference_first_and_survives_a_round_trip():
 def test_only_gguf_models_on_llamacpp_can_be_swept():
     with pytest.raises(SmallfitError, match="--quantize sweeps GGUF models run by llama.cpp"):
         sweep_candidates({"model": "http://127.0.0.1:1/v1"}, ["q8_0"])
+    with pytest.raises(SmallfitError, match="--quantize names no type"):
+        build_spec({"candidates": [{"model": "smollm2-135m"}], "tasks": ["quartz"], "quantize": [" , "]}, "test")
     with pytest.raises(SmallfitError, match="variant is set by a quantization sweep"):
         build_spec({"candidates": [{"model": "smollm2-135m", "variant": "q8_0"}], "tasks": ["quartz"]}, "test")
 

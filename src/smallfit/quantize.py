@@ -176,8 +176,9 @@ def build_variant(source: Path, variant: str, threads: int = 1) -> Path:
 
 def prepare_variant(source: Path, variant: str, threads: int) -> Path:
     """Build a variant in a child process (see the module docstring); a failure is one line."""
-    target = variant_path(source, variant) if variant in FTYPES else None
-    if target is not None and target.is_file():
+    ftype_name(variant)  # an unknown type is this variant's error, without starting a process
+    target = variant_path(source, variant)
+    if target.is_file():
         return target
     job = json.dumps({"source": str(source), "variant": variant, "threads": threads})
     proc = subprocess.run([sys.executable, "-m", "smallfit.quantize"], input=job, capture_output=True, text=True,

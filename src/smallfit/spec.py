@@ -84,6 +84,8 @@ class RunSpec(BaseModel):
         from smallfit.quantize import parse_types, sweep_candidates
 
         types = parse_types(data["quantize"])
+        if not types:
+            raise SmallfitError("--quantize names no type: give e.g. --quantize q8_0,q4_k_m,q4_0")
         data = {**data, "quantize": types}
         expanded: list[Any] = []
         for cand in data.get("candidates") or []:
