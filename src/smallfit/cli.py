@@ -61,6 +61,8 @@ class _ProgressView:
             p.console.print(f"[green]✓[/] {name}: all {ev.total} tasks already stored, not redone")
         elif ev.kind == "candidate_started":
             self.bars[name] = p.add_task(f"{name}: loading", total=None)
+        elif ev.kind == "preparing":
+            p.update(self.bars[name], description=f"{name}: building the {ev.message} variant")
         elif ev.kind == "task_started":
             p.update(self.bars[name], description=f"{name} · {ev.task}", total=ev.total, completed=0)
         elif ev.kind == "progress":
@@ -107,6 +109,10 @@ def run(
         show_default=False)] = None,
     threads: Annotated[int | None, typer.Option(
         help="CPU threads per candidate. Default: the cores free when the run starts.", show_default=False)] = None,
+    quantize: Annotated[str | None, typer.Option(
+        help="Quantization sweep, e.g. q8_0,q4_k_m,q4_0: each GGUF model becomes MODEL:f32 (its exact "
+        "dequantisation, the reference) plus one llama.cpp quantization of it per type, built once and cached.",
+        show_default=False)] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run; finished candidate x task results are kept.")] = False,
     db: DbOption = None,
@@ -128,12 +134,13 @@ def run(
     if threads is not None and threads < 1:
         raise SmallfitError(f"--threads must be at least 1 (got {threads})")
     if resume and (model or task or budget or limit or threads or sample or seed is not None or chat is not None
-                   or probe or quick or max_context):
+                   or probe or quick or max_context or quantize):
         raise SmallfitError("--resume continues a run with its stored settings; drop --model/--task/--budget/"
                             "--limit/--threads")
     overrides: dict[str, object] = {"limit": limit, "sample": sample, "seed": seed, "threads": threads, "chat": chat,
                                     "quick": quick or None, "max_context": max_context,
-                                    "probes": [p.strip() for p in probe.split(",") if p.strip()] if probe else None}
+                                    "probes": [p.strip() for p in probe.split(",") if p.strip()] if probe else None,
+                                    "quantize": [quantize] if quantize else None}
     run_spec = None if resume else _build_spec(spec, model, task, budget, overrides)
     store = Store.open(_db(db))
     if resume:

@@ -70,9 +70,17 @@ _EFFICIENCY = [
     MetricInfo("model_size_bytes", False, "bytes", "Size of the model file(s) on disk."),
 ]
 
-METRICS: dict[str, MetricInfo] = {m.name: m for m in _QUALITY + _EFFICIENCY}
+# Quantization sweeps: how far a variant's predictions moved from the sweep's reference.
+_FIDELITY = [
+    MetricInfo("kl_divergence", False, "nats", "Sweep variants: mean KL(P_reference || P_variant) of the next-token "
+               "distributions at the last 4 positions of the task's first 16 prompts (0 for the reference)."),
+    MetricInfo("kl_divergence_p95", False, "nats", "95th percentile of those per-position KL divergences."),
+]
+
+METRICS: dict[str, MetricInfo] = {m.name: m for m in _QUALITY + _EFFICIENCY + _FIDELITY}
 QUALITY_METRICS: tuple[str, ...] = tuple(m.name for m in _QUALITY)
 EFFICIENCY_METRICS: tuple[str, ...] = tuple(m.name for m in _EFFICIENCY)
+FIDELITY_METRICS: tuple[str, ...] = tuple(m.name for m in _FIDELITY)
 
 
 QUALITY_SUFFIXES = ("_stderr", "_ci_low", "_ci_high")

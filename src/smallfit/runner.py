@@ -15,10 +15,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from smallfit.errors import SmallfitError
-from smallfit.metrics import EFFICIENCY_METRICS, QUALITY_SUFFIXES
+from smallfit.metrics import EFFICIENCY_METRICS, FIDELITY_METRICS, QUALITY_SUFFIXES
 from smallfit.models import locate_model
 from smallfit.probes.hardware import fingerprint, library_versions
 from smallfit.probes.load import default_threads, machine_load
@@ -31,7 +32,7 @@ from smallfit.tasks import get_task
 @dataclass(frozen=True)
 class Event:
     """Progress of a run: ``kind`` is one of run_started, candidate_skipped, candidate_started,
-    loaded, task_started, progress, task_done, task_error, candidate_done, candidate_error."""
+    preparing (a sweep variant is being built), loaded, task_started, progress, task_done, task_error, candidate_done, candidate_error."""
 
     kind: str
     candidate: str | None = None
@@ -46,7 +47,7 @@ OnEvent = Callable[[Event], None]
 
 def start_run(spec: RunSpec, store: Store) -> str:
     """Validate the tasks, record a new run with its fingerprint, and return its id."""
-    produced = set(EFFICIENCY_METRICS)
+    produced = set(EFFICIENCY_METRICS) | (set(FIDELITY_METRICS) if spec.quantize else set())
     names: dict[str, str] = {}
     for task_ref in spec.tasks:
         task = get_task(task_ref)
@@ -111,8 +112,13 @@ def _run_candidate(store: Store, run_id: str, spec: RunSpec, cand: CandidateSpec
     on_event(Event("candidate_started", ref.name, total=len(tasks)))
     store.update_candidate(run_id, ref.name, status="running", started_at=time.time(), error=None,
                            load_before_json=machine_load())
+    sweep: dict[str, Any] | None = None
     try:
         path, size = locate_model(ref)  # a served model has neither file nor size
+        if cand.variant and path is not None:
+            on_event(Event("preparing", ref.name, message=cand.variant))
+            path, sweep = _prepare_variant(path, cand.variant, cand.threads or threads)
+            size = path.stat().st_size
     except SmallfitError as exc:
         _fail_candidate(store, run_id, ref.name, list(tasks.values()), str(exc), on_event)
         return
@@ -126,6 +132,7 @@ def _run_candidate(store: Store, run_id: str, spec: RunSpec, cand: CandidateSpec
         "prices": spec.prices.model_dump(), "max_context": spec.max_context,
         "memory_budget_bytes": spec.memory_budget_bytes(), "first_task": spec.tasks[0], "warmup": spec.warmup,
         "latency_prompts": spec.latency_prompts, "latency_max_tokens": spec.latency_max_tokens,
+        "sweep": sweep,
     }
     outcome = _Worker(store, run_id, ref.name, on_event).run(job)
     finished = store.done_tasks(run_id)
@@ -143,6 +150,16 @@ def _run_candidate(store: Store, run_id: str, spec: RunSpec, cand: CandidateSpec
         on_event(Event("candidate_error", ref.name, message=error))
     else:
         on_event(Event("candidate_done", ref.name, message=status))
+
+
+def _prepare_variant(source: Path, variant: str, threads: int) -> tuple[Path, dict[str, Any]]:
+    """Build (or find cached) a sweep variant of ``source``; its file and the worker's sweep settings."""
+    from smallfit import quantize
+
+    path = quantize.prepare_variant(source, variant, threads)
+    sweep = {"variant": variant, "reference": quantize.REFERENCE, "dir": str(quantize.sweep_dir(source)),
+             "reference_path": str(quantize.variant_path(source, quantize.REFERENCE))}
+    return path, sweep
 
 
 def _fail_candidate(store: Store, run_id: str, name: str, tasks: list[str], error: str, on_event: OnEvent) -> None:

@@ -41,6 +41,8 @@ class CandidateSpec(BaseModel):
     context_size: int = Field(default=2048, ge=64, description="context window in tokens")
     batch_size: int = Field(default=512, ge=1, description="tokens evaluated per decode call (llama.cpp)")
     options: dict[str, Any] = Field(default_factory=dict, description="backend options, e.g. {dtype = \"bfloat16\"}")
+    variant: str | None = Field(default=None, description="quantization variant of the model (f32, q8_0...), "
+                                "built by a --quantize sweep; set by the sweep's expansion")
 
     def ref(self) -> ModelRef:
         """The parsed model reference, with this candidate's name and backend when given."""
@@ -70,6 +72,27 @@ class RunSpec(BaseModel):
     prices: Prices = Field(default_factory=Prices, description="hardware and electricity prices for cost figures")
     probes: list[str] = Field(default_factory=list, description="extra measurements: load-curve, context, energy")
     max_context: int = Field(default=8192, ge=128, description="longest prompt the context probe tries")
+    quantize: list[str] = Field(default_factory=list, description="quantization sweep: each GGUF candidate "
+                                "becomes its f32 reference plus these llama.cpp types (q8_0, q4_k_m...)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_sweep(cls, data: Any) -> Any:
+        """Each candidate without a variant becomes the sweep's variants (reference first)."""
+        if not isinstance(data, dict) or not data.get("quantize"):
+            return data
+        from smallfit.quantize import parse_types, sweep_candidates
+
+        types = parse_types(data["quantize"])
+        if not types:
+            raise SmallfitError("--quantize names no type: give e.g. --quantize q8_0,q4_k_m,q4_0")
+        data = {**data, "quantize": types}
+        expanded: list[Any] = []
+        for cand in data.get("candidates") or []:
+            raw = cand.model_dump() if isinstance(cand, CandidateSpec) else cand
+            expanded += sweep_candidates(raw, types) if isinstance(raw, dict) and not raw.get("variant") else [raw]
+        data["candidates"] = expanded
+        return data
 
     def timing_rule(self) -> tuple[int, float]:
         """(min requests, min seconds) of timed generation per task."""
@@ -92,6 +115,9 @@ class RunSpec(BaseModel):
         unknown = [p for p in self.probes if p not in ("load-curve", "context", "energy")]
         if unknown:
             raise ValueError(f"unknown probe {unknown[0]!r}: choose from load-curve, context, energy")
+        if any(c.variant for c in self.candidates) and not self.quantize:
+            raise ValueError("a candidate's variant is set by a quantization sweep: give quantize = [...] "
+                             "(--quantize) instead")
         if self.limit is not None and self.sample is not None:
             raise ValueError("give limit (the first N) or sample (a random N), not both")
         return self

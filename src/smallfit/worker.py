@@ -263,6 +263,30 @@ def _concurrency_pass(backend: Backend, prompts: list[str], max_tokens: int) -> 
         return {"concurrency": None, "concurrency_error": str(exc)}
 
 
+def task_prompts(backend: Backend, task: Task, job: dict[str, Any]) -> list[str]:
+    """The prompts a task ran on, as the model saw them (chat template applied when used)."""
+    samples = select(list(task.load()), job.get("limit"), job.get("sample"), job.get("seed", 0), task.default_limit)
+    if task.chat if task.chat is not None else bool(job.get("chat")):
+        samples = [in_chat(s, backend.chat_prompt) for s in samples]
+    return [task.kind.prompt_of(s) for s in samples]
+
+
+def _add_divergence(backend: Backend, task: Task, job: dict[str, Any], cfg: BackendConfig,
+                    result: TaskResult) -> None:
+    """A sweep variant's KL divergence from the reference, into the task's metrics; a failure
+    leaves the figures None with the reason as their label, the task's other figures kept."""
+    from smallfit.divergence import kl_metrics
+
+    labels = result.info.setdefault("labels", {})
+    try:
+        kl = kl_metrics(backend, job["sweep"], cfg, task_prompts(backend, task, job))
+    except SmallfitError as exc:
+        kl = {"kl_divergence": None, "kl_divergence_p95": None, "label": f"not measured: {exc}"}
+    labels["kl_divergence"] = labels["kl_divergence_p95"] = kl.pop("label")
+    result.metrics.update(kl)
+    result.info["sweep"] = {"variant": job["sweep"]["variant"], "reference": job["sweep"]["reference"]}
+
+
 def run_job(job: dict[str, Any], emit: Emitter) -> int:
     """Load the candidate's model and run each of its tasks; 0 if it loaded."""
     cfg = BackendConfig(model_path=Path(job["model_path"]), threads=job["threads"],
@@ -287,7 +311,10 @@ def run_job(job: dict[str, Any], emit: Emitter) -> int:
                 result = run_probe(backend, ref.removeprefix("probe:"), job)
                 emit("progress", task=name, done=1)
             else:
-                result = run_task(backend, get_task(ref), job, load_s, emit, info)
+                task = get_task(ref)
+                result = run_task(backend, task, job, load_s, emit, info)
+                if job.get("sweep"):  # after the task's measurements: this may load the reference too
+                    _add_divergence(backend, task, job, cfg, result)
         except SmallfitError as exc:
             emit("task_error", task=name, error=str(exc))
             continue

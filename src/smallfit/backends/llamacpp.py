@@ -267,6 +267,27 @@ class LlamaCppBackend:
             tok = int(masked.argmax())
         return tok
 
+    def next_token_logprobs(self, text: str, last_n: int) -> Any:
+        """Log-probabilities of the whole vocabulary for the next token at each of the last
+        ``last_n`` positions of ``text`` (fewer for a shorter text): a float32 (rows, n_vocab)
+        array, the last row predicting the token after the text. A text longer than the context
+        keeps its end."""
+        np = self._np
+        tokens = (self.tokenize(text) or [self._prefix_token])[-self.n_ctx:]
+        n = min(last_n, len(tokens))
+        self._clear()
+        self._eval_prefix(tokens[:-n])
+        rows = []
+        step = self._rows_per_logits_step
+        for lo in range(len(tokens) - n, len(tokens), step):
+            chunk = tokens[lo : min(lo + step, len(tokens))]
+            self._decode(chunk, lo, [True] * len(chunk))
+            logits = self._output_rows(len(chunk)).astype(np.float64)
+            peak = logits.max(axis=1, keepdims=True)
+            lse = peak + np.log(np.exp(logits - peak).sum(axis=1, keepdims=True))
+            rows.append((logits - lse).astype(np.float32))
+        return np.concatenate(rows)
+
     # -- probes (their own contexts; see llamacpp_probes) --------------------------------------
 
     def generate_together(self, prompts: Sequence[str], max_tokens: int) -> list[Completion]:

@@ -82,7 +82,8 @@ def comparison(results: RunResults) -> Group:
                       fmt_seconds(m.get("ttft_s")), fmt_rate(m.get("decode_tok_s")), fmt_rate(m.get("prefill_tok_s")),
                       fmt_bytes(m.get("peak_rss_bytes")), verdict)
     table.columns[2].no_wrap = False
-    extra = [t for t in (efficiency_table(results), load_curve_table(results), context_table(results)) if t]
+    extra = [t for t in (sweep_table(results), efficiency_table(results), load_curve_table(results),
+                         context_table(results)) if t]
     return Group(table, *extra, *verdict_lines(results))
 
 
@@ -94,6 +95,38 @@ def task_rows(results: RunResults) -> list[ResultRow]:
 def _label(r: ResultRow, key: str) -> str:
     label = str((r.info.get("labels") or {}).get(key, ""))
     return " (meas.)" if label.startswith("measured") else " (est.)" if label.startswith("estimated") else ""
+
+
+def sweep_variants(results: RunResults) -> dict[str, str]:
+    """Candidate name -> quantization variant, for the candidates of a ``--quantize`` sweep."""
+    from smallfit.spec import RunSpec
+
+    spec = RunSpec.model_validate_json(results.run["spec_json"])
+    return {c.ref().name: c.variant for c in spec.candidates if c.variant}
+
+
+def sweep_table(results: RunResults) -> Table | None:
+    """Each sweep variant x task: file size, quality, KL divergence from the reference, speed, memory."""
+    variants = sweep_variants(results)
+    rows = [r for r in task_rows(results) if r.candidate in variants]
+    if not rows:
+        return None
+    table = Table(title="Quantization sweep (KL: mean / p95 nats against the reference, on the task's prompts)",
+                  title_justify="left", header_style="bold")
+    for col in ("variant", "task", "file size", "quality ± s.e.", "KL divergence", "decode tok/s", "peak RSS"):
+        table.add_column(col, no_wrap=True)
+    for r in rows:
+        m = r.metrics
+        if r.error:
+            table.add_row(r.candidate, r.task, Text(f"error: {r.error}", style="magenta", overflow="fold"), "", "", "",
+                          "")
+            continue
+        kl, kl95 = m.get("kl_divergence"), m.get("kl_divergence_p95")
+        table.add_row(r.candidate, r.task, fmt_bytes(m.get("model_size_bytes")), _quality(m),
+                      "-" if kl is None else f"{kl:.4f} / {kl95:.4f}" if kl95 is not None else f"{kl:.4f}",
+                      fmt_rate(m.get("decode_tok_s")), fmt_bytes(m.get("peak_rss_bytes")))
+    table.columns[2].no_wrap = False
+    return table
 
 
 def efficiency_table(results: RunResults) -> Table | None:

@@ -1,0 +1,217 @@
+"""Quantization sweep: GGUF variants of one source model, built once and cached.
+
+From a GGUF source, the **reference** variant (``f32``) is the source dequantised exactly: every
+tensor read with ``gguf.GGUFReader``, dequantised with ``gguf.quants.dequantize`` and written as
+F32 under the same names and metadata (only ``general.file_type`` changes). The other variants
+(``q8_0``, ``q4_k_m``, ``f16``...) are made from the reference by llama.cpp's own quantizer
+(``llama_model_quantize``), so they are what ``llama-quantize`` would make from that reference.
+
+Files go to ``cache_dir()/quant/<source stem>-<key>/<stem>.<variant>.gguf``, the key hashing the
+source's path, size and modification time; each is written to a temporary name and renamed, so
+an interrupted build leaves nothing that looks finished.
+
+The runner builds each variant in its own process (``python -m smallfit.quantize``, a JSON job
+on stdin, one JSON line on stdout): a slow or crashing conversion stays out of the candidate's
+measured process and cannot take the run down.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from smallfit.errors import SmallfitError
+from smallfit.models import cache_dir
+
+REFERENCE = "f32"
+
+# variant name -> llama.cpp's llama_ftype (the constant's name in llama_cpp, without LLAMA_FTYPE_)
+FTYPES: dict[str, str] = {
+    "f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16",
+    "q8_0": "MOSTLY_Q8_0", "q6_k": "MOSTLY_Q6_K",
+    "q5_0": "MOSTLY_Q5_0", "q5_1": "MOSTLY_Q5_1", "q5_k_s": "MOSTLY_Q5_K_S", "q5_k_m": "MOSTLY_Q5_K_M",
+    "q4_0": "MOSTLY_Q4_0", "q4_1": "MOSTLY_Q4_1", "q4_k_s": "MOSTLY_Q4_K_S", "q4_k_m": "MOSTLY_Q4_K_M",
+    "q3_k_s": "MOSTLY_Q3_K_S", "q3_k_m": "MOSTLY_Q3_K_M", "q3_k_l": "MOSTLY_Q3_K_L",
+    "q2_k": "MOSTLY_Q2_K", "q2_k_s": "MOSTLY_Q2_K_S", "iq4_nl": "MOSTLY_IQ4_NL", "iq4_xs": "MOSTLY_IQ4_XS",
+}
+
+
+def parse_types(text: str | list[str]) -> list[str]:
+    """``"q8_0, Q4_K_M"`` -> ``["q8_0", "q4_k_m"]``: lower-cased, blanks and repeats dropped.
+    Unknown names are kept: each fails as its own variant (see :func:`ftype_name`)."""
+    parts = text.split(",") if isinstance(text, str) else [p for t in text for p in t.split(",")]
+    out: list[str] = []
+    for part in parts:
+        name = part.strip().lower()
+        if name and name not in out:
+            out.append(name)
+    return out
+
+
+def sweep_variants(types: list[str]) -> list[str]:
+    """The sweep's variants in run order: the reference first, then the requested types."""
+    return [REFERENCE, *(t for t in types if t != REFERENCE)]
+
+
+def sweep_candidates(candidate: dict[str, Any], types: list[str]) -> list[dict[str, Any]]:
+    """One candidate's sweep: a copy per variant, named ``NAME:VARIANT``, on llama.cpp.
+
+    Only a GGUF model run by llama.cpp can be swept; anything else is a one-line error.
+    """
+    from smallfit.models import parse_model_ref
+
+    ref = parse_model_ref(str(candidate.get("model", "")))
+    backend = candidate.get("backend") or ref.backend
+    if backend != "llamacpp" or ref.kind in ("server", "folder", "hub-repo"):
+        raise SmallfitError(f"--quantize sweeps GGUF models run by llama.cpp; {ref.raw!r} is not one "
+                            "(pass a .gguf file, hf:OWNER/REPO/FILE.gguf or a bundled alias)")
+    base = candidate.get("name") or ref.name
+    return [{**candidate, "name": f"{base}:{v}", "variant": v} for v in sweep_variants(types)]
+
+
+def ftype_name(variant: str) -> str:
+    """The llama_cpp constant for a variant (``q8_0`` -> ``LLAMA_FTYPE_MOSTLY_Q8_0``), or a
+    one-line error listing the known types."""
+    if variant not in FTYPES:
+        raise SmallfitError(f"unknown quantization type {variant!r}: choose from {', '.join(FTYPES)}")
+    return "LLAMA_FTYPE_" + FTYPES[variant]
+
+
+def sweep_dir(source: Path) -> Path:
+    """The cache folder of one source file's variants (and reference distributions)."""
+    stat = source.stat()
+    key = hashlib.sha256(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir() / "quant" / f"{source.stem}-{key}"
+
+
+def variant_path(source: Path, variant: str) -> Path:
+    """Where a variant of ``source`` is cached (it may not be built yet)."""
+    return sweep_dir(source) / f"{source.stem}.{variant}.gguf"
+
+
+def _check_source(source: Path) -> None:
+    with open(source, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise SmallfitError(f"--quantize needs a GGUF source; {source} is not one (pass a .gguf file or a "
+                                "bundled alias)")
+
+
+def build_reference(source: Path, target: Path) -> None:
+    """Write ``source`` dequantised to F32 at ``target``: same metadata, tensor names and order."""
+    try:
+        import gguf
+        import numpy as np
+    except ImportError:
+        raise SmallfitError("--quantize needs the gguf package: pip install 'smallfit[quantize]'") from None
+    reader = gguf.GGUFReader(source)
+    arch = reader.fields["general.architecture"].contents()
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    writer = gguf.GGUFWriter(tmp, arch)
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type"):
+            continue
+        vtype = gguf.GGUFValueType(field.types[0])
+        sub = gguf.GGUFValueType(field.types[-1]) if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, field.contents(), vtype, sub)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    shapes = []
+    for t in reader.tensors:
+        # numpy order: the reversed ggml dimensions (ne0 is the innermost)
+        shape = tuple(int(n) for n in reversed(t.shape.tolist()))
+        shapes.append(shape)
+        writer.add_tensor_info(t.name, shape, np.dtype(np.float32), int(np.prod(shape)) * 4)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for t, shape in zip(reader.tensors, shapes, strict=True):
+        data = gguf.quants.dequantize(t.data, t.tensor_type)  # F32 tensors come back as they are
+        writer.write_tensor_data(np.ascontiguousarray(data, dtype=np.float32).reshape(shape))
+    writer.close()
+    os.replace(tmp, target)
+
+
+def quantize_file(source: Path, target: Path, variant: str, threads: int) -> None:
+    """``llama_model_quantize`` from ``source`` (the reference) to ``variant`` at ``target``."""
+    const = ftype_name(variant)
+    try:
+        import llama_cpp
+    except ImportError:
+        raise SmallfitError("--quantize needs llama-cpp-python: pip install 'smallfit[llamacpp]'") from None
+    ftype = getattr(llama_cpp, const, None)
+    if ftype is None:
+        raise SmallfitError(f"this llama-cpp-python ({llama_cpp.__version__}) has no {const}; "
+                            "choose another type or upgrade llama-cpp-python")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = threads
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+    if rc != 0 or not tmp.is_file():
+        tmp.unlink(missing_ok=True)
+        raise SmallfitError(f"llama.cpp could not quantize to {variant} (code {rc}); see its message above, "
+                            "or choose another type")
+    os.replace(tmp, target)
+
+
+def build_variant(source: Path, variant: str, threads: int = 1) -> Path:
+    """The cached file of ``variant``, built (with the reference first) if missing."""
+    ftype_name(variant)  # an unknown type fails before any work
+    _check_source(source)
+    folder = sweep_dir(source)
+    folder.mkdir(parents=True, exist_ok=True)
+    reference = variant_path(source, REFERENCE)
+    if not reference.is_file():
+        build_reference(source, reference)
+    target = variant_path(source, variant)
+    if not target.is_file():
+        quantize_file(reference, target, variant, threads)
+    return target
+
+
+def prepare_variant(source: Path, variant: str, threads: int) -> Path:
+    """Build a variant in a child process (see the module docstring); a failure is one line."""
+    ftype_name(variant)  # an unknown type is this variant's error, without starting a process
+    target = variant_path(source, variant)
+    if target.is_file():
+        return target
+    job = json.dumps({"source": str(source), "variant": variant, "threads": threads})
+    proc = subprocess.run([sys.executable, "-m", "smallfit.quantize"], input=job, capture_output=True, text=True,
+                          check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    answer: dict[str, Any] = json.loads(lines[-1]) if lines else {}
+    if answer.get("path"):
+        return Path(answer["path"])
+    if answer.get("error"):
+        raise SmallfitError(str(answer["error"]))
+    tail = " | ".join(proc.stderr.strip().splitlines()[-2:])
+    raise SmallfitError(f"building the {variant} variant failed (exit code {proc.returncode}): {tail}")
+
+
+def main() -> int:
+    """Entry point of the build process: a JSON job on stdin, one JSON answer on stdout."""
+    job = json.loads(sys.stdin.read())
+    fd = os.dup(1)  # keep fd 1 for the answer: llama.cpp's native logging may print to stdout
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        try:
+            path = build_variant(Path(job["source"]), job["variant"], int(job.get("threads") or 1))
+        except SmallfitError as exc:
+            out.write(json.dumps({"error": str(exc)}) + "\n")
+            return 1
+        except (OSError, ValueError, KeyError) as exc:
+            out.write(json.dumps({"error": f"building the {job.get('variant')} variant failed: "
+                                           f"{type(exc).__name__}: {exc}"}) + "\n")
+            return 1
+        out.write(json.dumps({"path": str(path)}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Quantization sweep, pure parts: type names, sweep expansion, KL divergence by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from smallfit.divergence import kl_rows, summarize
+from smallfit.errors import SmallfitError
+from smallfit.metrics import METRICS, known_metric
+from smallfit.quantize import ftype_name, parse_types, sweep_candidates, sweep_variants
+from smallfit.spec import RunSpec, build_spec
+
+
+def test_type_names_normalised_deduplicated_and_mapped_to_llama_ftypes():
+    assert parse_types(" q8_0, Q4_K_M,,q8_0 ") == ["q8_0", "q4_k_m"]
+    assert parse_types(["q8_0,q4_0", "f16"]) == ["q8_0", "q4_0", "f16"]
+    assert sweep_variants(["q4_0", "f32", "q8_0"]) == ["f32", "q4_0", "q8_0"]
+    assert ftype_name("q8_0") == "LLAMA_FTYPE_MOSTLY_Q8_0"
+    assert ftype_name("q4_k_m") == "LLAMA_FTYPE_MOSTLY_Q4_K_M"
+    assert ftype_name("f32") == "LLAMA_FTYPE_ALL_F32"
+    with pytest.raises(SmallfitError, match=r"unknown quantization type 'q9_9': choose from f32, f16"):
+        ftype_name("q9_9")
+
+
+def test_sweep_expands_candidates_reference_first_and_survives_a_round_trip():
+    spec = build_spec({"candidates": [{"model": "smollm2-135m"}, {"model": "gemma3-270m", "name": "g"}],
+                       "tasks": ["quartz"], "quantize": ["q8_0, q4_0"]}, "test")
+    assert [(c.ref().name, c.variant) for c in spec.candidates] == [
+        ("smollm2-135m:f32", "f32"), ("smollm2-135m:q8_0", "q8_0"), ("smollm2-135m:q4_0", "q4_0"),
+        ("g:f32", "f32"), ("g:q8_0", "q8_0"), ("g:q4_0", "q4_0")]
+    assert RunSpec.model_validate_json(spec.model_dump_json()) == spec  # resume re-validates the stored spec
+
+
+def test_only_gguf_models_on_llamacpp_can_be_swept():
+    with pytest.raises(SmallfitError, match="--quantize sweeps GGUF models run by llama.cpp"):
+        sweep_candidates({"model": "http://127.0.0.1:1/v1"}, ["q8_0"])
+    with pytest.raises(SmallfitError, match="--quantize names no type"):
+        build_spec({"candidates": [{"model": "smollm2-135m"}], "tasks": ["quartz"], "quantize": [" , "]}, "test")
+    with pytest.raises(SmallfitError, match="variant is set by a quantization sweep"):
+        build_spec({"candidates": [{"model": "smollm2-135m", "variant": "q8_0"}], "tasks": ["quartz"]}, "test")
+
+
+def test_kl_divergence_on_hand_made_distributions():
+    ref = np.log(np.array([[0.5, 0.5], [1.0, 1e-300], [0.25, 0.75]]))
+    var = np.log(np.array([[0.9, 0.1], [0.5, 0.5], [0.25, 0.75]]))
+    ref[1, 1] = -np.inf  # a token the reference rules out adds nothing
+    kl = kl_rows(ref, var)
+    # 0.5 ln(0.5/0.9) + 0.5 ln(0.5/0.1) = 0.5 (-0.587787) + 0.5 (1.609438) = 0.510826
+    assert kl[0] == pytest.approx(0.5108256, abs=1e-6)
+    assert kl[1] == pytest.approx(math.log(2), abs=1e-12)  # 1 x ln(1/0.5)
+    assert kl[2] == 0.0
+    with pytest.raises(SmallfitError, match="do not share a vocabulary"):
+        kl_rows(ref, var[:, :1])
+
+
+def test_kl_summary_mean_and_p95():
+    # p95 of [0, 1, 2, 3]: rank 0.95 x 3 = 2.85 -> 2 + 0.85 x (3 - 2)
+    assert summarize([0.0, 1.0, 2.0, 3.0]) == {"kl_divergence": 1.5, "kl_divergence_p95": pytest.approx(2.85)}
+    assert summarize([]) == {"kl_divergence": None, "kl_divergence_p95": None}
+
+
+def test_kl_metrics_are_defined():
+    for name in ("kl_divergence", "kl_divergence_p95"):
+        assert known_metric(name) and not METRICS[name].higher_is_better and METRICS[name].unit == "nats"

@@ -1,0 +1,91 @@
+"""Quantization sweep on the bundled SmolLM2: real GGUF files, real llama.cpp, a real run.
+
+The variants are cached under ``cache_dir()/quant`` (built once, then reused by later runs).
+"""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from smallfit.backends.base import BackendConfig, load_backend
+from smallfit.divergence import KL_POSITIONS, kl_rows
+from smallfit.models import parse_model_ref, resolve_model
+from smallfit.quantize import REFERENCE, prepare_variant, variant_path
+from smallfit.records import LoglikelihoodRequest
+from smallfit.tasks import get_task
+from tests.conftest import needs_models
+
+pytestmark = [needs_models, pytest.mark.models]
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    source = resolve_model(parse_model_ref("smollm2-135m"))
+    files = {v: prepare_variant(source, v, 1) for v in ("q8_0", "q4_0")}  # builds the f32 reference first
+    files[REFERENCE] = variant_path(source, REFERENCE)
+    samples = list(get_task("quartz").load())[:4]
+    requests = [LoglikelihoodRequest(s.context, c) for s in samples for c in s.choices]
+    scored, dists = {}, {}
+    for name, path in files.items():
+        backend = load_backend("llamacpp", BackendConfig(model_path=path, threads=1))
+        scored[name] = np.array([r.logprob for r in backend.loglikelihood(requests)])
+        dists[name] = np.concatenate([backend.next_token_logprobs(s.context, KL_POSITIONS) for s in samples])
+        backend.close()
+    return {"source": source, "files": files, "requests": requests, "scored": scored, "dists": dists}
+
+
+def test_variants_are_gguf_files_smaller_as_precision_drops(sweep):
+    sizes = {v: p.stat().st_size for v, p in sweep["files"].items()}
+    assert sizes["f32"] > sizes["q8_0"] > sizes["q4_0"]
+    for path in sweep["files"].values():
+        assert path.read_bytes()[:4] == b"GGUF"
+    assert prepare_variant(sweep["source"], "q8_0", 1) == sweep["files"]["q8_0"]  # cached, not rebuilt
+
+
+def test_q8_0_scores_closer_to_the_reference_than_q4_0(sweep):
+    ref = sweep["scored"]["f32"]
+    d8 = np.abs(sweep["scored"]["q8_0"] - ref)
+    d4 = np.abs(sweep["scored"]["q4_0"] - ref)
+    assert d8.mean() < d4.mean()
+    assert d8.mean() < 0.5  # q8_0 stays near its reference
+
+
+def test_kl_divergence_ordering(sweep):
+    d = sweep["dists"]
+    assert d["f32"].shape == (4 * KL_POSITIONS, 49152)
+    assert np.allclose(np.exp(d["f32"]).sum(axis=1), 1.0, atol=1e-4)
+    kl8, kl4 = kl_rows(d["f32"], d["q8_0"]).mean(), kl_rows(d["f32"], d["q4_0"]).mean()
+    assert 0 < kl8 < kl4
+    assert kl_rows(d["f32"], d["f32"]).max() == 0.0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs the hf extra (torch)")
+def test_f32_reference_scores_as_the_transformers_dequantisation(sweep):
+    # the same GGUF dequantised by transformers (gguf_to_safetensors) must score like our f32 file
+    backend = load_backend("transformers", BackendConfig(model_path=sweep["source"], threads=1))
+    hf = np.array([r.logprob for r in backend.loglikelihood(sweep["requests"])])
+    backend.close()
+    assert np.abs(hf - sweep["scored"]["f32"]).max() < 1e-2
+
+
+def test_run_with_quantize_compares_variants_and_records_a_bad_type(cli):
+    proc = cli("run", "--quantize", "q8_0,q4_0,q9_9", "-m", "smollm2-135m", "-t", "quartz", "--limit", "3",
+               "--quick", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "Quantization sweep" in proc.stdout
+    rows = json.loads(cli("results", "--format", "json", check=True).stdout)
+    assert [r["candidate"] for r in rows] == ["smollm2-135m:f32", "smollm2-135m:q8_0", "smollm2-135m:q4_0",
+                                              "smollm2-135m:q9_9"]
+    by = {r["candidate"].split(":")[1]: r for r in rows}
+    assert "unknown quantization type 'q9_9'" in by["q9_9"]["error"]
+    for v in ("f32", "q8_0", "q4_0"):
+        m = by[v]["metrics"]
+        assert by[v]["error"] is None
+        assert m["acc"] is not None and m["decode_tok_s"] and m["peak_rss_bytes"]
+        assert by[v]["labels"]["kl_divergence"].startswith("measured")
+    kl = {v: by[v]["metrics"]["kl_divergence"] for v in ("f32", "q8_0", "q4_0")}
+    assert kl["f32"] == 0.0 and 0 < kl["q8_0"] < kl["q4_0"]
+    sizes = {v: by[v]["metrics"]["model_size_bytes"] for v in ("f32", "q8_0", "q4_0")}
+    assert sizes["f32"] > sizes["q8_0"] > sizes["q4_0"]
