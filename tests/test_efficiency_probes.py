@@ -124,3 +124,9 @@ def test_probes_end_to_end(cli):
     assert ctx["ttft_s_at_128"] < ctx["ttft_s_at_512"] and ctx["max_context_within_memory_budget"] == 512
     assert "ttft_s_at_2048" not in ctx  # beyond --max-context: skipped with its reason
     assert energy["energy_j_per_token"] > 0 and rows["quartz"]["metrics"]["cost_usd_per_mtok_out"] > 0
+    assert rows["quartz"]["labels"]["energy_j"].startswith(("measured", "estimated"))
+    report = cli.db.parent / "report.html"
+    cli("report", "-o", str(report), check=True)
+    page = report.read_text()
+    assert "Energy, cost and roofline" in page and "probe:context" in page and "knee_batch_size" in page
+    assert "probe:load-curve: quality" not in page  # probes are not tasks: no frontier plots for them

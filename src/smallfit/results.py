@@ -36,6 +36,7 @@ class RunResults:
     verdicts: dict[str, CandidateVerdict]
     budget: list[str]
     smallest_passing: str | None
+    probes: list[ResultRow] = field(default_factory=list)  # probe:<name> rows, outside the verdict
 
 
 def collect(store: Store, run_id: str | None = None) -> RunResults:
@@ -63,11 +64,15 @@ def collect(store: Store, run_id: str | None = None) -> RunResults:
                          if wanted else {})
             base_rows.append(Row(cand["name"], task, metrics, error, intervals))
             infos.append(info)
-    verdicts = judge(checks, base_rows)
+    pairs = list(zip(base_rows, infos, strict=True))
+    task_pairs = [(r, i) for r, i in pairs if not r.task.startswith("probe:")]
+    verdicts = judge(checks, [r for r, _ in task_pairs])
     rows = [ResultRow(r.candidate, r.task, dict(r.metrics), verdicts[r.candidate].verdict, r.error, info)
-            for r, info in zip(base_rows, infos, strict=True)]
+            for r, info in task_pairs]
+    probes = [ResultRow(r.candidate, r.task, dict(r.metrics), verdicts[r.candidate].verdict, r.error, info)
+              for r, info in pairs if r.task.startswith("probe:")]
     sizes = {c["name"]: c["model_size_bytes"] for c in candidates}
-    return RunResults(run, candidates, rows, verdicts, spec.budget, smallest_passing(verdicts, sizes))
+    return RunResults(run, candidates, rows, verdicts, spec.budget, smallest_passing(verdicts, sizes), probes)
 
 
 def _intervals(store: Store, run_id: str, candidate: str, task: str, metrics: dict[str, float | None],
@@ -91,7 +96,7 @@ def to_json(results: RunResults) -> str:
     """The stable export: a list of ``{candidate, task, metrics, verdict, error, checks, labels, noisy}``
     objects; ``labels`` says which figures were measured and which estimated, and from what."""
     out = []
-    for r in results.rows:
+    for r in [*results.rows, *results.probes]:
         checks = [asdict(c) for c in results.verdicts[r.candidate].checks if c.task in (r.task, "*")]
         out.append({"run_id": results.run["id"], "candidate": r.candidate, "task": r.task,
                     "metrics": r.metrics, "verdict": r.verdict, "error": r.error, "checks": checks,

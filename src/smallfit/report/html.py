@@ -145,6 +145,55 @@ def _results_table(res: RunResults) -> str:
             f"{''.join(rows)}</table>")
 
 
+def _efficiency(res: RunResults) -> str:
+    """Energy, cost, ITL, roofline and noise per candidate x task, each labelled measured or estimated."""
+    rows = []
+    for r in res.rows:
+        m, labels = r.metrics, r.info.get("labels") or {}
+        if r.error or m.get("energy_j") is None:
+            continue
+        kind = "measured" if str(labels.get("energy_j", "")).startswith("measured") else "estimated"
+        e_tok = m.get("energy_j_per_token")
+        cost_out, cost_in = m.get("cost_usd_per_mtok_out"), m.get("cost_usd_per_mtok_in")
+        roof = m.get("decode_roofline_pct")
+        noisy = r.info.get("noisy")
+        cells = ["-" if e_tok is None else f"{e_tok * 1000:.1f} mJ ({kind})",
+                 "-" if m.get("power_w") is None else f"{m['power_w']:.1f} W",
+                 "-" if cost_out is None else f"${cost_out:.3f} (est.)", "-" if cost_in is None else f"${cost_in:.3f} (est.)",
+                 f"{fmt_seconds(m.get('itl_s'))} / {fmt_seconds(m.get('itl_s_p99'))}",
+                 "-" if roof is None else f"{roof:.0f} %", "noisy" if noisy else "quiet" if noisy is False else "-"]
+        rows.append(f"<tr><td>{escape(r.candidate)}</td><td>{escape(r.task)}</td>"
+                    + "".join(f'<td class="num">{escape(c)}</td>' for c in cells) + "</tr>")
+    if not rows:
+        return ""
+    return ("<h2>Energy, cost and roofline</h2><p class='sub'>Energy is measured where the machine exposes "
+            "counters (NVML, RAPL) and estimated otherwise (CPU time × watts per core); costs are estimates from the "
+            "declared prices. A task is noisy when other processes kept more than half a core busy during it.</p>"
+            "<table><tr><th>candidate</th><th>task</th><th>energy / token</th><th>power</th><th>$ / 1M out</th>"
+            "<th>$ / 1M in</th><th>ITL p50 / p99</th><th>% of decode roofline</th><th>machine</th></tr>"
+            f"{''.join(rows)}</table>")
+
+
+def _probes(res: RunResults) -> str:
+    """Every figure of the load-curve, context and energy probes."""
+    if not res.probes:
+        return ""
+    parts = []
+    for r in res.probes:
+        if r.error or r.info.get("unsupported"):
+            parts.append(f"<p class='missing'>{escape(r.candidate)} · {escape(r.task)}: "
+                         f"{escape(r.error or str(r.info['unsupported']))}</p>")
+            continue
+        cells = "".join(f"<tr><td><code>{escape(k)}</code></td><td class='num'>{escape(_fmt(v))}</td></tr>"
+                        for k, v in r.metrics.items())
+        parts.append(f"<h3>{escape(r.candidate)} · {escape(r.task)}</h3><table>{cells}</table>")
+    return "<h2>Probes</h2>" + "".join(parts)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
 def _tradeoffs(res: RunResults) -> str:
     cards = []
     for t in tradeoffs(res):
@@ -212,7 +261,7 @@ def render(res: RunResults) -> str:
     """The whole report as one HTML document."""
     colours = {c["name"]: PALETTE[i % len(PALETTE)] for i, c in enumerate(res.candidates)}
     body = "".join([_header(res), _budget(res), _plots(res, colours), _tradeoffs(res), _results_table(res),
-                    _machine(res), _definitions()])
+                    _efficiency(res), _probes(res), _machine(res), _definitions()])
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>smallfit report {escape(res.run['id'])}</title><style>{_CSS}</style></head>"
             f"<body><main>{body}</main></body></html>\n")

@@ -88,8 +88,8 @@ def comparison(results: RunResults) -> Group:
 
 
 def task_rows(results: RunResults) -> list[ResultRow]:
-    """The candidate x task rows, without the probes' rows."""
-    return [r for r in results.rows if not r.task.startswith("probe:")]
+    """The candidate x task rows (the probes' rows are kept apart in ``results.probes``)."""
+    return results.rows
 
 
 def _label(r: ResultRow, key: str) -> str:
@@ -159,7 +159,7 @@ def _usd(value: float | None) -> str:
 
 def load_curve_table(results: RunResults) -> Table | None:
     """Throughput and latency against sequences decoded together, per candidate."""
-    rows = [r for r in results.rows if r.task == "probe:load-curve" and not r.error]
+    rows = [r for r in results.probes if r.task == "probe:load-curve" and not r.error]
     if not rows:
         return None
     sizes = sorted({int(k.rsplit("_", 1)[1]) for r in rows for k in r.metrics if k.startswith("throughput_tok_s_at_")})
@@ -181,7 +181,7 @@ def load_curve_table(results: RunResults) -> Table | None:
 
 def context_table(results: RunResults) -> Table | None:
     """TTFT, prefill rate and peak memory against prompt length, per candidate."""
-    rows = [r for r in results.rows if r.task == "probe:context" and not r.error]
+    rows = [r for r in results.probes if r.task == "probe:context" and not r.error]
     if not rows:
         return None
     lengths = sorted({int(k.rsplit("_", 1)[1]) for r in rows for k in r.metrics if k.startswith("ttft_s_at_")})
