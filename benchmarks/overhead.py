@@ -87,8 +87,7 @@ def bare_decode_tok_s(llm: object, prompts: list[str], max_tokens: int) -> float
 
 def smallfit_decode_tok_s(backend: object, prompts: list[str], max_tokens: int) -> float:
     completions = backend.generate([GenerationRequest(p, max_tokens, ignore_eos=True) for p in prompts])  # type: ignore[attr-defined]
-    timings = [RequestTiming(i, "latency", c.n_prompt_tokens, c.n_output_tokens, c.ttft_s, c.latency_s,
-                             c.token_times_s) for i, c in enumerate(completions)]
+    timings = [RequestTiming.of(i, "latency", c) for i, c in enumerate(completions)]
     rate = efficiency_from_timings(timings)["decode_tok_s"]
     assert rate is not None
     return rate

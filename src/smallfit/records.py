@@ -93,6 +93,12 @@ class RequestTiming:
     latency_s: float
     token_times_s: tuple[float, ...] = ()
 
+    @classmethod
+    def of(cls, index: int, phase: str, completion: Completion) -> RequestTiming:
+        """The timing record of a generated completion."""
+        c = completion
+        return cls(index, phase, c.n_prompt_tokens, c.n_output_tokens, c.ttft_s, c.latency_s, c.token_times_s)
+
 
 @dataclass(frozen=True)
 class SampleResult:

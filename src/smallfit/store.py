@@ -13,7 +13,6 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -353,7 +352,3 @@ class Store:
         return self.conn.execute("SELECT * FROM timings WHERE run_id = ? AND candidate = ? AND task = ?"
                                  " ORDER BY phase, idx", (run_id, candidate, task)).fetchall()
 
-
-def as_dict(result: TaskResult) -> dict[str, Any]:
-    """A TaskResult as plain JSON-ready data."""
-    return asdict(result)

@@ -197,8 +197,7 @@ def _timing_pass(backend: Backend, job: dict[str, Any], items: Sequence[Any], do
 
 def _fixed_length(backend: Backend, prompts: list[str], job: dict[str, Any]) -> list[RequestTiming]:
     requests = [GenerationRequest(p, job["latency_max_tokens"], ignore_eos=True) for p in prompts]
-    return [RequestTiming(i, "latency", c.n_prompt_tokens, c.n_output_tokens, c.ttft_s, c.latency_s, c.token_times_s)
-            for i, c in enumerate(backend.generate(requests))]
+    return [RequestTiming.of(i, "latency", c) for i, c in enumerate(backend.generate(requests))]
 
 
 def _gpu_reader(backend: Backend) -> Callable[[], int] | None:

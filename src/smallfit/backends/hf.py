@@ -11,6 +11,7 @@ safetensors weights load unless ``allow_pickle`` is set.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import os
@@ -467,8 +468,6 @@ def _cache_of(output: Any) -> Any:
 
 def _copy_cache(cache: Any) -> Any:
     """A deep copy of a KV cache: expanding it for a batch must not change the shared one."""
-    import copy
-
     return copy.deepcopy(cache)
 
 

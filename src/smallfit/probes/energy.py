@@ -9,11 +9,12 @@ Every reading says whether it was measured or estimated, and from what.
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from smallfit.probes.load import process_cpu_seconds
 
 DEFAULT_CPU_WATTS_PER_CORE = 12.0
 POWERCAP = Path("/sys/class/powercap")
@@ -27,11 +28,6 @@ class EnergyReading:
     method: str  # "measured" | "estimated" | "unavailable"
     source: str
     seconds: float
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def rapl_domains(root: Path = POWERCAP) -> list[Path]:
@@ -84,7 +80,7 @@ class EnergyMeter:
             rapl = self._read_rapl()
         except (OSError, ValueError):
             self.domains = []
-        self._start = (time.perf_counter(), _cpu_seconds(), rapl, gpu)
+        self._start = (time.perf_counter(), process_cpu_seconds(), rapl, gpu)
 
     def stop(self) -> EnergyReading:
         """Energy since ``start``: GPU counter, else RAPL, else the CPU-time estimate."""
@@ -115,7 +111,7 @@ class EnergyMeter:
                 reason = f"RAPL unreadable ({exc}); "
         else:
             reason = ""
-        cpu_s = _cpu_seconds() - cpu0
+        cpu_s = process_cpu_seconds() - cpu0
         return EnergyReading(cpu_s * self.watts, "estimated",
                              f"{reason}CPU time of the candidate's process ({cpu_s:.2f} s) x {self.watts:g} W per "
                              "busy core", seconds)

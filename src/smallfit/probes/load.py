@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -87,14 +88,14 @@ class Contention:
 
     def start(self) -> None:
         """Take the starting snapshot."""
-        self._start = (time.perf_counter(), _proc_stat(), _own_cpu_s())
+        self._start = (time.perf_counter(), _proc_stat(), process_cpu_seconds())
 
     def stop(self) -> dict[str, Any]:
         """``others_busy_cpus``, ``steal_pct`` and the ``noisy`` flag for the span."""
         assert self._start is not None
         t0, stat0, own0 = self._start
         wall = time.perf_counter() - t0
-        stat1, own1 = _proc_stat(), _own_cpu_s()
+        stat1, own1 = _proc_stat(), process_cpu_seconds()
         if stat0 is None or stat1 is None or wall <= 0:
             return {"others_busy_cpus": None, "steal_pct": None, "noisy": None, "reason": "/proc/stat unreadable"}
         busy, steal, total = (b - a for a, b in zip(stat0, stat1, strict=True))
@@ -104,8 +105,7 @@ class Contention:
                 "noisy": others > NOISY_OTHER_CPUS or steal_pct > NOISY_STEAL_PCT}
 
 
-def _own_cpu_s() -> float:
-    import resource
-
+def process_cpu_seconds() -> float:
+    """User + system CPU time of this process, all its threads."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime

@@ -54,8 +54,7 @@ def load_curve(backend: Backend, prompts: Sequence[str], max_tokens: int) -> Tas
         metrics[f"throughput_tok_s_at_{size}"] = rates[size]
         metrics[f"latency_s_at_{size}"] = statistics.median(c.latency_s for c in done)
         metrics[f"ttft_s_at_{size}"] = statistics.median(c.ttft_s or 0.0 for c in done)
-        timings += [RequestTiming(size * 100 + i, "load-curve", c.n_prompt_tokens, c.n_output_tokens, c.ttft_s,
-                                  c.latency_s, c.token_times_s) for i, c in enumerate(done)]
+        timings += [RequestTiming.of(size * 100 + i, "load-curve", c) for i, c in enumerate(done)]
     best = knee(rates)
     metrics["knee_batch_size"] = float(best) if best else None
     return TaskResult("probe:load-curve", metrics, [], timings,
@@ -105,8 +104,7 @@ def steady_energy(backend: Backend, prompt: str, seconds: float, meter: EnergyMe
     elapsed = 0.0
     while elapsed < seconds and len(timings) < 500:
         (c,) = backend.generate([GenerationRequest(prompt, max_tokens, ignore_eos=True)])
-        timings.append(RequestTiming(len(timings), "energy", c.n_prompt_tokens, c.n_output_tokens, c.ttft_s,
-                                     c.latency_s, c.token_times_s))
+        timings.append(RequestTiming.of(len(timings), "energy", c))
         elapsed += c.latency_s
     reading = meter.stop()
     tokens = sum(t.n_output_tokens for t in timings)

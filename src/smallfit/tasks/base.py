@@ -172,8 +172,7 @@ class Generation:
                 answer = self.extract(c.text)
                 scores = {"exact_match": scoring.exact_match(answer, s.answer), "f1": scoring.token_f1(answer, s.answer)}
                 results.append(SampleResult(i, s.id, s.prompt, s.answer, c.text, scores))
-                timings.append(RequestTiming(i, "quality", c.n_prompt_tokens, c.n_output_tokens,
-                                             c.ttft_s, c.latency_s, c.token_times_s))
+                timings.append(RequestTiming.of(i, "quality", c))
             progress(lo + len(chunk))
         return results, timings
 

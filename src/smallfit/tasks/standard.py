@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -291,8 +291,6 @@ def _convert(std: Standard, rows: list[Row], shots_rows: list[Row] | None) -> li
 
 
 def _with_id(sample: Any, sid: str) -> Any:
-    from dataclasses import replace
-
     return sample if sample.id else replace(sample, id=sid)
 
 
