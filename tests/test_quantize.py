@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from smallfit.divergence import kl_rows, summarize
+from smallfit.divergence import cosine_summary, kl_rows, summarize
 from smallfit.errors import SmallfitError
 from smallfit.metrics import METRICS, known_metric
 from smallfit.quantize import ftype_name, parse_types, sweep_candidates, sweep_variants
@@ -32,9 +32,33 @@ def test_sweep_expands_candidates_reference_first_and_survives_a_round_trip():
     assert RunSpec.model_validate_json(spec.model_dump_json()) == spec  # resume re-validates the stored spec
 
 
-def test_only_gguf_models_on_llamacpp_can_be_swept():
-    with pytest.raises(SmallfitError, match="--quantize sweeps GGUF models run by llama.cpp"):
+def test_backend_variants_run_the_source_on_their_backend_with_their_options():
+    spec = build_spec({"candidates": [{"model": "smollm2-135m", "options": {"batch_size": 4}}], "tasks": ["quartz"],
+                       "quantize": ["q8_0,torch-int8,onnx-int8"]}, "test")
+    got = [(c.ref().name, c.variant, c.ref().backend, c.options) for c in spec.candidates]
+    assert got == [
+        ("smollm2-135m:f32", "f32", "llamacpp", {"batch_size": 4}),
+        ("smollm2-135m:q8_0", "q8_0", "llamacpp", {"batch_size": 4}),
+        ("smollm2-135m:torch-int8", "torch-int8", "transformers", {"batch_size": 4, "dtype": "float32",
+                                                                   "quantize": "int8"}),
+        ("smollm2-135m:onnx-int8", "onnx-int8", "onnx", {"batch_size": 4, "quantize": "int8"})]
+
+
+def test_an_encoder_folder_is_swept_against_full_precision_torch(tmp_path):
+    (tmp_path / "config.json").write_text('{"architectures": ["BertModel"]}')
+    names = [c["variant"] for c in sweep_candidates({"model": str(tmp_path)}, ["onnx-int8", "torch-int8"])]
+    assert names == ["torch-f32", "onnx-int8", "torch-int8"]
+    (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    assert sweep_candidates({"model": str(tmp_path)}, ["q8_0"])[0]["variant"] == "f32"
+
+
+def test_servers_and_onnx_exports_cannot_be_swept(tmp_path):
+    with pytest.raises(SmallfitError, match="--quantize makes variants of local models"):
         sweep_candidates({"model": "http://127.0.0.1:1/v1"}, ["q8_0"])
+    export = tmp_path / "model.onnx"
+    export.write_bytes(b"x")
+    with pytest.raises(SmallfitError, match="starts from the source model, not an ONNX export"):
+        sweep_candidates({"model": str(export)}, ["q8_0"])
     with pytest.raises(SmallfitError, match="--quantize names no type"):
         build_spec({"candidates": [{"model": "smollm2-135m"}], "tasks": ["quartz"], "quantize": [" , "]}, "test")
     with pytest.raises(SmallfitError, match="variant is set by a quantization sweep"):
@@ -63,3 +87,12 @@ def test_kl_summary_mean_and_p95():
 def test_kl_metrics_are_defined():
     for name in ("kl_divergence", "kl_divergence_p95"):
         assert known_metric(name) and not METRICS[name].higher_is_better and METRICS[name].unit == "nats"
+    for name in ("embedding_cosine", "embedding_cosine_min"):
+        assert known_metric(name) and METRICS[name].higher_is_better
+
+
+def test_cosine_fidelity_by_hand():
+    ref = np.array([[1.0, 0.0], [0.0, 1.0]])
+    mine = np.array([[1.0, 0.0], [np.sqrt(0.5), np.sqrt(0.5)]])
+    assert cosine_summary(ref, mine) == {"embedding_cosine": pytest.approx((1 + np.sqrt(0.5)) / 2),
+                                         "embedding_cosine_min": pytest.approx(np.sqrt(0.5))}

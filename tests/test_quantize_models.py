@@ -89,3 +89,21 @@ def test_run_with_quantize_compares_variants_and_records_a_bad_type(cli):
     assert kl["f32"] == 0.0 and 0 < kl["q8_0"] < kl["q4_0"]
     sizes = {v: by[v]["metrics"]["model_size_bytes"] for v in ("f32", "q8_0", "q4_0")}
     assert sizes["f32"] > sizes["q8_0"] > sizes["q4_0"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs the hf extra (torch)")
+def test_a_transformers_folder_is_converted_by_llama_cpp_and_swept(sweep):
+    from smallfit.backends.hf import gguf_to_safetensors
+
+    folder = gguf_to_safetensors(sweep["source"])  # the same weights as a safetensors folder
+    q8 = prepare_variant(folder, "q8_0", 1)  # llama.cpp's converter makes the f32 reference first
+    ref = variant_path(folder, REFERENCE)
+    assert ref.read_bytes()[:4] == b"GGUF" and q8.stat().st_size < ref.stat().st_size
+    scored = {}
+    for name, path in (("f32", ref), ("q8_0", q8)):
+        backend = load_backend("llamacpp", BackendConfig(model_path=path, threads=1))
+        scored[name] = np.array([r.logprob for r in backend.loglikelihood(sweep["requests"])])
+        backend.close()
+    # converted from the dequantised weights, the reference scores as the GGUF route's reference
+    assert np.abs(scored["f32"] - sweep["scored"]["f32"]).max() < 1e-4
+    assert np.abs(scored["q8_0"] - sweep["scored"]["q8_0"]).max() < 0.05

@@ -110,8 +110,10 @@ def run(
     threads: Annotated[int | None, typer.Option(
         help="CPU threads per candidate. Default: the cores free when the run starts.", show_default=False)] = None,
     quantize: Annotated[str | None, typer.Option(
-        help="Quantization sweep, e.g. q8_0,q4_k_m,q4_0: each GGUF model becomes MODEL:f32 (its exact "
-        "dequantisation, the reference) plus one llama.cpp quantization of it per type, built once and cached.",
+        help="Quantization sweep, e.g. q8_0,q4_k_m,q4_0,torch-int8,onnx-int8: each model (GGUF or transformers "
+        "folder) becomes MODEL:f32 (full precision, the reference) plus one variant per type: llama.cpp "
+        "quantizations (built once and cached), torch-f32/torch-int8 (transformers) and onnx-f32/onnx-int8 "
+        "(ONNX Runtime). Each variant reports size, quality, KL divergence from the reference and speed.",
         show_default=False)] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run; finished candidate x task results are kept.")] = False,

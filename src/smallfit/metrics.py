@@ -75,6 +75,9 @@ _FIDELITY = [
     MetricInfo("kl_divergence", False, "nats", "Sweep variants: mean KL(P_reference || P_variant) of the next-token "
                "distributions at the last 4 positions of the task's first 16 prompts (0 for the reference)."),
     MetricInfo("kl_divergence_p95", False, "nats", "95th percentile of those per-position KL divergences."),
+    MetricInfo("embedding_cosine", True, "", "Encoder sweep variants: mean cosine similarity of the variant's and "
+               "the reference's embeddings of the task's first 16 texts (1 for the reference)."),
+    MetricInfo("embedding_cosine_min", True, "", "The lowest of those cosine similarities."),
 ]
 
 METRICS: dict[str, MetricInfo] = {m.name: m for m in _QUALITY + _EFFICIENCY + _FIDELITY}

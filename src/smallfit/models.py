@@ -196,7 +196,14 @@ def locate_model(ref: ModelRef) -> tuple[Path | None, int | None]:
     if ref.kind == "server":
         return None, None
     path = resolve_model(ref)
-    return path, path.stat().st_size
+    return path, size_on_disk(path)
+
+
+def size_on_disk(path: Path) -> int:
+    """A file's size, or the total of a folder's files (a transformers model)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _download_from_hub(location: str, whole_repo: bool = False) -> Path:

@@ -1,18 +1,27 @@
-"""Quantization sweep: GGUF variants of one source model, built once and cached.
+"""Quantization sweep: variants of one source model, built once and cached.
 
-From a GGUF source, the **reference** variant (``f32``) is the source dequantised exactly: every
-tensor read with ``gguf.GGUFReader``, dequantised with ``gguf.quants.dequantize`` and written as
-F32 under the same names and metadata (only ``general.file_type`` changes). The other variants
-(``q8_0``, ``q4_k_m``, ``f16``...) are made from the reference by llama.cpp's own quantizer
-(``llama_model_quantize``), so they are what ``llama-quantize`` would make from that reference.
+**GGUF variants** (run by llama.cpp). The **reference** variant (``f32``) is the source at full
+precision: a GGUF source dequantised exactly (every tensor read with ``gguf.GGUFReader``,
+dequantised with ``gguf.quants.dequantize`` and written as F32 under the same names and
+metadata, only ``general.file_type`` changing), or a transformers source (a folder or
+``hf:OWNER/REPO`` of safetensors weights) converted by llama.cpp's own converter (see
+:mod:`smallfit.convert`). The other types (``q8_0``, ``q4_k_m``, ``f16``...) are made from the
+reference by llama.cpp's quantizer (``llama_model_quantize``), so they are what
+``llama-quantize`` would make from it.
 
-Files go to ``cache_dir()/quant/<source stem>-<key>/<stem>.<variant>.gguf``, the key hashing the
-source's path, size and modification time; each is written to a temporary name and renamed, so
-an interrupted build leaves nothing that looks finished.
+**Backend variants** run the same source on another backend: ``torch-f32`` and ``torch-int8``
+(transformers; int8 is torch's dynamic quantization of the Linear layers) and ``onnx-f32`` and
+``onnx-int8`` (ONNX Runtime; the backend exports and quantizes, and caches its files). An
+encoder (a folder whose config is not a causal LM) has no GGUF variants: its reference is
+``torch-f32``.
 
-The runner builds each variant in its own process (``python -m smallfit.quantize``, a JSON job
-on stdin, one JSON line on stdout): a slow or crashing conversion stays out of the candidate's
-measured process and cannot take the run down.
+GGUF files go to ``cache_dir()/quant/<source stem>-<key>/<stem>.<variant>.gguf``, the key hashing
+the source's path, size and modification time; each is written to a temporary name and
+renamed, so an interrupted build leaves nothing that looks finished.
+
+The runner builds each GGUF variant in its own process (``python -m smallfit.quantize``, a JSON
+job on stdin, one JSON line on stdout): a slow or crashing conversion stays out of the
+candidate's measured process and cannot take the run down.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,25 +64,91 @@ def parse_types(text: str | list[str]) -> list[str]:
     return out
 
 
-def sweep_variants(types: list[str]) -> list[str]:
+TORCH_REFERENCE = "torch-f32"
+
+
+@dataclass(frozen=True)
+class BackendVariant:
+    """A variant that is the source itself run by another backend, with these options."""
+
+    backend: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+BACKEND_VARIANTS: dict[str, BackendVariant] = {
+    "torch-f32": BackendVariant("transformers", {"dtype": "float32"}),
+    "torch-int8": BackendVariant("transformers", {"dtype": "float32", "quantize": "int8"}),
+    "onnx-f32": BackendVariant("onnx"),
+    "onnx-int8": BackendVariant("onnx", {"quantize": "int8"}),
+}
+
+
+def is_gguf_variant(variant: str) -> bool:
+    """GGUF variants (and unknown names, which fail as GGUF types) are built by llama.cpp."""
+    return variant not in BACKEND_VARIANTS
+
+
+def sweep_variants(types: list[str], reference: str = REFERENCE) -> list[str]:
     """The sweep's variants in run order: the reference first, then the requested types."""
-    return [REFERENCE, *(t for t in types if t != REFERENCE)]
+    return [reference, *(t for t in types if t != reference)]
+
+
+def _source_kind(ref: Any, backend: str) -> str:
+    """``gguf`` or ``transformers``: what a sweep can be made from; anything else is an error."""
+    if ref.kind == "server" or backend == "openai":
+        raise SmallfitError(f"--quantize makes variants of local models; {ref.raw!r} is served over HTTP")
+    if ref.kind in ("folder", "hub-repo"):
+        return "transformers"
+    if ref.location.lower().endswith(".onnx"):
+        raise SmallfitError(f"--quantize starts from the source model, not an ONNX export: {ref.raw!r} "
+                            "(pass the GGUF file or transformers folder it came from)")
+    return "gguf"
 
 
 def sweep_candidates(candidate: dict[str, Any], types: list[str]) -> list[dict[str, Any]]:
-    """One candidate's sweep: a copy per variant, named ``NAME:VARIANT``, on llama.cpp.
+    """One candidate's sweep: a copy per variant, named ``NAME:VARIANT``, reference first.
 
-    Only a GGUF model run by llama.cpp can be swept; anything else is a one-line error.
+    The source is a GGUF model (alias, file or hub file) or a transformers model (folder or
+    hub repository); GGUF variants run on llama.cpp, backend variants on their backend.
     """
+    from smallfit.convert import is_causal_lm
     from smallfit.models import parse_model_ref
 
     ref = parse_model_ref(str(candidate.get("model", "")))
-    backend = candidate.get("backend") or ref.backend
-    if backend != "llamacpp" or ref.kind in ("server", "folder", "hub-repo"):
-        raise SmallfitError(f"--quantize sweeps GGUF models run by llama.cpp; {ref.raw!r} is not one "
-                            "(pass a .gguf file, hf:OWNER/REPO/FILE.gguf or a bundled alias)")
+    kind = _source_kind(ref, candidate.get("backend") or ref.backend)
+    reference = REFERENCE
+    if kind == "transformers" and ref.kind == "folder" and not is_causal_lm(Path(ref.location)):
+        reference = TORCH_REFERENCE  # an encoder: no GGUF, so full-precision torch is the reference
     base = candidate.get("name") or ref.name
-    return [{**candidate, "name": f"{base}:{v}", "variant": v} for v in sweep_variants(types)]
+    out = []
+    for v in sweep_variants(types, reference):
+        cand = {**candidate, "name": f"{base}:{v}", "variant": v}
+        if v in BACKEND_VARIANTS:
+            bv = BACKEND_VARIANTS[v]
+            cand.update(backend=bv.backend, options={**(candidate.get("options") or {}), **bv.options})
+        else:
+            cand["backend"] = "llamacpp"
+        out.append(cand)
+    return out
+
+
+def reference_for(source: Path) -> str:
+    """The reference variant of a source: ``f32`` (GGUF), or ``torch-f32`` for an encoder folder."""
+    from smallfit.convert import is_causal_lm
+
+    return TORCH_REFERENCE if source.is_dir() and not is_causal_lm(source) else REFERENCE
+
+
+def sweep_settings(source: Path, variant: str) -> dict[str, Any]:
+    """What a variant's worker needs for its fidelity figures: its reference and where it is."""
+    reference = reference_for(source)
+    if reference == REFERENCE:
+        ref_backend, ref_path, ref_options = "llamacpp", variant_path(source, REFERENCE), {}
+    else:
+        bv = BACKEND_VARIANTS[reference]
+        ref_backend, ref_path, ref_options = bv.backend, source, bv.options
+    return {"variant": variant, "reference": reference, "dir": str(sweep_dir(source)),
+            "reference_path": str(ref_path), "reference_backend": ref_backend, "reference_options": ref_options}
 
 
 def ftype_name(variant: str) -> str:
@@ -84,22 +160,30 @@ def ftype_name(variant: str) -> str:
 
 
 def sweep_dir(source: Path) -> Path:
-    """The cache folder of one source file's variants (and reference distributions)."""
-    stat = source.stat()
-    key = hashlib.sha256(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_dir() / "quant" / f"{source.stem}-{key}"
+    """The cache folder of one source's variants (and reference distributions). A folder is
+    keyed by its files' names, sizes and modification times."""
+    stats = [source] if source.is_file() else sorted(p for p in source.iterdir() if p.is_file())
+    text = ";".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in stats)
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return cache_dir() / "quant" / f"{_stem(source)}-{key}"
+
+
+def _stem(source: Path) -> str:
+    return source.stem if source.is_file() else source.name
 
 
 def variant_path(source: Path, variant: str) -> Path:
     """Where a variant of ``source`` is cached (it may not be built yet)."""
-    return sweep_dir(source) / f"{source.stem}.{variant}.gguf"
+    return sweep_dir(source) / f"{_stem(source)}.{variant}.gguf"
 
 
 def _check_source(source: Path) -> None:
+    if source.is_dir():
+        return  # a transformers folder: the converter checks it
     with open(source, "rb") as fh:
         if fh.read(4) != b"GGUF":
-            raise SmallfitError(f"--quantize needs a GGUF source; {source} is not one (pass a .gguf file or a "
-                                "bundled alias)")
+            raise SmallfitError(f"--quantize needs a GGUF file or a transformers folder; {source} is neither "
+                                "(pass a .gguf file, a model folder or a bundled alias)")
 
 
 def build_reference(source: Path, target: Path) -> None:
@@ -167,7 +251,12 @@ def build_variant(source: Path, variant: str, threads: int = 1) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     reference = variant_path(source, REFERENCE)
     if not reference.is_file():
-        build_reference(source, reference)
+        if source.is_dir():
+            from smallfit.convert import hf_to_gguf
+
+            hf_to_gguf(source, reference)
+        else:
+            build_reference(source, reference)
     target = variant_path(source, variant)
     if not target.is_file():
         quantize_file(reference, target, variant, threads)

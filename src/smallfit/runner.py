@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from smallfit.errors import SmallfitError
 from smallfit.metrics import EFFICIENCY_METRICS, FIDELITY_METRICS, QUALITY_SUFFIXES
-from smallfit.models import locate_model
+from smallfit.models import locate_model, size_on_disk
 from smallfit.probes.hardware import fingerprint, library_versions
 from smallfit.probes.load import default_threads, machine_load
 from smallfit.records import RequestTiming, SampleResult, TaskResult
@@ -118,7 +118,7 @@ def _run_candidate(store: Store, run_id: str, spec: RunSpec, cand: CandidateSpec
         if cand.variant and path is not None:
             on_event(Event("preparing", ref.name, message=cand.variant))
             path, sweep = _prepare_variant(path, cand.variant, cand.threads or threads)
-            size = path.stat().st_size
+            size = size_on_disk(path)
     except SmallfitError as exc:
         _fail_candidate(store, run_id, ref.name, list(tasks.values()), str(exc), on_event)
         return
@@ -156,10 +156,8 @@ def _prepare_variant(source: Path, variant: str, threads: int) -> tuple[Path, di
     """Build (or find cached) a sweep variant of ``source``; its file and the worker's sweep settings."""
     from smallfit import quantize
 
-    path = quantize.prepare_variant(source, variant, threads)
-    sweep = {"variant": variant, "reference": quantize.REFERENCE, "dir": str(quantize.sweep_dir(source)),
-             "reference_path": str(quantize.variant_path(source, quantize.REFERENCE))}
-    return path, sweep
+    path = quantize.prepare_variant(source, variant, threads) if quantize.is_gguf_variant(variant) else source
+    return path, quantize.sweep_settings(source, variant)
 
 
 def _fail_candidate(store: Store, run_id: str, name: str, tasks: list[str], error: str, on_event: OnEvent) -> None:

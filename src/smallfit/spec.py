@@ -72,8 +72,9 @@ class RunSpec(BaseModel):
     prices: Prices = Field(default_factory=Prices, description="hardware and electricity prices for cost figures")
     probes: list[str] = Field(default_factory=list, description="extra measurements: load-curve, context, energy")
     max_context: int = Field(default=8192, ge=128, description="longest prompt the context probe tries")
-    quantize: list[str] = Field(default_factory=list, description="quantization sweep: each GGUF candidate "
-                                "becomes its f32 reference plus these llama.cpp types (q8_0, q4_k_m...)")
+    quantize: list[str] = Field(default_factory=list, description="quantization sweep: each candidate becomes "
+                                "its full-precision reference plus these variants (llama.cpp types q8_0, "
+                                "q4_k_m...; torch-f32, torch-int8, onnx-f32, onnx-int8)")
 
     @model_validator(mode="before")
     @classmethod

@@ -280,8 +280,12 @@ def _add_divergence(backend: Backend, task: Task, job: dict[str, Any], cfg: Back
     try:
         kl = kl_metrics(backend, job["sweep"], cfg, task_prompts(backend, task, job))
     except SmallfitError as exc:
-        kl = {"kl_divergence": None, "kl_divergence_p95": None, "label": f"not measured: {exc}"}
-    labels["kl_divergence"] = labels["kl_divergence_p95"] = kl.pop("label")
+        encoder = getattr(backend.capabilities, "embedding", False) and not backend.capabilities.loglikelihood
+        names = ("embedding_cosine", "embedding_cosine_min") if encoder else ("kl_divergence", "kl_divergence_p95")
+        kl = {**dict.fromkeys(names), "label": f"not measured: {exc}"}
+    label = kl.pop("label")
+    for name in kl:
+        labels[name] = label
     result.metrics.update(kl)
     result.info["sweep"] = {"variant": job["sweep"]["variant"], "reference": job["sweep"]["reference"]}
 

@@ -378,6 +378,18 @@ class TransformersBackend:
                                     bool((span.argmax(-1) == index.squeeze(-1)).all())))
         return results
 
+    def next_token_logprobs(self, text: str, last_n: int) -> Any:
+        """Log-probabilities of the whole vocabulary for the next token at each of the last
+        ``last_n`` positions of ``text``: a float32 (rows, vocab) array, as the llama.cpp
+        backend's (the sweep's KL divergence compares them)."""
+        torch = self._torch
+        tokens = (self.tokenize(text) or [self.prefix_token])[-self.max_length:]
+        n = min(last_n, len(tokens))
+        with torch.inference_mode():
+            hidden = self._hidden(torch.tensor([tokens]))
+            rows = self._logprobs_at(hidden[0, len(tokens) - n :])
+        return rows.float().cpu().numpy()
+
     # -- generation ------------------------------------------------------------------------
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:

@@ -1,0 +1,147 @@
+"""transformers weights -> an F32 GGUF, with llama.cpp's own converter.
+
+A quantization sweep of a transformers model (a folder or ``hf:OWNER/REPO``) needs a
+full-precision GGUF to quantize from. llama.cpp's ``convert_hf_to_gguf.py`` knows every
+architecture llama.cpp runs; smallfit uses the copy in the source distribution of the
+llama-cpp-python it runs (so converter and runtime agree), found in this order:
+
+1. ``$SMALLFIT_LLAMA_CPP``: a llama.cpp checkout (the folder holding ``convert_hf_to_gguf.py``);
+2. ``cache_dir()/llama.cpp-convert/<version>/``, extracted earlier;
+3. the sdist ``llama-cpp-python==<installed version>``, fetched from the package index with pip
+   (about 75 MB, once) and the converter's files extracted to (2).
+
+Safety: the converter runs in its own process through :func:`main`, which makes transformers
+refuse ``trust_remote_code`` (some converter paths ask for it) unless the candidate allows it,
+and the folder must hold safetensors weights (the converter would otherwise read pickle files).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from smallfit.errors import SmallfitError
+from smallfit.models import cache_dir
+
+SCRIPT = "convert_hf_to_gguf.py"
+_PARTS = (SCRIPT, "conversion/", "gguf-py/")  # what the converter imports, relative to llama.cpp/
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama-cpp-python")
+    except PackageNotFoundError:
+        raise SmallfitError("converting to GGUF needs llama-cpp-python: pip install 'smallfit[quantize]'") from None
+
+
+def converter_dir() -> Path:
+    """The folder holding ``convert_hf_to_gguf.py`` (see the module docstring), fetched if needed."""
+    env = os.environ.get("SMALLFIT_LLAMA_CPP")
+    if env:
+        folder = Path(env).expanduser()
+        if not (folder / SCRIPT).is_file():
+            raise SmallfitError(f"SMALLFIT_LLAMA_CPP={env} has no {SCRIPT}: point it at a llama.cpp checkout")
+        return folder
+    ver = _version()
+    folder = cache_dir() / "llama.cpp-convert" / ver
+    if (folder / SCRIPT).is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                               "--dest", tmp, f"llama-cpp-python=={ver}"], capture_output=True, text=True, check=False)
+        archives = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        if proc.returncode != 0 or not archives:
+            why = (proc.stderr.strip().splitlines() or ["no archive"])[-1][:200]
+            raise SmallfitError(f"could not fetch llama.cpp's converter (the llama-cpp-python=={ver} source "
+                                f"distribution): {why}; set SMALLFIT_LLAMA_CPP to a llama.cpp checkout instead")
+        staged = Path(tmp) / "llama.cpp"
+        with tarfile.open(archives[0]) as tar:
+            for member in tar.getmembers():
+                _, _, rel = member.name.partition("/vendor/llama.cpp/")
+                if rel and rel.startswith(_PARTS) and (member.isfile() or member.isdir()):
+                    member.name = rel
+                    tar.extract(member, staged, filter="data")
+        if not (staged / SCRIPT).is_file():
+            raise SmallfitError(f"llama-cpp-python=={ver}'s source distribution has no {SCRIPT}; "
+                                "set SMALLFIT_LLAMA_CPP to a llama.cpp checkout")
+        try:
+            staged.rename(folder)
+        except OSError:  # another process extracted it first
+            shutil.rmtree(staged, ignore_errors=True)
+    return folder
+
+
+def is_causal_lm(folder: Path) -> bool:
+    """Whether a transformers folder holds a causal LM (its config names a *ForCausalLM class)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration"))
+               for a in config.get("architectures") or [])
+
+
+def hf_to_gguf(folder: Path, target: Path, allow_remote_code: bool = False) -> None:
+    """Convert a transformers folder to an F32 GGUF at ``target`` (a temporary name, renamed
+    when complete); one-line errors for a folder that cannot be converted."""
+    if not (folder / "config.json").is_file():
+        raise SmallfitError(f"{folder} is not a transformers model folder (no config.json)")
+    if not any(folder.glob("*.safetensors")):
+        raise SmallfitError(f"{folder} has no safetensors weights; smallfit does not convert pickle checkpoints")
+    if not is_causal_lm(folder):
+        raise SmallfitError(f"{folder.name} is not a causal LM: GGUF variants are for causal LMs "
+                            "(sweep an encoder with torch-int8, onnx-f32, onnx-int8)")
+    script = converter_dir() / SCRIPT
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    env = {**os.environ, "SMALLFIT_ALLOW_REMOTE_CODE": "1" if allow_remote_code else "0"}
+    proc = subprocess.run([sys.executable, "-m", "smallfit.convert", str(script), str(folder),
+                           "--outtype", "f32", "--outfile", str(tmp)], capture_output=True, text=True, env=env,
+                          check=False)
+    if proc.returncode != 0 or not tmp.is_file():
+        tmp.unlink(missing_ok=True)
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        raise SmallfitError(f"llama.cpp's converter failed on {folder.name}: {(lines or ['no output'])[-1][:300]}")
+    os.replace(tmp, target)
+
+
+def _refuse_remote_code() -> None:
+    """Make every transformers ``from_pretrained`` run with ``trust_remote_code=False``."""
+    import transformers
+
+    for name in ("AutoTokenizer", "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoProcessor"):
+        cls = getattr(transformers, name, None)
+        if cls is None:
+            continue
+        original = cls.from_pretrained.__func__
+
+        def safe(klass: type, *args: object, _original: object = original, **kwargs: object) -> object:
+            kwargs["trust_remote_code"] = False
+            return _original(klass, *args, **kwargs)  # type: ignore[operator]
+
+        cls.from_pretrained = classmethod(safe)
+
+
+def main() -> int:
+    """``python -m smallfit.convert SCRIPT ARGS...``: run llama.cpp's converter, remote code refused."""
+    script, args = sys.argv[1], sys.argv[2:]
+    if os.environ.get("SMALLFIT_ALLOW_REMOTE_CODE") != "1":
+        _refuse_remote_code()
+    sys.path.insert(0, str(Path(script).parent / "gguf-py"))  # the converter's own gguf, not the installed one
+    sys.path.insert(0, str(Path(script).parent))
+    sys.argv = [script, *args]
+    runpy.run_path(script, run_name="__main__")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
