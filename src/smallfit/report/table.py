@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console, Group
 from rich.table import Table
@@ -97,35 +98,45 @@ def _label(r: ResultRow, key: str) -> str:
     return " (meas.)" if label.startswith("measured") else " (est.)" if label.startswith("estimated") else ""
 
 
-def sweep_variants(results: RunResults) -> dict[str, str]:
-    """Candidate name -> quantization variant, for the candidates of a ``--quantize`` sweep."""
+def sweep_variants(results: RunResults) -> dict[str, tuple[str, str]]:
+    """Candidate name -> (quantization variant, backend), for the candidates of a ``--quantize`` sweep."""
     from smallfit.spec import RunSpec
 
     spec = RunSpec.model_validate_json(results.run["spec_json"])
-    return {c.ref().name: c.variant for c in spec.candidates if c.variant}
+    return {c.ref().name: (c.variant, c.ref().backend) for c in spec.candidates if c.variant}
+
+
+def _fidelity(m: dict[str, Any]) -> str:
+    """KL divergence (mean / p95) for causal LMs, embedding cosine (mean / min) for encoders."""
+    for mean, tail, fmt in (("kl_divergence", "kl_divergence_p95", "{:.4f}"),
+                            ("embedding_cosine", "embedding_cosine_min", "cos {:.5f}")):
+        if m.get(mean) is not None:
+            text = fmt.format(m[mean])
+            return text + (f" / {m[tail]:.4f}" if m.get(tail) is not None else "")
+    return "-"
 
 
 def sweep_table(results: RunResults) -> Table | None:
-    """Each sweep variant x task: file size, quality, KL divergence from the reference, speed, memory."""
+    """Each sweep variant x task: size, quality, fidelity to the reference, speed, memory."""
     variants = sweep_variants(results)
     rows = [r for r in task_rows(results) if r.candidate in variants]
     if not rows:
         return None
-    table = Table(title="Quantization sweep (KL: mean / p95 nats against the reference, on the task's prompts)",
-                  title_justify="left", header_style="bold")
-    for col in ("variant", "task", "file size", "quality ± s.e.", "KL divergence", "decode tok/s", "peak RSS"):
+    table = Table(title="Quantization sweep (KL: mean / p95 nats against the reference; encoders: cosine "
+                  "mean / min; on the task's prompts)", title_justify="left", header_style="bold")
+    for col in ("variant", "backend", "task", "size", "quality ± s.e.", "fidelity", "latency p50", "decode tok/s",
+                "peak RSS"):
         table.add_column(col, no_wrap=True)
     for r in rows:
         m = r.metrics
+        backend = variants[r.candidate][1]
         if r.error:
-            table.add_row(r.candidate, r.task, Text(f"error: {r.error}", style="magenta", overflow="fold"), "", "", "",
-                          "")
+            table.add_row(r.candidate, backend, r.task, Text(f"error: {r.error}", style="magenta", overflow="fold"),
+                          "", "", "", "", "")
             continue
-        kl, kl95 = m.get("kl_divergence"), m.get("kl_divergence_p95")
-        table.add_row(r.candidate, r.task, fmt_bytes(m.get("model_size_bytes")), _quality(m),
-                      "-" if kl is None else f"{kl:.4f} / {kl95:.4f}" if kl95 is not None else f"{kl:.4f}",
-                      fmt_rate(m.get("decode_tok_s")), fmt_bytes(m.get("peak_rss_bytes")))
-    table.columns[2].no_wrap = False
+        table.add_row(r.candidate, backend, r.task, fmt_bytes(m.get("model_size_bytes")), _quality(m), _fidelity(m),
+                      fmt_seconds(m.get("latency_s")), fmt_rate(m.get("decode_tok_s")), fmt_bytes(m.get("peak_rss_bytes")))
+    table.columns[3].no_wrap = False
     return table
 
 
