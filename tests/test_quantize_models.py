@@ -70,14 +70,23 @@ def test_f32_reference_scores_as_the_transformers_dequantisation(sweep):
     assert np.abs(hf - sweep["scored"]["f32"]).max() < 1e-2
 
 
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+
 def test_run_with_quantize_compares_variants_and_records_a_bad_type(cli):
-    proc = cli("run", "--quantize", "q8_0,q4_0,q9_9", "-m", "smollm2-135m", "-t", "quartz", "--limit", "3",
-               "--quick", "--threads", "1")
+    torch_variant = ["torch-f32"] if HAVE_TORCH else []  # the same weights on transformers: KL ~ 0
+    proc = cli("run", "--quantize", ",".join(["q8_0", "q4_0", "q9_9", *torch_variant]), "-m", "smollm2-135m",
+               "-t", "quartz", "--limit", "3", "--quick", "--threads", "1")
     assert proc.returncode == 0, proc.stderr
     assert "Quantization sweep" in proc.stdout
     rows = json.loads(cli("results", "--format", "json", check=True).stdout)
     assert [r["candidate"] for r in rows] == ["smollm2-135m:f32", "smollm2-135m:q8_0", "smollm2-135m:q4_0",
-                                              "smollm2-135m:q9_9"]
+                                              "smollm2-135m:q9_9"] + [f"smollm2-135m:{v}" for v in torch_variant]
+    if HAVE_TORCH:
+        torch_row = rows[-1]
+        assert torch_row["error"] is None and torch_row["labels"]["kl_divergence"].startswith("measured")
+        assert torch_row["metrics"]["kl_divergence"] < 1e-3  # same weights, another backend
+        rows = rows[:-1]
     by = {r["candidate"].split(":")[1]: r for r in rows}
     assert "unknown quantization type 'q9_9'" in by["q9_9"]["error"]
     for v in ("f32", "q8_0", "q4_0"):
