@@ -145,7 +145,7 @@ class ConcurrentBackend(Protocol):
 
 _BUILTIN = {
     "llamacpp": "smallfit.backends.llamacpp:LlamaCppBackend",
-    "transformers": "smallfit.backends.hf:TransformersBackend",
+    "transformers": "smallfit.backends.hf_encoder:load_transformers",
     "openai": "smallfit.backends.openai:OpenAIBackend",
     "onnx": "smallfit.backends.onnx:load_onnx",
 }
