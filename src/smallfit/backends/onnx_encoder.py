@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -43,7 +44,6 @@ from smallfit.errors import MissingExtraError, SmallfitError
 from smallfit.models import cache_dir
 
 OPSET = 17
-INT8_FILE = "model_int8.onnx"
 _FEEDS = ("input_ids", "attention_mask", "token_type_ids")
 _WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".h5", ".msgpack", ".gguf", ".ot")
 
@@ -177,11 +177,11 @@ def _last_hidden(torch: Any, model: Any, names: Sequence[str]) -> Any:
 def quantize_onnx(source: Path, folder: Path | None = None, per_channel: bool = True) -> Path:
     """An int8 copy of an ONNX model by ``onnxruntime.quantization.quantize_dynamic`` (QInt8
     weights, scales per output channel unless ``per_channel`` is false), made once:
-    ``folder/model_int8.onnx`` (``model_int8_per_tensor.onnx``), by default in
+    ``folder/model_int8_per_channel.onnx`` (``..._per_tensor.onnx``), by default in
     ``cache_dir()/onnx/<stem>-<sha256 of the file>/``."""
     if folder is None:
         folder = cache_dir() / "onnx" / f"{source.stem}-{_content_key([source])}"
-    target = folder / (INT8_FILE if per_channel else INT8_FILE.replace(".onnx", "_per_tensor.onnx"))
+    target = folder / f"model_int8_per_{'channel' if per_channel else 'tensor'}.onnx"
     if target.is_file():
         return target
     try:
@@ -189,12 +189,17 @@ def quantize_onnx(source: Path, folder: Path | None = None, per_channel: bool = 
     except ImportError:
         raise MissingExtraError("onnxruntime", "onnx") from None
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{INT8_FILE}.{os.getpid()}.tmp"
+    tmp = folder / f"{target.name}.{os.getpid()}.tmp"
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its advice to pre-process the graph goes to the root logger
     try:
         quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel)
     except Exception as exc:  # noqa: BLE001 - onnx and onnxruntime raise many types for a graph they cannot handle
         tmp.unlink(missing_ok=True)
         raise SmallfitError(f"could not quantize {source} to int8: {type(exc).__name__}: {exc}") from None
+    finally:
+        root.setLevel(level)
     os.replace(tmp, target)
     return target
 
