@@ -8,6 +8,7 @@ import json
 import math
 import sqlite3
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -86,7 +87,7 @@ class _AxisEncoder:
     """Texts become fixed vectors: a fault-free stand-in to check the kind's own arithmetic."""
 
     capabilities = Capabilities(loglikelihood=False, generation=False, streaming=False, embedding=True)
-    VECTORS = {"a1": [1.0, 0.0], "a2": [1.0, 0.2], "b": [0.0, 1.0], "x": [0.9, 0.5], "y": [0.45, 0.55]}
+    VECTORS: ClassVar[dict[str, list[float]]] = {"a1": [1.0, 0.0], "a2": [1.0, 0.2], "b": [0.0, 1.0], "x": [0.9, 0.5], "y": [0.45, 0.55]}
 
     def embed(self, texts):
         return [self.VECTORS[t] for t in texts]
@@ -144,8 +145,8 @@ BASE = 'kind = "embedding_classification"\ndata = "d.jsonl"\ntemplate = "{t}"\na
      "needs train_data (labelled rows) or label_descriptions"),
     (BASE + 'train_data = "train.jsonl"\nfewshot = 2\n', "fewshot does not apply to embedding_classification"),
     (BASE + 'labels = ["a", "b"]\n[label_descriptions]\nc = "x"\n', "label_descriptions names ['c']"),
-    ('kind = "classification"\ndata = "d.jsonl"\ntemplate = "{t}"\nanswer_field = "y"\nlabels = ["a", "b"]\n'
-     'train_data = "train.jsonl"\n', "train_data and label_descriptions are for embedding_classification"),
+    (('kind = "classification"\ndata = "d.jsonl"\ntemplate = "{t}"\nanswer_field = "y"\nlabels = ["a", "b"]\n'
+      'train_data = "train.jsonl"\n'), "train_data and label_descriptions are for embedding_classification"),
     (BASE + 'train_data = "nowhere.jsonl"\n', "train_data file not found"),
     (BASE + 'labels = ["a", "b"]\ntrain_data = "train.jsonl"\n', "train.jsonl:2: the answer 'c' is not among"),
     (BASE + 'labels = ["a", "b", "c", "d"]\ntrain_data = "train.jsonl"\n', "label 'd' has no rows in"),
