@@ -15,8 +15,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from smallfit.metrics import efficiency_from_timings
-from smallfit.metrics import timed_requests as timed_requests  # re-exported: generations or embedding requests
+from smallfit.metrics import efficiency_from_timings, timed_requests
 from smallfit.records import RequestTiming
 from smallfit.scoring import percentile
 from smallfit.stats import Z95, wilson_interval
