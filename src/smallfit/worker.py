@@ -27,7 +27,7 @@ from typing import Any, TextIO
 from smallfit.backends.base import Backend, BackendConfig, ConcurrentBackend, load_backend
 from smallfit.cost import Prices, usd_per_mtok
 from smallfit.errors import SmallfitError
-from smallfit.metrics import efficiency_from_timings
+from smallfit.metrics import EMBED_PHASE, efficiency_from_timings, is_timed, timed_requests
 from smallfit.probes.bandwidth import decode_roofline_tok_s, machine_bandwidth
 from smallfit.probes.energy import (
     DEFAULT_CPU_WATTS_PER_CORE,
@@ -42,6 +42,7 @@ from smallfit.probes.scaling import context_scaling, load_curve, steady_energy
 from smallfit.records import GenerationRequest, RequestTiming, TaskResult
 from smallfit.tasks import get_task
 from smallfit.tasks.base import Task, in_chat
+from smallfit.tasks.embedding import embed_timing
 
 
 class Emitter:
@@ -97,11 +98,13 @@ def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, e
              load_info: dict[str, Any] | None = None) -> TaskResult:
     """Warm up, run the task's requests, time generation on the same prompts (and, for a backend
     that serves concurrent requests, at each concurrency level), and aggregate."""
+    _check_fit(backend, task, job)
     samples = select(list(task.load()), job.get("limit"), job.get("sample"), job.get("seed", 0), task.default_limit)
     if not samples:
         raise SmallfitError(f"task {task.name} has no samples")
     kind = task.kind
-    chat = task.chat if task.chat is not None else bool(job.get("chat"))
+    embeds = kind.requires == "embedding"
+    chat = not embeds and (task.chat if task.chat is not None else bool(job.get("chat")))
     if chat:
         samples = [in_chat(s, backend.chat_prompt) for s in samples]
     emit("task_started", task=task.name, total=len(samples))
@@ -125,7 +128,11 @@ def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, e
         if backend.capabilities.generation:  # warm-up of the latency pass, untimed
             backend.generate([GenerationRequest(prompts[0], job["latency_max_tokens"], ignore_eos=True)])
         meter.start()
-        if backend.capabilities.generation:
+        if embeds:  # single texts, one request each, cycling through all the task's texts
+            texts = [kind.prompt_of(s) for s in samples]
+            timings += _timing_pass(backend, job, texts, [], lambda chunk: [embed_timing(backend, t) for t in chunk],
+                                    MAX_TIMED_EMBEDS)
+        elif backend.capabilities.generation:
             timings += _timing_pass(backend, job, prompts, [], lambda chunk: _fixed_length(backend, chunk, job))
     energy = meter.stop()
     busy = contention.stop()
@@ -143,8 +150,8 @@ def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, e
         "kind": kind.name, "n_samples": len(samples), "limit": job.get("limit"), "sample": job.get("sample"),
         "seed": job.get("seed", 0) if job.get("sample") else None, "source": task.source,
         "warmup_requests": job.get("warmup", 1), "timed_requests": n_timed, "chat_template": chat,
-        "latency_pass_prompts": 0 if kind.generates else min(len(samples), job["latency_prompts"]),
-        "latency_pass_max_tokens": None if kind.generates else job["latency_max_tokens"],
+        "latency_pass_prompts": 0 if kind.generates else len(samples) if embeds else min(len(samples), job["latency_prompts"]),
+        "latency_pass_max_tokens": None if kind.generates or embeds else job["latency_max_tokens"],
         "timing_rule": {"min_requests": job["timing_min_requests"], "min_s": job["timing_min_s"]},
         "peak_rss_source": peak_source if peak_resettable else f"{peak_source} (since process start)",
         "contention": busy, "noisy": busy.get("noisy"), "labels": labels,
@@ -156,8 +163,22 @@ def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, e
     return TaskResult(task.name, metrics, results, timings, info)
 
 
+def _check_fit(backend: Backend, task: Task, job: dict[str, Any]) -> None:
+    """A one-line error when the model cannot run the task at all: an encoder on a task that
+    scores or generates text, or a model without embeddings on an embedding task."""
+    need, caps = task.kind.requires, backend.capabilities
+    who = job.get("candidate") or "this model"
+    if need == "embedding" and not caps.embedding:
+        raise SmallfitError(f"{who} has no embeddings (not an encoder): {task.name} is an embedding task; "
+                            "run it on an encoder such as minilm-l6")
+    if caps.embedding and not getattr(caps, need, False):
+        raise SmallfitError(f"{who} is an encoder: it runs embedding tasks only ({task.name} needs {need})")
+
+
 def run_probe(backend: Backend, name: str, job: dict[str, Any]) -> TaskResult:
     """A candidate-level probe, on the prompts of the run's first task."""
+    if not backend.capabilities.generation:
+        raise SmallfitError(f"the {name} probe times generation; {job.get('candidate') or 'this model'} does not generate")
     task = get_task(job["first_task"])
     samples = select(list(task.load()), job.get("limit"), job.get("sample"), job.get("seed", 0), task.default_limit)
     prompts = [task.kind.prompt_of(s) for s in samples[: max(8, job["latency_prompts"])]]
@@ -172,25 +193,28 @@ def run_probe(backend: Backend, name: str, job: dict[str, Any]) -> TaskResult:
 
 
 MAX_TIMED_REQUESTS = 200
+# An embedding request takes milliseconds: room for the 10-second rule to be met.
+MAX_TIMED_EMBEDS = 2000
 
 
 def _timing_pass(backend: Backend, job: dict[str, Any], items: Sequence[Any], done: Sequence[RequestTiming],
-                 run: Callable[[list[Any]], list[RequestTiming]]) -> list[RequestTiming]:
-    """More timed generation on the same prompts, cycling through them, until at least
+                 run: Callable[[list[Any]], list[RequestTiming]], cap: int = MAX_TIMED_REQUESTS) -> list[RequestTiming]:
+    """More timed requests on the same prompts, cycling through them, until at least
     ``timing_min_requests`` requests and ``timing_min_s`` seconds of them are timed (as
-    optimum-benchmark's rule), at most ``MAX_TIMED_REQUESTS``."""
-    timed = [t for t in done if t.ttft_s is not None]
+    optimum-benchmark's rule), at most ``cap``. Embedding requests keep their own phase."""
+    timed = [t for t in done if is_timed(t)]
     count, seconds = len(timed), sum(t.latency_s for t in timed)
     extra: list[RequestTiming] = []
     i = 0
-    while (count < job["timing_min_requests"] or seconds < job["timing_min_s"]) and count < MAX_TIMED_REQUESTS:
+    while (count < job["timing_min_requests"] or seconds < job["timing_min_s"]) and count < cap:
         for t in run([items[i % len(items)]]):
-            extra.append(RequestTiming(len(extra), "latency", t.n_prompt_tokens, t.n_output_tokens, t.ttft_s,
+            phase = EMBED_PHASE if t.phase == EMBED_PHASE else "latency"
+            extra.append(RequestTiming(len(extra), phase, t.n_prompt_tokens, t.n_output_tokens, t.ttft_s,
                                        t.latency_s, t.token_times_s))
-            if t.ttft_s is not None:
+            if is_timed(t):
                 count, seconds = count + 1, seconds + t.latency_s
         i += 1
-        if i >= MAX_TIMED_REQUESTS:
+        if i >= cap:
             break
     return extra
 
@@ -212,7 +236,8 @@ def _energy_cost_roofline(metrics: dict[str, float | None], timings: Sequence[Re
                           job: dict[str, Any]) -> dict[str, str]:
     """Energy per token and request, cost per million tokens, and the decode roofline; each
     figure's label (measured or estimated, and from what) goes into the returned map."""
-    timed = [t for t in timings if t.ttft_s is not None and t.n_output_tokens > 0]
+    timed = timed_requests(timings)
+    encoder = any(t.phase == EMBED_PHASE for t in timed)  # no output tokens, no decode
     labels: dict[str, str] = {}
     out_tokens = sum(t.n_output_tokens for t in timed)
     if energy.joules is not None and timed:
@@ -231,14 +256,15 @@ def _energy_cost_roofline(metrics: dict[str, float | None], timings: Sequence[Re
     if prices is not None:
         watts = metrics.get("power_w")
         metrics["cost_usd_per_mtok_out"] = usd_per_mtok(metrics.get("decode_tok_s"), watts, prices)
-        metrics["cost_usd_per_mtok_in"] = usd_per_mtok(metrics.get("prefill_tok_s"), watts, prices)
+        rate_in = metrics.get("input_tok_s") if encoder else metrics.get("prefill_tok_s")
+        metrics["cost_usd_per_mtok_in"] = usd_per_mtok(rate_in, watts, prices)
         reason = (f"estimated: hardware {prices.hardware_usd_per_s() * 3600:.4g} $/h, electricity "
                   f"{prices.electricity_usd_per_kwh:g} $/kWh, power from energy_j ({energy.method})")
     labels["cost_usd_per_mtok_out"] = labels["cost_usd_per_mtok_in"] = reason
     bandwidth = job.get("bandwidth") or {}
     bw, size = bandwidth.get("bytes_per_s"), metrics.get("model_size_bytes")
     metrics["memory_bandwidth_bytes_s"] = bw
-    if bw and size:
+    if bw and size and not encoder:
         ceiling = decode_roofline_tok_s(bw, size)
         metrics["decode_roofline_tok_s"] = ceiling
         decode = metrics.get("decode_tok_s")

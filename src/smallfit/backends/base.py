@@ -116,7 +116,8 @@ class EmbeddingBackend(Protocol):
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One sentence embedding per text, in order, pooled as the model defines (mean pooling
-        over the attention mask for sentence-transformers models), not normalised."""
+        over the attention mask for sentence-transformers models), and scaled to unit length
+        only where it defines that too (a ``Normalize`` module in its ``modules.json``)."""
         ...
 
     def count_tokens(self, text: str) -> int:
@@ -145,7 +146,7 @@ class ConcurrentBackend(Protocol):
 
 _BUILTIN = {
     "llamacpp": "smallfit.backends.llamacpp:LlamaCppBackend",
-    "transformers": "smallfit.backends.hf:TransformersBackend",
+    "transformers": "smallfit.backends.hf_encoder:load_transformers",
     "openai": "smallfit.backends.openai:OpenAIBackend",
     "onnx": "smallfit.backends.onnx:load_onnx",
 }

@@ -50,6 +50,7 @@ class HFOptions(BaseModel):
     batch_size: int = Field(default=8, ge=1, description="sequences per forward pass")
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    quantize: Literal["int8"] | None = Field(default=None, description="int8: torch dynamic quantization (CPU)")
 
 
 def _import() -> tuple[Any, Any]:
@@ -124,6 +125,11 @@ class TransformersBackend:
             ).to(self.device).eval()
         except (OSError, ValueError) as exc:
             raise SmallfitError(f"transformers could not load {folder}: {str(exc).splitlines()[0]}") from None
+        self._quant: dict[str, Any] = {}
+        if self.opts.quantize == "int8":
+            from smallfit.backends.torch_int8 import quantize_int8
+
+            self.model, self._quant = quantize_int8(torch, self.model, self.device)
         self.max_length = int(min(config.context_size, getattr(self.model.config, "max_position_embeddings", 2048)))
         probe = self.tokenizer("a", add_special_tokens=True).input_ids
         bare = self.tokenizer("a", add_special_tokens=False).input_ids
@@ -461,6 +467,7 @@ class TransformersBackend:
             "trust_remote_code": self.opts.trust_remote_code, "prefix_cache": False,
             "shared_context": "packed (tree attention mask)" if self._packing_ok else "KV cache reuse",
             "decoding": "greedy (argmax)", "model_size_bytes": _weights_bytes(self.folder),
+            "quantize": self.opts.quantize, **self._quant,
         }
         if self.device.type == "cuda":
             info["gpu"] = torch.cuda.get_device_name(self.device)

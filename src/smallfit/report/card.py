@@ -17,7 +17,8 @@ from smallfit.results import RunResults
 _HF_TASK = {"multiple_choice": ("multiple-choice", "Multiple choice"),
             "classification": ("text-classification", "Text classification"),
             "generation": ("text-generation", "Text generation"),
-            "perplexity": ("text-generation", "Language modelling (perplexity)")}
+            "perplexity": ("text-generation", "Language modelling (perplexity)"),
+            "embedding_classification": ("text-classification", "Text classification (nearest label embedding)")}
 
 
 def _scalar(value: Any) -> str:

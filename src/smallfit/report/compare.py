@@ -17,8 +17,14 @@ from rich.table import Table
 from rich.text import Text
 
 from smallfit.errors import SmallfitError
-from smallfit.evidence import TIMING_METRICS, timed_requests, timings_from_rows
-from smallfit.metrics import EFFICIENCY_METRICS, METRICS, QUALITY_METRICS, efficiency_from_timings
+from smallfit.evidence import TIMING_METRICS, timings_from_rows
+from smallfit.metrics import (
+    EFFICIENCY_METRICS,
+    METRICS,
+    QUALITY_METRICS,
+    efficiency_from_timings,
+    timed_requests,
+)
 from smallfit.records import RequestTiming
 from smallfit.report.table import fmt_metric
 from smallfit.results import ResultRow, collect

@@ -90,6 +90,12 @@ class TaskKind(Protocol):
         ...
 
     @property
+    def requires(self) -> str:
+        """The backend capability its requests need (a :class:`Capabilities` field:
+        ``loglikelihood``, ``generation`` or ``embedding``)."""
+        ...
+
+    @property
     def quality_metrics(self) -> tuple[str, ...]:
         """The quality metrics this kind reports, primary first."""
         ...
@@ -124,6 +130,7 @@ class MultipleChoice:
 
     name: str = "multiple_choice"
     generates: bool = False
+    requires: str = "loglikelihood"
     quality_metrics: tuple[str, ...] = ("acc", "acc_norm")
 
     def run(self, backend: Backend, samples: Sequence[MultipleChoiceSample], progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
@@ -160,6 +167,7 @@ class Generation:
     extract: Callable[[str], str | None] = field(default=lambda text: text.strip())
     name: str = "generation"
     generates: bool = True
+    requires: str = "generation"
     quality_metrics: tuple[str, ...] = ("exact_match", "f1")
 
     def run(self, backend: Backend, samples: Sequence[GenerationSample], progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
@@ -189,6 +197,7 @@ class Perplexity:
 
     name: str = "perplexity"
     generates: bool = False
+    requires: str = "loglikelihood"
     quality_metrics: tuple[str, ...] = ("bits_per_byte", "word_perplexity", "byte_perplexity")
 
     def run(self, backend: Backend, samples: Sequence[TextSample], progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
@@ -242,6 +251,7 @@ class Continuation:
 
     name: str = "continuation"
     generates: bool = False
+    requires: str = "loglikelihood"
     quality_metrics: tuple[str, ...] = ("acc", "perplexity")
 
     def run(self, backend: Backend, samples: Sequence[ContinuationSample], progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:

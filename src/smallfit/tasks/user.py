@@ -4,6 +4,7 @@ A task file (``smallfit run --task my_tickets.toml``)::
 
     name = "tickets"                      # default: the file's stem
     kind = "classification"               # multiple_choice | classification | generation | perplexity
+                                          # | embedding_classification
     data = "tickets.jsonl"                # .jsonl or .csv, relative to this file
     template = "Ticket: {text}\\nCategory:" # a plain format string over the row's fields
     labels = ["billing", "bug", "feature"] # classification: the same choices for every row
@@ -15,11 +16,19 @@ Multiple choice takes its choices per row from ``choices_field`` (a JSON list) o
 ``choices_fields`` (one column each, for CSV). Generation takes ``max_tokens``, ``stop`` and
 ``extract`` (``strip``, ``first_line``, ``first_number``, ``last_number``). Perplexity scores
 the rendered template (e.g. ``template = "{text}"``).
+
+Embedding classification is for encoders (``minilm-l6``): each label's prototype is the mean
+embedding of its rows in ``train_data`` (the template rendered over them, their label in
+``answer_field``), or for a label without any, the embedding of its entry in
+``label_descriptions``; each row of ``data`` gets the label with the nearest prototype
+(cosine). ``labels`` is optional: by default the labels of ``train_data`` in order of first
+appearance, then those of ``label_descriptions``. See ``examples/tickets_embed.toml``.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -41,6 +50,7 @@ from smallfit.tasks.base import (
     TextSample,
 )
 from smallfit.tasks.data import read_jsonl
+from smallfit.tasks.embedding import EmbeddingClassification, EmbeddingSample, LabelSet
 
 EXTRACTORS: dict[str, Callable[[str], str | None]] = {
     "strip": lambda text: text.strip(),
@@ -55,7 +65,7 @@ class TaskFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["multiple_choice", "classification", "generation", "perplexity"]
+    kind: Literal["multiple_choice", "classification", "generation", "perplexity", "embedding_classification"]
     data: str
     template: str
     name: str | None = None
@@ -73,6 +83,11 @@ class TaskFile(BaseModel):
     extract: Literal["strip", "first_line", "first_number", "last_number"] = "strip"
     limit: int = Field(default=1000, ge=1, description="default number of examples")
     chat_template: bool | None = Field(default=None, description="wrap prompts in the model's chat template")
+    train_data: str | None = Field(default=None, description="embedding_classification: labelled rows whose "
+                                   "mean embedding per label is the label's prototype")
+    label_descriptions: dict[str, str] | None = Field(default=None, description="embedding_classification: "
+                                                      "a text per label, embedded as the prototype of a label "
+                                                      "without training rows")
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> TaskFile:
@@ -82,6 +97,18 @@ class TaskFile(BaseModel):
             raise ValueError("a classification task needs labels = [...]")
         if self.kind == "multiple_choice" and not (self.choices_field or self.choices_fields):
             raise ValueError("a multiple_choice task needs choices_field or choices_fields")
+        if self.kind == "embedding_classification":
+            if not (self.train_data or self.label_descriptions):
+                raise ValueError("an embedding_classification task needs train_data (labelled rows) or "
+                                 "label_descriptions = {label = \"text\", ...}")
+            if self.fewshot or self.fewshot_data:
+                raise ValueError("fewshot does not apply to embedding_classification: its labelled examples "
+                                 "go in train_data")
+            extra = sorted(set(self.label_descriptions or {}) - set(self.labels or self.label_descriptions or {}))
+            if extra:
+                raise ValueError(f"label_descriptions names {extra}, which are not among labels {self.labels}")
+        elif self.train_data or self.label_descriptions:
+            raise ValueError("train_data and label_descriptions are for embedding_classification tasks")
         return self
 
 
@@ -111,7 +138,12 @@ def load_task_file(path: Path) -> Task:
     if not data.is_file():
         raise SmallfitError(f"{path}: data file not found: {data}")
     kind: TaskKind
-    if spec.kind == "generation":
+    load: Callable[[], Sequence[Any]] = functools.partial(_samples, spec, path, data)
+    if spec.kind == "embedding_classification":
+        label_set = functools.cache(functools.partial(_label_set, spec, path))  # read once, when the task runs
+        kind = EmbeddingClassification(label_set)
+        load = functools.partial(_embedding_samples, spec, data, label_set)
+    elif spec.kind == "generation":
         kind = Generation(max_tokens=spec.max_tokens, stop=tuple(spec.stop), extract=EXTRACTORS[spec.extract])
     elif spec.kind == "perplexity":
         kind = Perplexity()
@@ -119,7 +151,7 @@ def load_task_file(path: Path) -> Task:
         kind = MultipleChoice()
     return Task(
         name=spec.name or path.stem, description=spec.description or f"{spec.kind} over {data.name}",
-        kind=kind, load=lambda: _samples(spec, path, data), source=str(data), default_limit=spec.limit,
+        kind=kind, load=load, source=str(data), default_limit=spec.limit,
         chat=spec.chat_template,
     )
 
@@ -230,4 +262,55 @@ def _samples(spec: TaskFile, path: Path, data: Path) -> list[Any]:
             choices = _choices(spec, row, where)
             gold = gold_index(_field(row, spec.answer_field or "", where), choices, where)
             out.append(MultipleChoiceSample(sample_id, prompt, tuple(spec.target_delimiter + c for c in choices), gold))
+    return out
+
+
+# -- embedding classification -----------------------------------------------------------------
+
+def _label_set(spec: TaskFile, path: Path) -> LabelSet:
+    """The labels and each one's prototype texts: its training rows, else its description."""
+    train_file = (path.parent / spec.train_data).resolve() if spec.train_data else None
+    if train_file is not None and not train_file.is_file():
+        raise SmallfitError(f"{path}: train_data file not found: {train_file}")
+    rows = read_rows(train_file) if train_file is not None else []
+    descriptions = spec.label_descriptions or {}
+    labels = list(spec.labels or [])
+    examples: list[tuple[str, str]] = []  # (label, rendered text)
+    for lineno, row in rows:
+        where = f"{train_file}:{lineno}"
+        answer = _field(row, spec.answer_field or "", where)
+        if spec.labels:
+            label = spec.labels[gold_index(answer, spec.labels, where)]
+        else:
+            label = str(answer).strip()
+            if not label:
+                raise SmallfitError(f"{where}: field {spec.answer_field!r} is empty")
+            if label not in labels:
+                labels.append(label)
+        examples.append((label, _render(spec.template, row, where)))
+    labels += [d for d in descriptions if d not in labels]
+    if len(labels) < 2:
+        raise SmallfitError(f"{path}: an embedding_classification task needs at least two labels (found {labels})")
+    texts, origins = [], []
+    for label in labels:
+        own = tuple(text for lab, text in examples if lab == label)
+        if own:
+            texts.append(own)
+            origins.append("train")
+        elif label in descriptions:
+            texts.append((descriptions[label],))
+            origins.append("description")
+        else:
+            where = f"no rows in {train_file}" if train_file else "no training rows"
+            raise SmallfitError(f"{path}: label {label!r} has {where} and no entry in label_descriptions")
+    return LabelSet(tuple(labels), tuple(texts), tuple(origins))
+
+
+def _embedding_samples(spec: TaskFile, data: Path, label_set: Callable[[], LabelSet]) -> list[EmbeddingSample]:
+    labels = label_set().labels
+    out = []
+    for lineno, row in read_rows(data):
+        where = f"{data}:{lineno}"
+        gold = gold_index(_field(row, spec.answer_field or "", where), labels, where)
+        out.append(EmbeddingSample(str(row.get("id", lineno)), _render(spec.template, row, where), gold))
     return out
