@@ -309,3 +309,18 @@ def test_causal_lm_on_an_embedding_task_is_a_recorded_error(cli):
     (row,) = json.loads(cli("results", "--format", "json", check=True).stdout)
     assert row["error"] == ("smollm2-135m has no embeddings (not an encoder): tickets-embed is an embedding task; "
                             "run it on an encoder such as minilm-l6")
+
+
+@needs_encoders
+def test_encoder_sweep_measures_cosine_fidelity_against_float32_torch(cli):
+    cli("run", "--quantize", "onnx-int8,q8_0", "-m", "minilm-l6", "-t", str(REPO / "examples" / "tickets_embed.toml"),
+        "--limit", "12", "--quick", "--threads", "1", check=True)
+    rows = {r["candidate"]: r for r in json.loads(cli("results", "--format", "json", check=True).stdout)}
+    assert list(rows) == ["minilm-l6:torch-f32", "minilm-l6:onnx-int8", "minilm-l6:q8_0"]
+    ref, int8 = rows["minilm-l6:torch-f32"], rows["minilm-l6:onnx-int8"]
+    assert ref["metrics"]["embedding_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert int8["labels"]["embedding_cosine"].startswith("measured") and "against torch-f32" in \
+        int8["labels"]["embedding_cosine"]
+    assert 0.95 < int8["metrics"]["embedding_cosine_min"] <= int8["metrics"]["embedding_cosine"] < 1.0
+    assert int8["metrics"]["model_size_bytes"] < ref["metrics"]["model_size_bytes"] / 3
+    assert "not a causal LM" in rows["minilm-l6:q8_0"]["error"]  # no GGUF variants of an encoder

@@ -112,12 +112,13 @@ def sweep_candidates(candidate: dict[str, Any], types: list[str]) -> list[dict[s
     hub repository); GGUF variants run on llama.cpp, backend variants on their backend.
     """
     from smallfit.convert import is_causal_lm
-    from smallfit.models import parse_model_ref
+    from smallfit.models import parse_model_ref, resolve_model
 
     ref = parse_model_ref(str(candidate.get("model", "")))
     kind = _source_kind(ref, candidate.get("backend") or ref.backend)
     reference = REFERENCE
-    if kind == "transformers" and ref.kind == "folder" and not is_causal_lm(Path(ref.location)):
+    local = Path(ref.location) if ref.kind == "folder" else resolve_model(ref) if ref.kind == "alias" else None
+    if local is not None and local.is_dir() and not is_causal_lm(local):
         reference = TORCH_REFERENCE  # an encoder: no GGUF, so full-precision torch is the reference
     base = candidate.get("name") or ref.name
     out = []
