@@ -146,6 +146,10 @@ class OnnxCausalLM:
             folder = Path(origin["export"]) if "export" in origin else self._int8_folder(model)
             model, self.origin["quantize_s"] = int8_cached(model, folder)
         self.path, self.graph = model, read_graph(model)
+        # dynamic quantization scales activations per graph run: a request scored with others
+        # (or after its context's cached run) would score differently than alone, so each request
+        # is one run of its own, as a deployment's prefill of that text would be
+        self._alone = self.graph.dynamic_quantization
         self.threads = config.threads or os.cpu_count() or 1
         self.session = self._session(model)
         self._bind_graph()
@@ -207,7 +211,7 @@ class OnnxCausalLM:
         try:
             import transformers
         except ImportError:
-            raise MissingExtraError("transformers (the model's tokenizer)", "onnx") from None
+            raise MissingExtraError("transformers", "onnx")  # for the model's tokenizer from None
         try:
             self.tokenizer: Any = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
         except (OSError, ValueError) as exc:
@@ -360,8 +364,8 @@ class OnnxCausalLM:
         out: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
         singles = []
         for idxs in groups.values():
-            if len(idxs) == 1:
-                singles.append(idxs[0])
+            if len(idxs) == 1 or self._alone:
+                singles += idxs
                 continue
             longest = max(len(pairs[i][1]) for i in idxs)
             ctx, _ = self._fit(pairs[idxs[0]][0], [0] * longest)
@@ -369,8 +373,9 @@ class OnnxCausalLM:
             for i, res in zip(idxs, self._score_shared(ctx, conts), strict=True):
                 out[i] = res
         singles.sort(key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))  # longest first
-        for lo in range(0, len(singles), self.opts.batch_size):
-            batch = singles[lo : lo + self.opts.batch_size]
+        size = 1 if self._alone else self.opts.batch_size
+        for lo in range(0, len(singles), size):
+            batch = singles[lo : lo + size]
             rows = []
             for i in batch:
                 ctx, cont = self._fit(*pairs[i])
@@ -443,12 +448,14 @@ class OnnxCausalLM:
             "library": "onnxruntime", "library_version": self._ort.__version__, "provider": provider,
             "device": "cuda:0" if provider == "CUDAExecutionProvider" else "cpu",
             "threads": self.threads, "inter_op_threads": 1, "context_size": self.max_length,
-            "batch_size": self.opts.batch_size, "model_file": str(self.path), "opset": self.graph.opset,
+            "batch_size": 1 if self._alone else self.opts.batch_size, "model_file": str(self.path), "opset": self.graph.opset,
             "quantization": INT8_RECIPE if self.opts.quantize == "int8" else "none (as stored)",
             "export": self.origin.get("export"), "source": self.origin.get("source"),
             "export_s": self.origin.get("export_s"), "quantize_s": self.origin.get("quantize_s"),
             "export_max_abs_logit_diff": self.origin.get("export_max_abs_logit_diff"),
-            "prefix_cache": False, "shared_context": "KV cache reuse", "decoding": "greedy (argmax)",
+            "prefix_cache": False,
+            "shared_context": "none: each request one run (dynamic quantization)" if self._alone else "KV cache reuse",
+            "scoring_batch_size": 1 if self._alone else self.opts.batch_size, "decoding": "greedy (argmax)",
             "model_size_bytes": onnx_files_bytes(self.path),
         }
 

@@ -16,7 +16,8 @@ from smallfit.errors import SmallfitError
 
 # field numbers from onnx.proto
 _MODEL_IR_VERSION, _MODEL_GRAPH, _MODEL_OPSET = 1, 7, 8
-_GRAPH_INPUT, _GRAPH_OUTPUT = 11, 12
+_GRAPH_NODE, _GRAPH_INPUT, _GRAPH_OUTPUT = 1, 11, 12
+_NODE_OP_TYPE = 4
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 
 
@@ -28,6 +29,13 @@ class GraphIO:
     outputs: list[str]
     opset: int | None  # the default (ai.onnx) domain's version
     ir_version: int
+    op_types: frozenset[str]  # of the main graph's nodes
+
+    @property
+    def dynamic_quantization(self) -> bool:
+        """Activations quantized at run time, with one scale per tensor of a graph run (so a
+        row's result depends on the other rows and positions run with it)."""
+        return "DynamicQuantizeLinear" in self.op_types
 
 
 class _NotOnnx(Exception):
@@ -79,6 +87,18 @@ def _message(fh: BinaryIO, size: int) -> dict[int, list[bytes | int]]:
     return found
 
 
+def _op_type(fh: BinaryIO, size: int) -> str:
+    end = fh.tell() + size
+    op = ""
+    while fh.tell() < end:
+        field, wire, value = _fields(fh, end)
+        if field == _NODE_OP_TYPE and wire == _LEN:
+            op = fh.read(value).decode("utf-8", "replace")
+        else:
+            _skip(fh, wire, value)
+    return op
+
+
 def read_graph(path: Path) -> GraphIO:
     """Inputs, outputs and opset of an .onnx file; a SmallfitError if it is not an ONNX model."""
     try:
@@ -97,6 +117,7 @@ def _read_model(fh: BinaryIO, end: int) -> GraphIO:
     ir_version, opset = None, None
     inputs: list[str] = []
     outputs: list[str] = []
+    op_types: set[str] = set()
     graph_seen = False
     while fh.tell() < end:
         field, wire, value = _fields(fh, end)
@@ -116,10 +137,12 @@ def _read_model(fh: BinaryIO, end: int) -> GraphIO:
                     name = _message(fh, g_value).get(1, [b""])[0]
                     names = inputs if g_field == _GRAPH_INPUT else outputs
                     names.append(name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name))
+                elif g_field == _GRAPH_NODE and g_wire == _LEN:
+                    op_types.add(_op_type(fh, g_value))
                 else:
                     _skip(fh, g_wire, g_value)
         else:
             _skip(fh, wire, value)
     if ir_version is None or not 1 <= ir_version <= 64 or not graph_seen or not outputs:
         raise _NotOnnx("no ir_version, graph or outputs")
-    return GraphIO(inputs, outputs, opset, ir_version)
+    return GraphIO(inputs, outputs, opset, ir_version, frozenset(op_types))
