@@ -8,6 +8,7 @@ in a few tokens coarsen everyone's scale). The check is ``INT8_NATS_PER_TOKEN`` 
 same greedy answer to the capital of France and the same ranking of the brick/feather answers.
 """
 
+import importlib.util
 import json
 import sqlite3
 from pathlib import Path
@@ -167,3 +168,39 @@ def test_run_end_to_end_through_the_cli(cli):
     # the size of the .onnx that ran, not of the GGUF it was exported from
     assert m["model_size_bytes"] == size == Path(info["model_file"]).stat().st_size > 5e8
     assert info["library"] == "onnxruntime" and info["threads"] == 1
+
+
+def _tiny_graph(path: Path, output: str) -> Path:
+    """A real (one-node) ONNX model whose output is called ``output``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Cast", ["input_ids"], [output], to=TensorProto.FLOAT)], "tiny",
+                              [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", "sequence"])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_graphs_are_told_apart_by_their_outputs(tmp_path):
+    from smallfit.backends.onnx_graph import read_graph
+    from smallfit.errors import SmallfitError
+
+    odd = _tiny_graph(tmp_path / "odd.onnx", "scores")
+    graph = read_graph(odd)
+    assert (graph.inputs, graph.outputs, graph.opset, graph.op_types) == (["input_ids"], ["scores"], 17,
+                                                                          frozenset({"Cast"}))
+    with pytest.raises(SmallfitError, match="neither a logits output .* nor a last_hidden_state"):
+        _load(odd)
+    encoder = _tiny_graph(tmp_path / "encoder.onnx", "last_hidden_state")
+    if importlib.util.find_spec("smallfit.backends.onnx_encoder") is None:
+        with pytest.raises(SmallfitError, match="is an encoder .* no ONNX encoder backend"):
+            _load(encoder)
+    else:  # dispatched to the encoder backend, which this one-node graph does not satisfy either way
+        try:
+            backend = _load(encoder)
+        except SmallfitError as exc:
+            assert "no ONNX encoder backend" not in str(exc) and "neither a logits" not in str(exc)
+            return
+        assert type(backend).__name__ == "OnnxEncoderBackend"
+        backend.close()

@@ -11,8 +11,8 @@
 
 An optional ``NAME=`` prefix names the candidate (``small=smollm2-135m``) and an optional
 ``@BACKEND`` suffix picks the backend (``smollm2-135m@transformers``, ``smollm2-135m@onnx``); by
-default GGUF files go to llama.cpp, ONNX files to ONNX Runtime, folders and hub repositories to
-transformers, and URLs to the openai backend.
+default GGUF files go to llama.cpp, ONNX files (and folders with a model.onnx and no safetensors)
+to ONNX Runtime, other folders and hub repositories to transformers, and URLs to the openai backend.
 """
 
 from __future__ import annotations
@@ -110,10 +110,18 @@ class ModelRef:
     backend: str = "llamacpp"
 
 
+def _onnx_folder(folder: Path) -> bool:
+    """An exported model folder (as optimum writes one): model.onnx, no safetensors weights."""
+    has_onnx = (folder / "model.onnx").is_file() or (folder / "onnx" / "model.onnx").is_file()
+    return has_onnx and not any(folder.glob("*.safetensors"))
+
+
 def _default_backend(kind: str, location: str = "") -> str:
     if kind == "server":
         return "openai"
     if kind in ("file", "hub") and location.lower().endswith(".onnx"):
+        return "onnx"
+    if kind == "folder" and _onnx_folder(Path(location)):
         return "onnx"
     return "transformers" if kind in ("folder", "hub-repo") else "llamacpp"
 
