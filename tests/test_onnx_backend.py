@@ -120,6 +120,19 @@ def test_shared_context_and_rolling_windows_agree_with_scoring_alone(fp32):
     assert long.n_tokens > 256 and long.logprob < 0
 
 
+def test_long_inputs_run_in_chunks_on_their_own_past_with_the_same_results(fp32, monkeypatch):
+    import smallfit.backends.onnx as onnx_backend
+    from smallfit.records import GenerationRequest, LoglikelihoodRequest
+
+    reqs = [*_reqs(), LoglikelihoodRequest("Count:", " one two three four five six seven eight nine ten" * 3)]
+    prompt = GenerationRequest("Question: Which is heavier, a feather or a brick?\nAnswer:", max_tokens=6)
+    whole, said = fp32.loglikelihood(reqs), fp32.generate([prompt])[0].text
+    monkeypatch.setattr(onnx_backend, "_LOGIT_BUFFER_BYTES", 3 * fp32.n_vocab * 4)  # 3 positions a run
+    for x, y in zip(fp32.loglikelihood(reqs), whole, strict=True):
+        assert x.logprob == pytest.approx(y.logprob, abs=1e-4) and x.is_greedy == y.is_greedy
+    assert fp32.generate([prompt])[0].text == said
+
+
 def test_generation_stops_and_chats(fp32):
     from smallfit.records import GenerationRequest
 

@@ -157,6 +157,8 @@ class OnnxCausalLM:
 
     @staticmethod
     def _int8_folder(model: Path) -> Path:
+        if (model.parent / MARKER).is_file():  # smallfit's own export, run as a file
+            return model.parent
         stem = model.parent.name if model.stem == "model" else model.stem
         return cache_dir() / "onnx" / f"{stem}-{content_sha256(model)[:16]}"
 
