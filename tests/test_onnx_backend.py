@@ -154,6 +154,10 @@ def test_errors_are_one_line_smallfit_errors(tmp_path, monkeypatch, fp32):
     assert "\n" not in str(bad.value)
     with pytest.raises(SmallfitError, match="onnx option quantize"):
         _load(Path(fp32.info()["model_file"]), quantize="int4")
+    header_only = tmp_path / "header-only.gguf"
+    header_only.write_bytes(b"GGUF")
+    with pytest.raises(SmallfitError, match="onnx option threads: Extra inputs are not permitted"):
+        _load(header_only, threads=2)  # checked before any export starts
     weights = tmp_path / "broken"
     weights.mkdir()
     (weights / "config.json").write_text('{"model_type": "llama"}')

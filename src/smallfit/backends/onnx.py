@@ -66,6 +66,14 @@ class OnnxOptions(BaseModel):
     batch_size: int = Field(default=8, ge=1, description="sequences per graph run when scoring")
 
 
+def _options(raw: dict[str, Any]) -> OnnxOptions:
+    try:
+        return OnnxOptions.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise SmallfitError(f"onnx option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
 def _import() -> tuple[Any, Any]:
     try:
         import numpy
@@ -79,7 +87,7 @@ def load_onnx(config: BackendConfig) -> Backend:
     """Find (or export) the .onnx model and load it: a causal LM here, an encoder through
     :mod:`smallfit.backends.onnx_encoder`."""
     _import()
-    model, origin = _locate(config.model_path)
+    model, origin = _locate(config.model_path, config.options)
     graph = read_graph(model)
     if "logits" not in graph.outputs:
         if "last_hidden_state" in graph.outputs:
@@ -95,8 +103,9 @@ def load_onnx(config: BackendConfig) -> Backend:
     return OnnxCausalLM(config, model, origin)
 
 
-def _locate(path: Path) -> tuple[Path, dict[str, Any]]:
-    """The .onnx file to run and where it came from (exported now, from cache, or given)."""
+def _locate(path: Path, options: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The .onnx file to run and where it came from (exported now, from cache, or given); the
+    options are checked before an export (an .onnx graph may be an encoder, with its own)."""
     if not path.exists():
         raise SmallfitError(f"model not found: {path}")
     if path.is_dir():
@@ -112,6 +121,7 @@ def _locate(path: Path) -> tuple[Path, dict[str, Any]]:
             if fh.read(4) != b"GGUF":
                 raise SmallfitError(f"{path} is not an .onnx, GGUF file or model folder; the onnx backend runs "
                                     ".onnx models and exports GGUF files and transformers folders")
+    _options(options)
     folder, export_s = export_cached(path)
     meta = json.loads((folder / MARKER).read_text())
     kind = "gguf (dequantised by transformers)" if path.is_file() else "transformers folder"
@@ -135,11 +145,7 @@ class OnnxCausalLM:
 
     def __init__(self, config: BackendConfig, model: Path, origin: dict[str, Any]) -> None:
         self._ort, self._np = _import()
-        try:
-            self.opts = OnnxOptions.model_validate(config.options)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            raise SmallfitError(f"onnx option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        self.opts = _options(config.options)
         self.config, self.origin = config, dict(origin)
         self.fp32_path = model
         if self.opts.quantize == "int8":
