@@ -219,7 +219,7 @@ class OnnxCausalLM:
         try:
             import transformers
         except ImportError:
-            raise MissingExtraError("transformers", "onnx")  # for the model's tokenizer from None
+            raise MissingExtraError("transformers", "onnx") from None  # the model's tokenizer needs it
         try:
             self.tokenizer: Any = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
         except (OSError, ValueError) as exc:
