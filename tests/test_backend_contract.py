@@ -9,6 +9,10 @@ by 0.006 and 0.08 nats on the one-token continuations and 0.18-0.19 on the two-t
 Gemma server vs llama.cpp in process (same library, same GGUF) by under 1e-6 on one-token
 continuations and 0.13 on ' a brick' (its ' a' is scored in one batch with the prompt there, and
 after the context's cached evaluation in process).
+
+The onnx backend runs the transformers fp32 weights exported by torch.onnx, so it is also held to
+transformers itself within ``SAME_WEIGHTS_NATS``: measured 1e-5 to 2.3e-5 nats on these requests
+(float rounding of another kernel library; the export is verified to 1e-4 in its logits).
 """
 
 import importlib.util
@@ -16,12 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import needs_models
+from tests.conftest import have_onnx_export, needs_models
 from tests.servers import have_server_deps, llama_server
 
 pytestmark = [needs_models, pytest.mark.models]
 
 TOLERANCE_NATS = 0.25
+SAME_WEIGHTS_NATS = 1e-4
 PROMPTS = ["The capital of France is", "Question: What do bees make?\nAnswer:"]
 REQUESTS = [("The capital of France is", " Paris"), ("Question: What do bees make?\nAnswer:", " honey"),
             ("Question: Which is heavier, a feather or a brick?\nAnswer:", " a brick"),
@@ -32,6 +37,8 @@ CASES = [
     pytest.param(("llamacpp", "smollm2-135m"), id="llamacpp"),
     pytest.param(("transformers", "smollm2-135m"), id="transformers", marks=pytest.mark.skipif(
         importlib.util.find_spec("transformers") is None, reason="extra 'hf' not installed")),
+    pytest.param(("onnx", "smollm2-135m"), id="onnx", marks=pytest.mark.skipif(
+        not have_onnx_export(), reason="extras 'onnx' and 'hf' not installed")),
     pytest.param(("openai", "smollm2-135m"), id="openai-smollm2", marks=pytest.mark.skipif(
         not have_server_deps(), reason="llama_cpp.server's deps or httpx missing")),
     pytest.param(("openai", "gemma3-270m"), id="openai-gemma3", marks=pytest.mark.skipif(
@@ -133,3 +140,22 @@ def test_errors_surface_as_smallfit_errors(case):
         assert isinstance(backend, ConcurrentBackend)  # a server, not the backend in process
     else:
         assert c.text
+
+
+@pytest.mark.skipif(not have_onnx_export(), reason="extras 'onnx' and 'hf' not installed")
+def test_onnx_agrees_with_transformers_on_the_same_fp32_weights(case):
+    """The export runs the same fp32 weights as transformers: scores agree to float rounding."""
+    from smallfit.backends.base import BackendConfig, load_backend
+    from smallfit.records import LoglikelihoodRequest
+
+    backend, alias = case
+    if backend.info().get("library") != "onnxruntime":
+        pytest.skip("only the onnx backend runs transformers' own fp32 weights through another library")
+    reqs = [LoglikelihoodRequest(c, x) for c, x in REQUESTS] + [LoglikelihoodRequest("", "A text with no context.")]
+    hf = load_backend("transformers", BackendConfig(_path(alias), threads=1, context_size=512))
+    try:
+        for got, want in zip(backend.loglikelihood(reqs), hf.loglikelihood(reqs), strict=True):
+            assert got.n_tokens == want.n_tokens and got.is_greedy == want.is_greedy
+            assert got.logprob == pytest.approx(want.logprob, abs=SAME_WEIGHTS_NATS)
+    finally:
+        hf.close()

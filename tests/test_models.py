@@ -45,6 +45,9 @@ def test_backend_suffix_folder_and_hub_repo(tmp_path):
     assert parse_model_ref("q=smollm2-135m@hf").name == "q"
     folder = parse_model_ref(str(tmp_path))
     assert (folder.kind, folder.backend) == ("folder", "transformers")
+    (tmp_path / "exported").mkdir()
+    (tmp_path / "exported" / "model.onnx").write_bytes(b"")
+    assert parse_model_ref(str(tmp_path / "exported")).backend == "onnx"  # optimum's export folder
     repo = parse_model_ref("hf:HuggingFaceTB/SmolLM2-135M-Instruct")
     assert (repo.kind, repo.location, repo.backend) == ("hub-repo", "HuggingFaceTB/SmolLM2-135M-Instruct", "transformers")
     with pytest.raises(SmallfitError, match="unknown backend 'onnx2'"):

@@ -12,9 +12,9 @@
 
 An optional ``NAME=`` prefix names the candidate (``small=smollm2-135m``) and an optional
 ``@BACKEND`` suffix picks the backend (``smollm2-135m@transformers``, ``smollm2-135m@onnx``); by
-default GGUF files go to llama.cpp, ONNX files (and folders holding a ``model.onnx``) to ONNX
-Runtime, other folders and hub repositories to transformers, URLs to the openai backend, and a
-bundled alias to the backend its entry names.
+default GGUF files go to llama.cpp, ONNX files (and folders holding a ``model.onnx`` and no
+safetensors) to ONNX Runtime, other folders and hub repositories to transformers, URLs to the
+openai backend, and a bundled alias to the backend its entry names.
 """
 
 from __future__ import annotations
@@ -166,6 +166,12 @@ class ModelRef:
     backend: str = "llamacpp"
 
 
+def _onnx_folder(folder: Path) -> bool:
+    """An exported model folder (as optimum writes one): model.onnx, no safetensors weights."""
+    has_onnx = (folder / "model.onnx").is_file() or (folder / "onnx" / "model.onnx").is_file()
+    return has_onnx and not any(folder.glob("*.safetensors"))
+
+
 def _default_backend(kind: str, location: str = "") -> str:
     if kind == "server":
         return "openai"
@@ -173,7 +179,7 @@ def _default_backend(kind: str, location: str = "") -> str:
         return ALIASES[location].backend
     if kind in ("file", "hub") and location.lower().endswith(".onnx"):
         return "onnx"
-    if kind == "folder" and (Path(location) / "model.onnx").is_file():
+    if kind == "folder" and _onnx_folder(Path(location)):
         return "onnx"
     return "transformers" if kind in ("folder", "hub-repo") else "llamacpp"
 

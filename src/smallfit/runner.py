@@ -143,7 +143,9 @@ def _run_candidate(store: Store, run_id: str, spec: RunSpec, cand: CandidateSpec
     for t in missing:
         store.save_task_error(run_id, ref.name, t, error or "not run")
     status = "error" if error or outcome.task_errors else "done"
+    loaded_size = (outcome.info or {}).get("model_size_bytes")  # the file the backend ran (an export)
     store.update_candidate(run_id, ref.name, status=status, error=error, load_s=outcome.load_s,
+                           model_size_bytes=loaded_size or size,
                            process_peak_rss_bytes=outcome.peak_rss_bytes, backend_info_json=outcome.info,
                            load_after_json=machine_load(), finished_at=time.time())
     if error:

@@ -1,22 +1,485 @@
-"""ONNX Runtime backend (extra ``onnx``): the registry's ``onnx`` entry.
+"""ONNX Runtime backend (extra ``onnx``): a causal LM as an .onnx graph with past key values.
 
-This branch runs encoders only (see :mod:`smallfit.backends.onnx_encoder`); causal LMs on ONNX
-Runtime come with the causal-LM backend.
+``model_path`` is an .onnx file (or a folder holding ``model.onnx`` or ``onnx/model.onnx``) with
+its tokenizer files beside it, as smallfit and optimum export them; or a GGUF file or
+transformers folder, exported once through torch.onnx (see :mod:`onnx_export`) and cached. An
+.onnx graph with a ``last_hidden_state`` output and no ``logits`` is an encoder, handed to the
+encoder backend.
+
+Scoring tokenises exactly as the transformers backend (same context/continuation split, same
+prefix token), so the same weights give the same log-likelihoods within float rounding. A
+context shared by several continuations is evaluated once and its past key values reused;
+other requests are length-sorted into right-padded batches (under causal attention no real
+token sees the padding after it). Logits come out for every position of the graph's input, so
+long inputs run in chunks on top of the growing past, to bound that buffer.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import os
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
 
-from smallfit.backends.base import BackendConfig
-from smallfit.errors import SmallfitError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from smallfit.backends.base import Backend, BackendConfig, Capabilities
+from smallfit.backends.llamacpp import split_pair
+from smallfit.backends.onnx_export import (
+    INT8_RECIPE,
+    MARKER,
+    content_sha256,
+    export_cached,
+    int8_cached,
+    onnx_files_bytes,
+)
+from smallfit.backends.onnx_graph import read_graph
+from smallfit.errors import MissingExtraError, SmallfitError
+from smallfit.models import cache_dir
+from smallfit.records import (
+    Completion,
+    GenerationRequest,
+    Loglikelihood,
+    LoglikelihoodRequest,
+    RollingLoglikelihood,
+    RollingRequest,
+)
+
+TokenPair = tuple[list[int], list[int]]
+_LOGIT_BUFFER_BYTES = 64 * 2**20  # logits one graph run may return: bounds rows x positions
+_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+_NUMPY_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+                "tensor(int32)": "int32", "tensor(bool)": "bool"}
 
 
-def load_onnx(config: BackendConfig) -> Any:
-    """Load the model: an encoder (an ``.onnx`` without a ``logits`` output, or a folder holding
-    one or holding a transformers encoder to export) runs on :class:`OnnxEncoderBackend`."""
-    from smallfit.backends.onnx_encoder import OnnxEncoderBackend, is_encoder_model
+class OnnxOptions(BaseModel):
+    """Candidate options understood by this backend (``options = {...}`` in a spec)."""
 
-    if is_encoder_model(config.model_path):
-        return OnnxEncoderBackend(config)
-    raise SmallfitError("causal LMs on ONNX Runtime: not in this branch")
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    quantize: Literal["none", "int8"] = Field(default="none", description="int8: dynamic quantization, cached")
+    providers: tuple[str, ...] = Field(default=("CPUExecutionProvider",),
+                                       description="onnxruntime execution providers, first preferred (cpu, cuda)")
+    batch_size: int = Field(default=8, ge=1, description="sequences per graph run when scoring")
+
+
+def _options(raw: dict[str, Any]) -> OnnxOptions:
+    try:
+        return OnnxOptions.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise SmallfitError(f"onnx option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+def _import() -> tuple[Any, Any]:
+    try:
+        import numpy
+        import onnxruntime
+    except ImportError:
+        raise MissingExtraError("onnxruntime", "onnx") from None
+    return onnxruntime, numpy
+
+
+def load_onnx(config: BackendConfig) -> Backend:
+    """Find (or export) the .onnx model and load it: a causal LM here, an encoder through
+    :mod:`smallfit.backends.onnx_encoder`."""
+    _import()
+    path = config.model_path
+    if path.is_dir() and not any(path.glob("*.onnx")) and not (path / "onnx").is_dir():
+        from smallfit.backends.encoder import is_encoder_folder
+
+        if is_encoder_folder(path):  # a transformers encoder: the encoder backend exports it
+            from smallfit.backends.onnx_encoder import OnnxEncoderBackend
+
+            return OnnxEncoderBackend(config)
+    model, origin = _locate(path, config.options)
+    graph = read_graph(model)
+    if "logits" not in graph.outputs:
+        if "last_hidden_state" in graph.outputs:
+            try:
+                from smallfit.backends.onnx_encoder import OnnxEncoderBackend
+            except ImportError:
+                raise SmallfitError(f"{model} is an encoder (last_hidden_state, no logits) and this smallfit "
+                                    "has no ONNX encoder backend") from None
+            encoder: Backend = OnnxEncoderBackend(config)
+            return encoder
+        raise SmallfitError(f"{model} has neither a logits output (a causal LM) nor a last_hidden_state output "
+                            f"(an encoder); its outputs: {', '.join(graph.outputs[:5])}")
+    return OnnxCausalLM(config, model, origin)
+
+
+def _locate(path: Path, options: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The .onnx file to run and where it came from (exported now, from cache, or given); the
+    options are checked before an export (an .onnx graph may be an encoder, with its own)."""
+    if not path.exists():
+        raise SmallfitError(f"model not found: {path}")
+    if path.is_dir():
+        for candidate in (path / "model.onnx", path / "onnx" / "model.onnx"):
+            if candidate.is_file():
+                return candidate, {"source": "onnx file"}
+        if not any(path.glob("*.safetensors")):
+            raise SmallfitError(f"{path} has no model.onnx and no safetensors weights to export")
+    elif path.suffix.lower() == ".onnx":
+        return path, {"source": "onnx file"}
+    else:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise SmallfitError(f"{path} is not an .onnx, GGUF file or model folder; the onnx backend runs "
+                                    ".onnx models and exports GGUF files and transformers folders")
+    _options(options)
+    folder, export_s = export_cached(path)
+    meta = json.loads((folder / MARKER).read_text())
+    kind = "gguf (dequantised by transformers)" if path.is_file() else "transformers folder"
+    return folder / "model.onnx", {"source": f"exported from {kind} by torch.onnx", "export": str(folder),
+                                   "export_s": export_s, "opset": meta.get("opset"),
+                                   "export_max_abs_logit_diff": meta.get("verify_max_abs_logit_diff")}
+
+
+def _tokenizer_dir(model: Path) -> Path:
+    for folder in (model.parent, model.parent.parent):
+        if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
+            return folder
+    raise SmallfitError(f"no tokenizer files (tokenizer.json) next to {model}; save the model's tokenizer "
+                        "beside it (optimum-cli export onnx does)")
+
+
+class OnnxCausalLM:
+    """A causal LM run by ONNX Runtime, with the KV cache fed back between graph runs."""
+
+    capabilities = Capabilities(loglikelihood=True, generation=True, streaming=True)
+
+    def __init__(self, config: BackendConfig, model: Path, origin: dict[str, Any]) -> None:
+        self._ort, self._np = _import()
+        self.opts = _options(config.options)
+        self.config, self.origin = config, dict(origin)
+        self.fp32_path = model
+        if self.opts.quantize == "int8":
+            folder = Path(origin["export"]) if "export" in origin else self._int8_folder(model)
+            model, self.origin["quantize_s"] = int8_cached(model, folder)
+        self.path, self.graph = model, read_graph(model)
+        # dynamic quantization scales activations per graph run: a request scored with others
+        # (or after its context's cached run) would score differently than alone, so each request
+        # is one run of its own, as a deployment's prefill of that text would be
+        self._alone = self.graph.dynamic_quantization
+        self.threads = config.threads or os.cpu_count() or 1
+        self.session = self._session(model)
+        self._bind_graph()
+        self._load_tokenizer(_tokenizer_dir(self.fp32_path))
+
+    @staticmethod
+    def _int8_folder(model: Path) -> Path:
+        if (model.parent / MARKER).is_file():  # smallfit's own export, run as a file
+            return model.parent
+        stem = model.parent.name if model.stem == "model" else model.stem
+        return cache_dir() / "onnx" / f"{stem}-{content_sha256(model)[:16]}"
+
+    def _session(self, model: Path) -> Any:
+        ort = self._ort
+        providers = [_PROVIDERS.get(p.lower(), p) for p in self.opts.providers]
+        missing = [p for p in providers if p not in ort.get_available_providers()]
+        if missing:
+            raise SmallfitError(f"onnxruntime here has no {', '.join(missing)} (available: "
+                                f"{', '.join(ort.get_available_providers())}); for CUDA install onnxruntime-gpu")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: the exporter's graphs trigger harmless warnings
+        try:
+            return ort.InferenceSession(str(model), options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's pybind errors share no useful base
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SmallfitError(f"onnxruntime could not load {model}: {why[:300]}") from None
+
+    def _bind_graph(self) -> None:
+        np = self._np
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        self._past_names = sorted((n for n in inputs if n.startswith("past_key_values.")), key=_layer_order)
+        self._present_names = [n.replace("past_key_values.", "present.", 1) for n in self._past_names]
+        if not self._past_names or any(n not in outputs for n in self._present_names) or "input_ids" not in inputs:
+            raise SmallfitError(f"{self.path} is not a causal LM exported with past key values (inputs input_ids, "
+                                "past_key_values.N.key|value; outputs logits, present.N.key|value); export it "
+                                "with optimum-cli export onnx --task text-generation-with-past")
+        self._inputs = set(inputs)
+        self._types = {n: np.dtype(_NUMPY_TYPES.get(i.type, "float32")) for n, i in inputs.items()}
+        shape = inputs[self._past_names[0]].shape
+        cfg = self._model_config()
+        heads = shape[1] if isinstance(shape[1], int) else cfg.get("num_key_value_heads") or cfg.get("num_attention_heads")
+        dim = shape[3] if isinstance(shape[3], int) else cfg.get("head_dim") or (
+            cfg["hidden_size"] // cfg["num_attention_heads"] if "hidden_size" in cfg else None)
+        if not heads or not dim:
+            raise SmallfitError(f"cannot tell the KV cache's shape of {self.path}: no config.json beside it")
+        self._kv_shape = (int(heads), int(dim))
+        vocab = self.session.get_outputs()[outputs.index("logits")].shape[-1]
+        self.n_vocab = int(vocab) if isinstance(vocab, int) else int(cfg.get("vocab_size") or 262144)
+
+    def _model_config(self) -> dict[str, Any]:
+        for folder in (self.fp32_path.parent, self.fp32_path.parent.parent):
+            if (folder / "config.json").is_file():
+                cfg: dict[str, Any] = json.loads((folder / "config.json").read_text())
+                return {**cfg, **cfg.get("text_config", {})}
+        return {}
+
+    def _load_tokenizer(self, folder: Path) -> None:
+        try:
+            import transformers
+        except ImportError:
+            raise MissingExtraError("transformers", "onnx") from None  # the model's tokenizer needs it
+        try:
+            self.tokenizer: Any = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        except (OSError, ValueError) as exc:
+            raise SmallfitError(f"could not load the tokenizer in {folder}: {str(exc).splitlines()[0]}") from None
+        cfg = self._model_config()
+        trained = cfg.get("max_position_embeddings")
+        self.max_length = int(min(self.config.context_size, trained or self.config.context_size))
+        probe = self.tokenizer("a", add_special_tokens=True).input_ids
+        bare = self.tokenizer("a", add_special_tokens=False).input_ids
+        bos, eot = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
+        self.add_bos = bos is not None and len(probe) > len(bare) and probe[0] == bos
+        self.prefix_token = bos if bos is not None else eot
+        eos: Any = None
+        generation = folder / "generation_config.json"
+        if generation.is_file():
+            eos = json.loads(generation.read_text()).get("eos_token_id")
+        self.eos_ids = {e for e in ([eos] if isinstance(eos, int) else list(eos or [])) + [eot] if e is not None}
+
+    # -- tokens (as the transformers backend) -----------------------------------------------
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        """Token ids; BOS only where the tokenizer itself adds one and the text does not
+        already start with it (a chat template's output may)."""
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False).input_ids
+        bos = self.tokenizer.bos_token_id
+        if add_bos and self.add_bos and not (ids and ids[0] == bos):
+            return [bos, *ids]
+        return ids
+
+    def chat_prompt(self, user_message: str) -> str:
+        """One user turn in the tokenizer's chat template."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise SmallfitError("this model's tokenizer has no chat template; set chat_template = false for the task")
+        try:
+            return str(self.tokenizer.apply_chat_template([{"role": "user", "content": user_message}],
+                                                          tokenize=False, add_generation_prompt=True))
+        except Exception as exc:  # noqa: BLE001 - a template is a program of its own
+            raise SmallfitError(f"the model's chat template failed to render: {exc}") from None
+
+    def _pair(self, req: LoglikelihoodRequest) -> TokenPair:
+        context, continuation = split_pair(req.context, req.continuation)
+        if not context:
+            return [self.prefix_token], self.tokenize(continuation, add_bos=False)
+        ctx = self.tokenize(context)
+        whole = self.tokenize(context + continuation)
+        return ctx, whole[len(ctx):]
+
+    def _fit(self, ctx: list[int], cont: list[int]) -> tuple[list[int], list[int]]:
+        cont = cont[-(self.max_length - 1):] if len(cont) >= self.max_length else cont
+        keep = max(1, self.max_length - len(cont))
+        return ctx[-keep:], cont
+
+    # -- the graph ----------------------------------------------------------------------------
+
+    def _empty_past(self, rows: int) -> list[Any]:
+        heads, dim = self._kv_shape
+        return [self._np.zeros((rows, heads, 0, dim), self._types[n]) for n in self._past_names]
+
+    def _run(self, ids: Any, past: list[Any], start: int) -> tuple[Any, list[Any]]:
+        """One graph run: ``ids`` (rows, n) at positions ``start``.. on top of ``past``."""
+        np = self._np
+        rows, n = ids.shape
+        feed: dict[str, Any] = {"input_ids": ids.astype(self._types["input_ids"])}
+        if "attention_mask" in self._inputs:
+            feed["attention_mask"] = np.ones((rows, start + n), self._types["attention_mask"])
+        if "position_ids" in self._inputs:
+            feed["position_ids"] = np.broadcast_to(np.arange(start, start + n), (rows, n)).astype(
+                self._types["position_ids"])
+        if "use_cache_branch" in self._inputs:  # optimum's merged decoders
+            feed["use_cache_branch"] = np.array([start > 0])
+        feed.update(zip(self._past_names, past, strict=True))
+        out = self.session.run(["logits", *self._present_names], feed)
+        return out[0], out[1:]
+
+    def _step_width(self, rows: int) -> int:
+        return max(1, _LOGIT_BUFFER_BYTES // (rows * self.n_vocab * 4))
+
+    def _prefill(self, tokens: Sequence[int]) -> tuple[Any, list[Any]]:
+        """Evaluate ``tokens`` from an empty past: the last position's logits and the past."""
+        np = self._np
+        past, logits = self._empty_past(1), None
+        step = self._step_width(1)
+        for lo in range(0, len(tokens), step):
+            logits, past = self._run(np.array([tokens[lo : lo + step]]), past, lo)
+        assert logits is not None
+        return logits[0, -1], past
+
+    def _score_rows(self, rows: Sequence[tuple[list[int], list[int]]], past: list[Any] | None,
+                    start: int) -> list[tuple[float, bool]]:
+        """Rows of (inputs, targets), right-padded and run together on top of ``past`` (one
+        row's, shared by all) from position ``start``: input ``i`` predicts ``targets[i]``.
+        Returns each row's summed target log-probability and whether all were the argmax."""
+        np = self._np
+        width = max(len(inputs) for inputs, _ in rows)
+        ids = np.full((len(rows), width), self.prefix_token, dtype=np.int64)
+        wanted = np.full((len(rows), width), -1, dtype=np.int64)
+        for b, (inputs, targets) in enumerate(rows):
+            ids[b, : len(inputs)] = inputs
+            wanted[b, : len(targets)] = targets
+        cache = self._empty_past(len(rows)) if past is None else [np.repeat(p, len(rows), axis=0) for p in past]
+        totals = np.zeros(len(rows), dtype=np.float64)
+        greedy = np.ones(len(rows), dtype=bool)
+        step = self._step_width(len(rows))
+        scored_at = np.nonzero(wanted >= 0)[1]
+        last = int(scored_at.max()) if scored_at.size else -1  # no run past the last scored position
+        for lo in range(0, last + 1, step):
+            logits, cache = self._run(ids[:, lo : lo + step], cache, start + lo)
+            b_idx, p_idx = np.nonzero(wanted[:, lo : lo + step] >= 0)
+            if not b_idx.size:
+                continue
+            picked = logits[b_idx, p_idx].astype(np.float32)
+            targets = wanted[b_idx, lo + p_idx]
+            peak = picked.max(axis=1)
+            lse = peak + np.log(np.exp(picked - peak[:, None]).sum(axis=1, dtype=np.float64))
+            chosen = picked[np.arange(len(targets)), targets]
+            np.add.at(totals, b_idx, chosen - lse)
+            np.logical_and.at(greedy, b_idx, chosen >= peak)
+        return [(float(t), bool(g)) for t, g in zip(totals, greedy, strict=True)]
+
+    # -- scoring --------------------------------------------------------------------------------
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
+        """Score continuations; a context shared by several is evaluated once."""
+        pairs = [self._pair(r) for r in requests]
+        scored = self._score(pairs)
+        return [Loglikelihood(lp, greedy, len(cont)) for (lp, greedy), (_, cont) in zip(scored, pairs, strict=True)]
+
+    def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingLoglikelihood]:
+        """Disjoint windows of the context size, each predicted from the token before it."""
+        window = self.max_length - 1
+        pairs: list[TokenPair] = []
+        owners: list[int] = []
+        counts = []
+        for i, req in enumerate(requests):
+            tokens = self.tokenize(req.text, add_bos=False)
+            counts.append(len(tokens))
+            for start in range(0, len(tokens), window):
+                first = self.prefix_token if start == 0 else tokens[start - 1]
+                pairs.append(([first], tokens[start : start + window]))
+                owners.append(i)
+        totals = [0.0] * len(requests)
+        for owner, (lp, _) in zip(owners, self._score(pairs), strict=True):
+            totals[owner] += lp
+        return [RollingLoglikelihood(t, n) for t, n in zip(totals, counts, strict=True)]
+
+    def _score(self, pairs: Sequence[TokenPair]) -> list[tuple[float, bool]]:
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, (ctx, _) in enumerate(pairs):
+            groups[tuple(ctx)].append(i)
+        out: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
+        singles = []
+        for idxs in groups.values():
+            if len(idxs) == 1 or self._alone:
+                singles += idxs
+                continue
+            longest = max(len(pairs[i][1]) for i in idxs)
+            ctx, _ = self._fit(pairs[idxs[0]][0], [0] * longest)
+            conts = [self._fit(ctx, pairs[i][1])[1] for i in idxs]
+            for i, res in zip(idxs, self._score_shared(ctx, conts), strict=True):
+                out[i] = res
+        singles.sort(key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))  # longest first
+        size = 1 if self._alone else self.opts.batch_size
+        for lo in range(0, len(singles), size):
+            batch = singles[lo : lo + size]
+            rows = []
+            for i in batch:
+                ctx, cont = self._fit(*pairs[i])
+                rows.append(((ctx + cont)[:-1], [-1] * (len(ctx) - 1) + cont))
+            for i, res in zip(batch, self._score_rows(rows, None, 0), strict=True):
+                out[i] = res if pairs[i][1] else (0.0, True)
+        return out
+
+    def _score_shared(self, ctx: list[int], conts: Sequence[list[int]]) -> list[tuple[float, bool]]:
+        """The context once through the graph, then the continuations in batches on top of its
+        past key values."""
+        past = self._prefill(ctx[:-1])[1] if len(ctx) > 1 else None
+        results: list[tuple[float, bool]] = []
+        for lo in range(0, len(conts), self.opts.batch_size):
+            chunk = conts[lo : lo + self.opts.batch_size]
+            rows = [([ctx[-1], *c[:-1]], c) for c in chunk]
+            scored = self._score_rows([r if r[1] else ([ctx[-1]], []) for r in rows], past, len(ctx) - 1)
+            results += [s if c else (0.0, True) for s, c in zip(scored, chunk, strict=True)]
+        return results
+
+    # -- generation -------------------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        """Greedy generation, one request at a time, each from an empty past."""
+        return [self._generate_one(r) for r in requests]
+
+    def _generate_one(self, req: GenerationRequest) -> Completion:
+        np = self._np
+        t0 = time.perf_counter()  # the request starts before tokenisation
+        prompt = self.tokenize(req.prompt) or [self.prefix_token]
+        room = self.max_length - len(prompt)
+        if room <= 0:
+            raise SmallfitError(f"prompt of {len(prompt)} tokens leaves no room in the {self.max_length}-token context")
+        out: list[int] = []
+        times: list[float] = []
+        finish, text = "length", ""
+        banned = sorted(self.eos_ids) if req.ignore_eos else []
+        logits, past = self._prefill(prompt)
+        for _ in range(min(req.max_tokens, room)):
+            if banned:
+                logits = logits.copy()
+                logits[banned] = -np.inf
+            tok = int(logits.argmax())
+            if tok in self.eos_ids:
+                finish = "eos"
+                break
+            out.append(tok)
+            times.append(time.perf_counter() - t0)
+            text = self.tokenizer.decode(out, skip_special_tokens=True)
+            hits = [text.find(s) for s in req.stop if s and s in text]
+            if hits:
+                text, finish = text[: min(hits)], "stop"
+                break
+            if len(out) == min(req.max_tokens, room):
+                break  # no run for a token that will not be used
+            step, past = self._run(np.array([[tok]]), past, len(prompt) + len(out) - 1)
+            logits = step[0, -1]
+        latency = times[-1] if times else time.perf_counter() - t0
+        return Completion(text=text, n_prompt_tokens=len(prompt), n_output_tokens=len(out),
+                          ttft_s=times[0] if times else None, latency_s=latency,
+                          token_times_s=tuple(times), finish_reason=finish)
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """Settings recorded with every result of this candidate; ``model_size_bytes`` is the
+        .onnx file actually run (with its external data), not the file it was exported from."""
+        provider = self.session.get_providers()[0] if self.session is not None else None
+        return {
+            "library": "onnxruntime", "library_version": self._ort.__version__, "provider": provider,
+            "device": "cuda:0" if provider == "CUDAExecutionProvider" else "cpu",
+            "threads": self.threads, "inter_op_threads": 1, "context_size": self.max_length,
+            "batch_size": 1 if self._alone else self.opts.batch_size, "model_file": str(self.path), "opset": self.graph.opset,
+            "quantization": INT8_RECIPE if self.opts.quantize == "int8" else "none (as stored)",
+            "export": self.origin.get("export"), "source": self.origin.get("source"),
+            "export_s": self.origin.get("export_s"), "quantize_s": self.origin.get("quantize_s"),
+            "export_max_abs_logit_diff": self.origin.get("export_max_abs_logit_diff"),
+            "prefix_cache": False,
+            "shared_context": "none: each request one run (dynamic quantization)" if self._alone else "KV cache reuse",
+            "scoring_batch_size": 1 if self._alone else self.opts.batch_size, "decoding": "greedy (argmax)",
+            "model_size_bytes": onnx_files_bytes(self.path),
+        }
+
+    def close(self) -> None:
+        """Drop the session."""
+        self.session = None
+
+
+def _layer_order(name: str) -> tuple[int, str]:
+    _, layer, kind = name.split(".", 2)
+    return (int(layer) if layer.isdigit() else 0, kind)
