@@ -21,6 +21,7 @@ from typing import IO, Any
 from smallfit.errors import SmallfitError
 from smallfit.metrics import EFFICIENCY_METRICS, FIDELITY_METRICS, QUALITY_SUFFIXES
 from smallfit.models import locate_model, weights_size
+from smallfit.prepare import needs_preparing, prepare
 from smallfit.probes.hardware import fingerprint, library_versions
 from smallfit.probes.load import default_threads, machine_load
 from smallfit.records import RequestTiming, SampleResult, TaskResult
@@ -116,12 +117,20 @@ def _run_candidate(store: Store, run_id: str, spec: RunSpec, cand: CandidateSpec
     try:
         path, size = locate_model(ref)  # a served model has neither file nor size
         if cand.variant and path is not None:
-            on_event(Event("preparing", ref.name, message=cand.variant))
+            on_event(Event("preparing", ref.name, message=f"the {cand.variant} variant"))
             path, sweep = _prepare_variant(path, cand.variant, cand.threads or threads)
             size = weights_size(path)
     except SmallfitError as exc:
         _fail_candidate(store, run_id, ref.name, list(tasks.values()), str(exc), on_event)
         return
+    prepare_s = None
+    if needs_preparing(ref.backend, path, cand.options):
+        on_event(Event("preparing", ref.name, message="its ONNX export"))
+        try:
+            prepare_s = prepare(ref.backend, path, cand.threads or threads, cand.options)  # type: ignore[arg-type]
+        except SmallfitError as exc:
+            _fail_candidate(store, run_id, ref.name, list(tasks.values()), str(exc), on_event)
+            return
     store.update_candidate(run_id, ref.name, model_path=str(path) if path else ref.location, model_size_bytes=size)
     job = {
         "candidate": ref.name, "backend": ref.backend, "model_path": str(path) if path else "",
@@ -132,7 +141,7 @@ def _run_candidate(store: Store, run_id: str, spec: RunSpec, cand: CandidateSpec
         "prices": spec.prices.model_dump(), "max_context": spec.max_context,
         "memory_budget_bytes": spec.memory_budget_bytes(), "first_task": spec.tasks[0], "warmup": spec.warmup,
         "latency_prompts": spec.latency_prompts, "latency_max_tokens": spec.latency_max_tokens,
-        "sweep": sweep,
+        "sweep": sweep, "prepare_s": prepare_s,
     }
     outcome = _Worker(store, run_id, ref.name, on_event).run(job)
     finished = store.done_tasks(run_id)

@@ -329,6 +329,8 @@ def run_job(job: dict[str, Any], emit: Emitter) -> int:
         return 1
     load_s = time.perf_counter() - t0
     info = backend.info()
+    if job.get("prepare_s") is not None:  # built before this process started (see smallfit.prepare)
+        info["prepared_in_own_process_s"] = round(job["prepare_s"], 3)
     job["bandwidth"] = machine_bandwidth(job["threads"] or 1, str(fingerprint()["cpu_model"]))
     if info.get("model_size_bytes"):  # the weights the backend actually loaded (a converted copy)
         job["model_size_bytes"] = info["model_size_bytes"]
