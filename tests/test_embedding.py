@@ -253,8 +253,8 @@ def test_dispatch_and_one_line_errors(tmp_path, encoders):
                               [helper.make_tensor_value_info("logits", TensorProto.INT64, [1, 4])])
     onnx.save(helper.make_model(graph), str(tmp_path / "lm.onnx"))
     assert not is_encoder_model(tmp_path / "lm.onnx")
-    with pytest.raises(SmallfitError, match="not in this branch"):
-        load_backend("onnx", BackendConfig(tmp_path / "lm.onnx"))
+    with pytest.raises(SmallfitError, match="is not a causal LM exported with past key values"):
+        load_backend("onnx", BackendConfig(tmp_path / "lm.onnx"))  # a logits graph goes the causal-LM way
 
     bare = tmp_path / "bare"
     bare.mkdir()
