@@ -45,7 +45,7 @@ def main() -> None:
         cmd = [sys.executable, "-m", "smallfit", "run", "--db", str(db), "--limit", str(args.limit),
                "--threads", str(args.threads),
                "-m", f"llamacpp={args.model}", "-m", f"transformers={args.model}@transformers",
-               "-m", f"onnx={args.model}@onnx", "-m", f"server={url}#{gguf.stem}"]
+               "-m", f"onnx={args.model}@onnx", "-m", f"server={url}"]
         for task in TASKS:
             cmd += ["-t", task]
         if args.quick:

@@ -25,7 +25,7 @@ def test_one_run_compares_the_same_model_on_four_backends(cli):
     gguf = resolve_model(parse_model_ref("smollm2-135m"))
     with llama_server(gguf) as url:
         proc = cli("run", "-m", "llamacpp=smollm2-135m", "-m", "transformers=smollm2-135m@transformers",
-                   "-m", "onnx=smollm2-135m@onnx", "-m", f"server={url}#smollm2", "-t",
+                   "-m", "onnx=smollm2-135m@onnx", "-m", f"server={url}", "-t",
                    str(REPO / "examples" / "capitals.toml"), "--limit", "4", "--quick", "--threads", "1", check=True)
     for name in ("llamacpp", "transformers", "onnx", "server"):
         assert f"│ {name} " in proc.stdout  # one comparison table, a row per backend
@@ -36,7 +36,7 @@ def test_one_run_compares_the_same_model_on_four_backends(cli):
         m = row["metrics"]
         assert row["error"] is None, (name, row["error"])
         assert m["exact_match"] is not None and m["timed_requests"] >= 3
-        assert 0 < m["ttft_s"] <= m["latency_s"] and m["decode_tok_s"] > 0
+        assert 0 < m["ttft_s"] <= m["latency_s"] <= m["latency_s_p95"]  # short answers: decode may be null
         answers[name] = m["exact_match"]
     # transformers and ONNX Runtime run the same fp32 weights greedily: the same answers
     assert answers["transformers"] == answers["onnx"]

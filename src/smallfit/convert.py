@@ -124,7 +124,7 @@ def _refuse_remote_code() -> None:
             continue
         original = cls.from_pretrained.__func__
 
-        def safe(klass: type, *args: object, _original: object = original, **kwargs: object) -> object:
+        def safe(klass: type, /, *args: object, _original: object = original, **kwargs: object) -> object:
             kwargs["trust_remote_code"] = False
             return _original(klass, *args, **kwargs)  # type: ignore[operator]
 

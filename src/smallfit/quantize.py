@@ -27,12 +27,13 @@ candidate's measured process and cannot take the run down.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import hashlib
 import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ class BackendVariant:
     """A variant that is the source itself run by another backend, with these options."""
 
     backend: str
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 BACKEND_VARIANTS: dict[str, BackendVariant] = {
@@ -115,7 +116,7 @@ def sweep_candidates(candidate: dict[str, Any], types: list[str]) -> list[dict[s
     from smallfit.models import parse_model_ref, resolve_model
 
     ref = parse_model_ref(str(candidate.get("model", "")))
-    kind = _source_kind(ref, candidate.get("backend") or ref.backend)
+    _source_kind(ref, candidate.get("backend") or ref.backend)  # a server or an ONNX export: an error
     reference = REFERENCE
     local = Path(ref.location) if ref.kind == "folder" else resolve_model(ref) if ref.kind == "alias" else None
     if local is not None and local.is_dir() and not is_causal_lm(local):

@@ -25,19 +25,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from smallfit.backends.base import BackendConfig, Capabilities
-from smallfit.backends.llamacpp import split_pair
+from smallfit.backends.hf_tokens import HFTokenScoring, TokenPair, special_tokens
 from smallfit.errors import MissingExtraError, SmallfitError
 from smallfit.models import cache_dir
 from smallfit.records import (
     Completion,
     GenerationRequest,
-    Loglikelihood,
-    LoglikelihoodRequest,
-    RollingLoglikelihood,
-    RollingRequest,
 )
-
-TokenPair = tuple[list[int], list[int]]
 
 
 class HFOptions(BaseModel):
@@ -96,7 +90,7 @@ def _weights_bytes(folder: Path) -> int:
         p.stat().st_size for p in folder.glob("*.bin"))
 
 
-class TransformersBackend:
+class TransformersBackend(HFTokenScoring):
     """A causal LM loaded through transformers, on CPU or CUDA."""
 
     capabilities = Capabilities(loglikelihood=True, generation=True, streaming=True)
@@ -131,12 +125,8 @@ class TransformersBackend:
 
             self.model, self._quant = quantize_int8(torch, self.model, self.device)
         self.max_length = int(min(config.context_size, getattr(self.model.config, "max_position_embeddings", 2048)))
-        probe = self.tokenizer("a", add_special_tokens=True).input_ids
-        bare = self.tokenizer("a", add_special_tokens=False).input_ids
-        bos = self.tokenizer.bos_token_id
-        self.add_bos = bos is not None and len(probe) > len(bare) and probe[0] == bos
+        self.add_bos, self.prefix_token = special_tokens(self.tokenizer)
         eot = self.tokenizer.eos_token_id
-        self.prefix_token = bos if bos is not None else eot
         # transformers 5.x renamed past_key_values to cache; older releases only know the old name
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -166,58 +156,7 @@ class TransformersBackend:
 
     # -- tokens ----------------------------------------------------------------------------
 
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        """Token ids; BOS only where the tokenizer itself adds one (as lm-eval's HF model) and
-        the text does not already start with it (a chat template's output may)."""
-        ids: list[int] = self.tokenizer(text, add_special_tokens=False).input_ids
-        bos = self.tokenizer.bos_token_id
-        if add_bos and self.add_bos and not (ids and ids[0] == bos):
-            return [bos, *ids]
-        return ids
-
-    def chat_prompt(self, user_message: str) -> str:
-        """One user turn in the tokenizer's chat template."""
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise SmallfitError("this model's tokenizer has no chat template; set chat_template = false for the task")
-        try:
-            return str(self.tokenizer.apply_chat_template([{"role": "user", "content": user_message}],
-                                                          tokenize=False, add_generation_prompt=True))
-        except Exception as exc:  # noqa: BLE001 - a template is a program of its own
-            raise SmallfitError(f"the model's chat template failed to render: {exc}") from None
-
-    def _pair(self, req: LoglikelihoodRequest) -> TokenPair:
-        context, continuation = split_pair(req.context, req.continuation)
-        if not context:
-            return [self.prefix_token], self.tokenize(continuation, add_bos=False)
-        ctx = self.tokenize(context)
-        whole = self.tokenize(context + continuation)
-        return ctx, whole[len(ctx):]
-
-    # -- scoring ---------------------------------------------------------------------------
-
-    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
-        """Score continuations; a context shared by several is evaluated once."""
-        pairs = [self._pair(r) for r in requests]
-        scored = self._score(pairs)
-        return [Loglikelihood(lp, greedy, len(cont)) for (lp, greedy), (_, cont) in zip(scored, pairs, strict=True)]
-
-    def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingLoglikelihood]:
-        """Disjoint windows of the context size, each predicted from the token before it."""
-        window = self.max_length - 1
-        pairs: list[TokenPair] = []
-        owners: list[int] = []
-        counts = []
-        for i, req in enumerate(requests):
-            tokens = self.tokenize(req.text, add_bos=False)
-            counts.append(len(tokens))
-            for start in range(0, len(tokens), window):
-                first = self.prefix_token if start == 0 else tokens[start - 1]
-                pairs.append(([first], tokens[start : start + window]))
-                owners.append(i)
-        totals = [0.0] * len(requests)
-        for owner, (lp, _) in zip(owners, self._score(pairs), strict=True):
-            totals[owner] += lp
-        return [RollingLoglikelihood(t, n) for t, n in zip(totals, counts, strict=True)]
+    # -- scoring (requests to tokens: HFTokenScoring) -----------------------------------------
 
     def _score(self, pairs: Sequence[TokenPair]) -> list[tuple[float, bool]]:
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
@@ -251,11 +190,6 @@ class TransformersBackend:
             for i, res in zip(batch, self._score_batch([pairs[i] for i in batch]), strict=True):
                 out[i] = res
         return [o if o is not None else (0.0, True) for o in out]
-
-    def _fit(self, ctx: list[int], cont: list[int]) -> tuple[list[int], list[int]]:
-        cont = cont[-(self.max_length - 1):] if len(cont) >= self.max_length else cont
-        keep = max(1, self.max_length - len(cont))
-        return ctx[-keep:], cont
 
     # Logits only where they are scored: the decoder's hidden states at those positions go
     # through the output layer (and the model's final soft-capping, if it has one).

@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from smallfit.backends.base import Backend, BackendConfig, Capabilities
-from smallfit.backends.llamacpp import split_pair
+from smallfit.backends.base import Backend, BackendConfig, Capabilities, EmbeddingBackend
+from smallfit.backends.hf_tokens import HFTokenScoring, TokenPair, special_tokens
 from smallfit.backends.onnx_export import (
     INT8_RECIPE,
     MARKER,
@@ -42,13 +42,8 @@ from smallfit.models import cache_dir
 from smallfit.records import (
     Completion,
     GenerationRequest,
-    Loglikelihood,
-    LoglikelihoodRequest,
-    RollingLoglikelihood,
-    RollingRequest,
 )
 
-TokenPair = tuple[list[int], list[int]]
 _LOGIT_BUFFER_BYTES = 64 * 2**20  # logits one graph run may return: bounds rows x positions
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _NUMPY_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
@@ -83,7 +78,7 @@ def _import() -> tuple[Any, Any]:
     return onnxruntime, numpy
 
 
-def load_onnx(config: BackendConfig) -> Backend:
+def load_onnx(config: BackendConfig) -> Backend | EmbeddingBackend:
     """Find (or export) the .onnx model and load it: a causal LM here, an encoder through
     :mod:`smallfit.backends.onnx_encoder`."""
     _import()
@@ -99,13 +94,8 @@ def load_onnx(config: BackendConfig) -> Backend:
     graph = read_graph(model)
     if "logits" not in graph.outputs:
         if "last_hidden_state" in graph.outputs:
-            try:
-                from smallfit.backends.onnx_encoder import OnnxEncoderBackend
-            except ImportError:
-                raise SmallfitError(f"{model} is an encoder (last_hidden_state, no logits) and this smallfit "
-                                    "has no ONNX encoder backend") from None
-            encoder: Backend = OnnxEncoderBackend(config)
-            return encoder
+            from smallfit.backends.onnx_encoder import OnnxEncoderBackend
+            return OnnxEncoderBackend(config)
         raise SmallfitError(f"{model} has neither a logits output (a causal LM) nor a last_hidden_state output "
                             f"(an encoder); its outputs: {', '.join(graph.outputs[:5])}")
     return OnnxCausalLM(config, model, origin)
@@ -146,7 +136,7 @@ def _tokenizer_dir(model: Path) -> Path:
                         "beside it (optimum-cli export onnx does)")
 
 
-class OnnxCausalLM:
+class OnnxCausalLM(HFTokenScoring):
     """A causal LM run by ONNX Runtime, with the KV cache fed back between graph runs."""
 
     capabilities = Capabilities(loglikelihood=True, generation=True, streaming=True)
@@ -235,50 +225,13 @@ class OnnxCausalLM:
         cfg = self._model_config()
         trained = cfg.get("max_position_embeddings")
         self.max_length = int(min(self.config.context_size, trained or self.config.context_size))
-        probe = self.tokenizer("a", add_special_tokens=True).input_ids
-        bare = self.tokenizer("a", add_special_tokens=False).input_ids
-        bos, eot = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
-        self.add_bos = bos is not None and len(probe) > len(bare) and probe[0] == bos
-        self.prefix_token = bos if bos is not None else eot
+        self.add_bos, self.prefix_token = special_tokens(self.tokenizer)
+        eot = self.tokenizer.eos_token_id
         eos: Any = None
         generation = folder / "generation_config.json"
         if generation.is_file():
             eos = json.loads(generation.read_text()).get("eos_token_id")
         self.eos_ids = {e for e in ([eos] if isinstance(eos, int) else list(eos or [])) + [eot] if e is not None}
-
-    # -- tokens (as the transformers backend) -----------------------------------------------
-
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        """Token ids; BOS only where the tokenizer itself adds one and the text does not
-        already start with it (a chat template's output may)."""
-        ids: list[int] = self.tokenizer(text, add_special_tokens=False).input_ids
-        bos = self.tokenizer.bos_token_id
-        if add_bos and self.add_bos and not (ids and ids[0] == bos):
-            return [bos, *ids]
-        return ids
-
-    def chat_prompt(self, user_message: str) -> str:
-        """One user turn in the tokenizer's chat template."""
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise SmallfitError("this model's tokenizer has no chat template; set chat_template = false for the task")
-        try:
-            return str(self.tokenizer.apply_chat_template([{"role": "user", "content": user_message}],
-                                                          tokenize=False, add_generation_prompt=True))
-        except Exception as exc:  # noqa: BLE001 - a template is a program of its own
-            raise SmallfitError(f"the model's chat template failed to render: {exc}") from None
-
-    def _pair(self, req: LoglikelihoodRequest) -> TokenPair:
-        context, continuation = split_pair(req.context, req.continuation)
-        if not context:
-            return [self.prefix_token], self.tokenize(continuation, add_bos=False)
-        ctx = self.tokenize(context)
-        whole = self.tokenize(context + continuation)
-        return ctx, whole[len(ctx):]
-
-    def _fit(self, ctx: list[int], cont: list[int]) -> tuple[list[int], list[int]]:
-        cont = cont[-(self.max_length - 1):] if len(cont) >= self.max_length else cont
-        keep = max(1, self.max_length - len(cont))
-        return ctx[-keep:], cont
 
     # -- the graph ----------------------------------------------------------------------------
 
@@ -348,30 +301,6 @@ class OnnxCausalLM:
         return [(float(t), bool(g)) for t, g in zip(totals, greedy, strict=True)]
 
     # -- scoring --------------------------------------------------------------------------------
-
-    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
-        """Score continuations; a context shared by several is evaluated once."""
-        pairs = [self._pair(r) for r in requests]
-        scored = self._score(pairs)
-        return [Loglikelihood(lp, greedy, len(cont)) for (lp, greedy), (_, cont) in zip(scored, pairs, strict=True)]
-
-    def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingLoglikelihood]:
-        """Disjoint windows of the context size, each predicted from the token before it."""
-        window = self.max_length - 1
-        pairs: list[TokenPair] = []
-        owners: list[int] = []
-        counts = []
-        for i, req in enumerate(requests):
-            tokens = self.tokenize(req.text, add_bos=False)
-            counts.append(len(tokens))
-            for start in range(0, len(tokens), window):
-                first = self.prefix_token if start == 0 else tokens[start - 1]
-                pairs.append(([first], tokens[start : start + window]))
-                owners.append(i)
-        totals = [0.0] * len(requests)
-        for owner, (lp, _) in zip(owners, self._score(pairs), strict=True):
-            totals[owner] += lp
-        return [RollingLoglikelihood(t, n) for t, n in zip(totals, counts, strict=True)]
 
     def _score(self, pairs: Sequence[TokenPair]) -> list[tuple[float, bool]]:
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
