@@ -40,4 +40,9 @@ def test_one_run_compares_the_same_model_on_four_backends(cli):
         answers[name] = m["exact_match"]
     # transformers and ONNX Runtime run the same fp32 weights greedily: the same answers
     assert answers["transformers"] == answers["onnx"]
-    assert rows["server"]["metrics"]["model_size_bytes"] is None  # served: no file
+    served = rows["server"]
+    assert served["metrics"]["model_size_bytes"] is None  # served: no file
+    # the server's memory and energy are not smallfit's process's: not reported as if they were
+    assert served["metrics"]["peak_rss_bytes"] is None and rows["llamacpp"]["metrics"]["peak_rss_bytes"] > 0
+    if not served["labels"]["energy_j"].startswith("measured"):  # RAPL would measure the whole package
+        assert served["metrics"]["energy_j"] is None and "server's process" in served["labels"]["energy_j"]

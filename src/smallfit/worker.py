@@ -135,13 +135,19 @@ def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, e
         elif backend.capabilities.generation:
             timings += _timing_pass(backend, job, prompts, [], lambda chunk: _fixed_length(backend, chunk, job))
     energy = meter.stop()
+    served = bool(job.get("location"))  # the model runs in a server's process, not this one
+    if served and energy.method == "estimated":  # this process's CPU time is the client's, not the model's
+        energy = EnergyReading(None, "unavailable", "the model runs in the server's process; the "
+                               "CPU-time estimate would count only smallfit's client (RAPL or NVML would measure it)",
+                               energy.seconds)
     busy = contention.stop()
     concurrency = _concurrency_pass(backend, [kind.prompt_of(s) for s in samples[: job["latency_prompts"]]],
                                     job["latency_max_tokens"])
     peak, peak_source = peak_rss_bytes()
     metrics: dict[str, float | None] = {**kind.aggregate(results), **efficiency_from_timings(timings)}
     size = job.get("model_size_bytes")
-    metrics.update(load_s=load_s, peak_rss_bytes=float(peak), model_size_bytes=None if size is None else float(size))
+    metrics.update(load_s=load_s, peak_rss_bytes=None if served else float(peak),
+                   model_size_bytes=None if size is None else float(size))
     vram = backend.peak_device_memory_bytes() if hasattr(backend, "peak_device_memory_bytes") else None
     metrics["peak_vram_bytes"] = float(vram) if vram is not None else None
     labels = _energy_cost_roofline(metrics, timings, energy, job)
@@ -153,7 +159,8 @@ def run_task(backend: Backend, task: Task, job: dict[str, Any], load_s: float, e
         "latency_pass_prompts": 0 if kind.generates else len(samples) if embeds else min(len(samples), job["latency_prompts"]),
         "latency_pass_max_tokens": None if kind.generates or embeds else job["latency_max_tokens"],
         "timing_rule": {"min_requests": job["timing_min_requests"], "min_s": job["timing_min_s"]},
-        "peak_rss_source": peak_source if peak_resettable else f"{peak_source} (since process start)",
+        "peak_rss_source": "not measured: the model runs in the server's process" if served
+        else peak_source if peak_resettable else f"{peak_source} (since process start)",
         "contention": busy, "noisy": busy.get("noisy"), "labels": labels,
         **concurrency,
     }

@@ -80,7 +80,7 @@ def comparison(results: RunResults) -> Group:
             continue
         table.add_row(r.candidate, r.task, _quality(m),
                       f"{fmt_seconds(m.get('latency_s'))} / {fmt_seconds(m.get('latency_s_p95'))}",
-                      fmt_seconds(m.get("ttft_s")), fmt_rate(m.get("decode_tok_s")), fmt_rate(m.get("prefill_tok_s")),
+                      fmt_seconds(m.get("ttft_s")), fmt_rate(m.get("decode_tok_s")), _prefill(m),
                       fmt_bytes(m.get("peak_rss_bytes")), verdict)
     table.columns[2].no_wrap = False
     extra = [t for t in (sweep_table(results), efficiency_table(results), load_curve_table(results),
@@ -104,6 +104,13 @@ def sweep_variants(results: RunResults) -> dict[str, tuple[str, str]]:
 
     spec = RunSpec.model_validate_json(results.run["spec_json"])
     return {c.ref().name: (c.variant, c.ref().backend) for c in spec.candidates if c.variant}
+
+
+def _prefill(m: dict[str, Any]) -> str:
+    """Prompt tokens/s; for an encoder, its input tokens/s (marked ``enc``)."""
+    if m.get("prefill_tok_s") is None and m.get("input_tok_s") is not None:
+        return f"{fmt_rate(m['input_tok_s'])} (enc)"
+    return fmt_rate(m.get("prefill_tok_s"))
 
 
 def _fidelity(m: dict[str, Any]) -> str:
