@@ -221,3 +221,21 @@ def test_graphs_are_told_apart_by_their_outputs(tmp_path):
             return
         assert type(backend).__name__ == "OnnxEncoderBackend"
         backend.close()
+
+
+def test_next_token_distributions_for_the_sweeps_kl_divergence(gguf, fp32, int8):
+    from smallfit.backends.base import BackendConfig, load_backend
+    from smallfit.divergence import KL_POSITIONS, distributions, kl_rows, scored_tokens
+
+    prompts = [c for c, _ in REQUESTS[:3] if c]
+    reference = load_backend("transformers", BackendConfig(gguf, threads=1, context_size=256))
+    try:
+        ref, ref_tokens = distributions(reference, prompts), scored_tokens(reference, prompts)
+    finally:
+        reference.close()
+    for backend, bound in ((fp32, 1e-4), (int8, 1.0)):
+        mine = distributions(backend, prompts)
+        assert mine.shape == (len(prompts) * KL_POSITIONS, ref.shape[1])
+        assert (scored_tokens(backend, prompts) == ref_tokens).all()  # the same positions compared
+        assert kl_rows(ref, mine).mean() < bound
+    assert kl_rows(ref, distributions(int8, prompts)).mean() > kl_rows(ref, distributions(fp32, prompts)).mean()

@@ -268,6 +268,19 @@ class OnnxCausalLM(HFTokenScoring):
         assert logits is not None
         return logits[0, -1], past
 
+    def next_token_logprobs(self, text: str, last_n: int) -> Any:
+        """Log-probabilities of the whole vocabulary for the next token at each of the last
+        ``last_n`` positions of ``text``: a float32 (rows, vocab) array, as the llama.cpp
+        backend's (the sweep's KL divergence compares them)."""
+        np = self._np
+        tokens = (self.tokenize(text) or [self.prefix_token])[-self.max_length:]
+        n = min(last_n, len(tokens))
+        past = self._prefill(tokens[:-n])[1] if len(tokens) > n else self._empty_past(1)
+        logits, _ = self._run(np.array([tokens[len(tokens) - n :]]), past, len(tokens) - n)
+        rows = logits[0].astype(np.float64)
+        peak = rows.max(axis=1, keepdims=True)
+        return (rows - peak - np.log(np.exp(rows - peak).sum(axis=1, keepdims=True))).astype(np.float32)
+
     def _score_rows(self, rows: Sequence[tuple[list[int], list[int]]], past: list[Any] | None,
                     start: int) -> list[tuple[float, bool]]:
         """Rows of (inputs, targets), right-padded and run together on top of ``past`` (one
