@@ -26,7 +26,8 @@ def test_int8_causal_lm_scores_generates_and_records_it():
     info = backend.info()
     assert info["quantize"] == "int8" and info["quantize_scales"] == "per output channel"
     assert "quantize_dynamic" in info["quantize_method"]
-    assert info["weights_in_memory_bytes"] < info["model_size_bytes"]  # int8 Linear weights, float32 embeddings
+    assert info["weights_in_memory_bytes"] < info["weights_on_disk_bytes"]  # int8 Linear weights, float32 embeddings
+    assert info["model_size_bytes"] == info["weights_in_memory_bytes"]  # no file: the quantized weights
     (paris,) = backend.loglikelihood([LoglikelihoodRequest("The capital of France is", " Paris")])
     assert paris.is_greedy and -3 < paris.logprob < 0
     (done,) = backend.generate([GenerationRequest("The capital of France is", 4, ignore_eos=True)])

@@ -400,7 +400,9 @@ class TransformersBackend(HFTokenScoring):
             "batch_size": self.opts.batch_size, "source": self.source, "weights": str(self.folder),
             "trust_remote_code": self.opts.trust_remote_code, "prefix_cache": False,
             "shared_context": "packed (tree attention mask)" if self._packing_ok else "KV cache reuse",
-            "decoding": "greedy (argmax)", "model_size_bytes": _weights_bytes(self.folder),
+            "decoding": "greedy (argmax)", "weights_on_disk_bytes": _weights_bytes(self.folder),
+            # an int8 model has no file: its size is its quantized weights' (torch.save of the state dict)
+            "model_size_bytes": self._quant.get("weights_in_memory_bytes", _weights_bytes(self.folder)),
             "quantize": self.opts.quantize, **self._quant,
         }
         if self.device.type == "cuda":

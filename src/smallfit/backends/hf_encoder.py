@@ -120,7 +120,9 @@ class TransformersEncoder:
             "dtype": self.opts.dtype, "threads": torch.get_num_threads(), "batch_size": self.opts.batch_size,
             "max_length": self.max_length, "pooling": self.pooling.mode, "normalize": self.pooling.normalize,
             "pooling_source": self.pooling.source, "source": "safetensors", "weights": str(self.folder),
-            "trust_remote_code": False, "quantize": None, "model_size_bytes": _weights_bytes(self.folder),
+            "trust_remote_code": False, "quantize": None, "weights_on_disk_bytes": _weights_bytes(self.folder),
+            # an int8 model has no file: its size is its quantized weights' (torch.save of the state dict)
+            "model_size_bytes": self._quant.get("weights_in_memory_bytes", _weights_bytes(self.folder)),
             **self._quant,
         }
 
