@@ -31,8 +31,13 @@ def test_bad_references(ref, fragment):
 
 def test_hub_download_offline_is_a_clear_error(monkeypatch, tmp_path):
     pytest.importorskip("huggingface_hub")
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
+    # read at import: an earlier test may have imported huggingface_hub already (then it would
+    # try the network and wait for its timeouts instead)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     ref = parse_model_ref("hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2-135m-instruct-q8_0.gguf")
     with pytest.raises(SmallfitError, match="could not download .*offline.*local path"):
         resolve_model(ref)
