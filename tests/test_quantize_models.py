@@ -98,6 +98,11 @@ def test_run_with_quantize_compares_variants_and_records_a_bad_type(cli):
     assert kl["f32"] == 0.0 and 0 < kl["q8_0"] < kl["q4_0"]
     sizes = {v: by[v]["metrics"]["model_size_bytes"] for v in ("f32", "q8_0", "q4_0")}
     assert sizes["f32"] > sizes["q8_0"] > sizes["q4_0"]
+    report = cli.db.with_name("sweep.html")
+    cli("report", "-o", str(report), check=True)
+    html = report.read_text()
+    assert "<h2>Quantization sweep</h2>" in html and "smollm2-135m:q4_0</td><td>llamacpp</td>" in html
+    assert f"{kl['q8_0']:.4f}" in html  # the KL figure, as in the terminal
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs the hf extra (torch)")

@@ -14,7 +14,15 @@ from typing import Any
 from smallfit.metrics import METRICS
 from smallfit.report.pareto import QUALITY, Frontier, task_frontier
 from smallfit.report.svg import PALETTE, scatter
-from smallfit.report.table import fmt_bytes, fmt_metric, fmt_rate, fmt_seconds
+from smallfit.report.table import (
+    fidelity_text,
+    fmt_bytes,
+    fmt_metric,
+    fmt_rate,
+    fmt_seconds,
+    quality_text,
+    sweep_variants,
+)
 from smallfit.report.tradeoff import noise_flags, tradeoffs
 from smallfit.results import RunResults
 from smallfit.verdict import CheckResult
@@ -130,11 +138,7 @@ def _results_table(res: RunResults) -> str:
             rows.append(f"<tr><td>{escape(r.candidate)}</td><td>{escape(r.task)}</td>"
                         f'<td colspan="6" class="missing">error: {escape(r.error)}</td></tr>')
             continue
-        q = next((k for k in m if k in METRICS and METRICS[k].unit in ("fraction", "bits/byte")
-                  and m[k] is not None), None)
-        se = m.get(f"{q}_stderr") if q else None
-        quality = f"{q} {m[q]:.3f}" + (f" ± {se:.3f}" if se is not None else "") if q and m[q] is not None else "-"
-        cells = [quality, f"{fmt_seconds(m.get('latency_s'))} / {fmt_seconds(m.get('latency_s_p95'))}",
+        cells = [quality_text(m), f"{fmt_seconds(m.get('latency_s'))} / {fmt_seconds(m.get('latency_s_p95'))}",
                  fmt_seconds(m.get("ttft_s")), fmt_rate(m.get("decode_tok_s")), fmt_bytes(m.get("peak_rss_bytes")),
                  fmt_bytes(m.get("model_size_bytes"))]
         rows.append(f"<tr><td>{escape(r.candidate)}</td><td>{escape(r.task)}</td>"
@@ -143,6 +147,31 @@ def _results_table(res: RunResults) -> str:
             "<table><tr><th>candidate</th><th>task</th><th>quality ± s.e.</th><th>latency p50 / p95</th>"
             "<th>TTFT p50</th><th>decode tok/s</th><th>peak RSS</th><th>model size</th></tr>"
             f"{''.join(rows)}</table>")
+
+
+def _sweep(res: RunResults) -> str:
+    """A quantization sweep's variants: backend, size, quality, fidelity to the reference, speed."""
+    variants = sweep_variants(res)
+    rows = []
+    for r in res.rows:
+        if r.candidate not in variants:
+            continue
+        m = r.metrics
+        if r.error:
+            rows.append(f"<tr><td>{escape(r.candidate)}</td><td>{escape(variants[r.candidate][1])}</td>"
+                        f'<td>{escape(r.task)}</td><td colspan="6" class="missing">error: {escape(r.error)}</td></tr>')
+            continue
+        cells = [fmt_bytes(m.get("model_size_bytes")), quality_text(m), fidelity_text(m), fmt_seconds(m.get("latency_s")),
+                 fmt_rate(m.get("decode_tok_s")), fmt_bytes(m.get("peak_rss_bytes"))]
+        rows.append(f"<tr><td>{escape(r.candidate)}</td><td>{escape(variants[r.candidate][1])}</td>"
+                    f"<td>{escape(r.task)}</td>" + "".join(f'<td class="num">{escape(c)}</td>' for c in cells) + "</tr>")
+    if not rows:
+        return ""
+    return ("<h2>Quantization sweep</h2><p class='sub'>Fidelity to the sweep's reference on the task's prompts: KL "
+            "divergence of next-token distributions (mean / p95, nats) for causal LMs, cosine similarity of "
+            "embeddings (mean / min) for encoders.</p><table><tr><th>variant</th><th>backend</th><th>task</th>"
+            "<th>size</th><th>quality ± s.e.</th><th>fidelity</th><th>latency p50</th><th>decode tok/s</th>"
+            f"<th>peak RSS</th></tr>{''.join(rows)}</table>")
 
 
 def _efficiency(res: RunResults) -> str:
@@ -261,7 +290,7 @@ def render(res: RunResults) -> str:
     """The whole report as one HTML document."""
     colours = {c["name"]: PALETTE[i % len(PALETTE)] for i, c in enumerate(res.candidates)}
     body = "".join([_header(res), _budget(res), _plots(res, colours), _tradeoffs(res), _results_table(res),
-                    _efficiency(res), _probes(res), _machine(res), _definitions()])
+                    _sweep(res), _efficiency(res), _probes(res), _machine(res), _definitions()])
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>smallfit report {escape(res.run['id'])}</title><style>{_CSS}</style></head>"
             f"<body><main>{body}</main></body></html>\n")

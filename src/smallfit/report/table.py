@@ -56,7 +56,8 @@ def fmt_metric(name: str, value: float | None) -> str:
     return f"{value:.3f}" if abs(value) < 100 else f"{value:.4g}"
 
 
-def _quality(metrics: dict[str, float | None]) -> str:
+def quality_text(metrics: dict[str, float | None]) -> str:
+    """The first quality figure with its standard error, e.g. ``acc 0.470 ± 0.050``."""
     for name, value in metrics.items():
         if name in METRICS and METRICS[name].unit in ("fraction", "bits/byte") and value is not None:
             se = metrics.get(f"{name}_stderr")
@@ -78,7 +79,7 @@ def comparison(results: RunResults) -> Group:
             table.add_row(r.candidate, r.task, Text(f"error: {r.error}", style="magenta", overflow="fold"),
                           "", "", "", "", "", verdict)
             continue
-        table.add_row(r.candidate, r.task, _quality(m),
+        table.add_row(r.candidate, r.task, quality_text(m),
                       f"{fmt_seconds(m.get('latency_s'))} / {fmt_seconds(m.get('latency_s_p95'))}",
                       fmt_seconds(m.get("ttft_s")), fmt_rate(m.get("decode_tok_s")), _prefill(m),
                       fmt_bytes(m.get("peak_rss_bytes")), verdict)
@@ -113,7 +114,7 @@ def _prefill(m: dict[str, Any]) -> str:
     return fmt_rate(m.get("prefill_tok_s"))
 
 
-def _fidelity(m: dict[str, Any]) -> str:
+def fidelity_text(m: dict[str, Any]) -> str:
     """KL divergence (mean / p95) for causal LMs, embedding cosine (mean / min) for encoders."""
     for mean, tail, fmt in (("kl_divergence", "kl_divergence_p95", "{:.4f}"),
                             ("embedding_cosine", "embedding_cosine_min", "cos {:.5f}")):
@@ -141,7 +142,7 @@ def sweep_table(results: RunResults) -> Table | None:
             table.add_row(r.candidate, backend, r.task, Text(f"error: {r.error}", style="magenta", overflow="fold"),
                           "", "", "", "", "")
             continue
-        table.add_row(r.candidate, backend, r.task, fmt_bytes(m.get("model_size_bytes")), _quality(m), _fidelity(m),
+        table.add_row(r.candidate, backend, r.task, fmt_bytes(m.get("model_size_bytes")), quality_text(m), fidelity_text(m),
                       fmt_seconds(m.get("latency_s")), fmt_rate(m.get("decode_tok_s")), fmt_bytes(m.get("peak_rss_bytes")))
     table.columns[3].no_wrap = False
     return table
