@@ -319,12 +319,10 @@ class TransformersBackend(HFTokenScoring):
         return results
 
     def next_token_logprobs(self, text: str, last_n: int) -> Any:
-        """Log-probabilities of the whole vocabulary for the next token at each of the last
-        ``last_n`` positions of ``text``: a float32 (rows, vocab) array, as the llama.cpp
-        backend's (the sweep's KL divergence compares them)."""
+        """Next-token log-probabilities over the vocabulary at the last ``last_n`` positions of
+        ``text``: float32 (rows, vocab), as the llama.cpp backend's (for the sweep's KL)."""
         torch = self._torch
-        tokens = (self.tokenize(text) or [self.prefix_token])[-self.max_length:]
-        n = min(last_n, len(tokens))
+        tokens, n = self._last_positions(text, last_n)
         with torch.inference_mode():
             hidden = self._hidden(torch.tensor([tokens]))
             rows = self._logprobs_at(hidden[0, len(tokens) - n :])
@@ -364,10 +362,9 @@ class TransformersBackend(HFTokenScoring):
                     break
                 out.append(tok)
                 times.append(time.perf_counter() - t0)
-                text = self.tokenizer.decode(out, skip_special_tokens=True)
-                hits = [text.find(s) for s in req.stop if s and s in text]
-                if hits:
-                    text, finish = text[: min(hits)], "stop"
+                text, stopped = self._decoded(out, req.stop)
+                if stopped:
+                    finish = "stop"
                     break
                 result = self.model(torch.tensor([[tok]], device=self.device), use_cache=True,
                                     **{self._cache_kw: _cache_of(result)})

@@ -65,6 +65,19 @@ class HFTokenScoring:
         except Exception as exc:  # noqa: BLE001 - a template is a program of its own
             raise SmallfitError(f"the model's chat template failed to render: {exc}") from None
 
+    def _decoded(self, out: list[int], stop: Sequence[str]) -> tuple[str, bool]:
+        """The text of the tokens generated so far, cut before the first stop sequence in it,
+        and whether one was found."""
+        text: str = self.tokenizer.decode(out, skip_special_tokens=True)
+        hits = [text.find(s) for s in stop if s and s in text]
+        return (text[: min(hits)], True) if hits else (text, False)
+
+    def _last_positions(self, text: str, last_n: int) -> tuple[list[int], int]:
+        """For ``next_token_logprobs``: the text's tokens (its end, if longer than the context)
+        and how many of the last positions to return (``last_n``, fewer for a short text)."""
+        tokens = (self.tokenize(text) or [self.prefix_token])[-self.max_length:]
+        return tokens, min(last_n, len(tokens))
+
     def _pair(self, req: LoglikelihoodRequest) -> TokenPair:
         context, continuation = split_pair(req.context, req.continuation)
         if not context:

@@ -269,12 +269,10 @@ class OnnxCausalLM(HFTokenScoring):
         return logits[0, -1], past
 
     def next_token_logprobs(self, text: str, last_n: int) -> Any:
-        """Log-probabilities of the whole vocabulary for the next token at each of the last
-        ``last_n`` positions of ``text``: a float32 (rows, vocab) array, as the llama.cpp
-        backend's (the sweep's KL divergence compares them)."""
+        """Next-token log-probabilities over the vocabulary at the last ``last_n`` positions of
+        ``text``: float32 (rows, vocab), as the llama.cpp backend's (for the sweep's KL)."""
         np = self._np
-        tokens = (self.tokenize(text) or [self.prefix_token])[-self.max_length:]
-        n = min(last_n, len(tokens))
+        tokens, n = self._last_positions(text, last_n)
         past = self._prefill(tokens[:-n])[1] if len(tokens) > n else self._empty_past(1)
         logits, _ = self._run(np.array([tokens[len(tokens) - n :]]), past, len(tokens) - n)
         rows = logits[0].astype(np.float64)
@@ -382,10 +380,9 @@ class OnnxCausalLM(HFTokenScoring):
                 break
             out.append(tok)
             times.append(time.perf_counter() - t0)
-            text = self.tokenizer.decode(out, skip_special_tokens=True)
-            hits = [text.find(s) for s in req.stop if s and s in text]
-            if hits:
-                text, finish = text[: min(hits)], "stop"
+            text, stopped = self._decoded(out, req.stop)
+            if stopped:
+                finish = "stop"
                 break
             if len(out) == min(req.max_tokens, room):
                 break  # no run for a token that will not be used
