@@ -76,3 +76,18 @@ def test_bad_task_file_data_is_exit_2_naming_file_line_and_field(cli, tmp_path):
     proc = cli("run", "--model", "smollm2-135m", "--task", str(tmp_path / "t.toml"))
     _assert_one_line_error(proc, "d.jsonl:2: the template names field {text}")
     assert not cli.db.exists() or not Store.open(cli.db).runs()  # nothing was started
+
+
+@pytest.mark.parametrize("command", ["", "run", "runs", "results", "tasks", "models", "metrics", "pareto", "report",
+                                     "card", "compare", "export"])
+def test_every_help_page_renders(cli, command):
+    # rich markup in help texts (a stray [/...]) would crash the help page itself
+    proc = cli(*([command] if command else []), "--help")
+    assert proc.returncode == 0 and "Usage" in proc.stdout, proc.stderr[-500:]
+
+
+def test_models_lists_every_alias_and_the_other_references(cli):
+    proc = cli("models", check=True)
+    for alias in ("smollm2-135m", "gemma3-270m", "minilm-l6", "minilm-l6-int8"):
+        assert alias in proc.stdout
+    assert "MODEL@BACKEND" in proc.stdout

@@ -84,7 +84,9 @@ def run(
         show_default=False)] = None,
     model: Annotated[list[str] | None, typer.Option(
         "--model", "-m", help="Candidate model, repeatable: a bundled alias (see 'smallfit models'), "
-        "a .gguf path, or hf:OWNER/REPO/FILE.gguf; NAME=MODEL names it.", show_default=False)] = None,
+        "a .gguf or .onnx path, a transformers folder, hf:OWNER/REPO or hf:OWNER/REPO/FILE.gguf, a server URL "
+        "http://HOST:PORT/v1; NAME=MODEL names it, MODEL@BACKEND (llamacpp, transformers, onnx) picks the backend.",
+        show_default=False)] = None,
     task: Annotated[list[str] | None, typer.Option(
         "--task", "-t", help="Task, repeatable (see 'smallfit tasks').", show_default=False)] = None,
     budget: Annotated[str | None, typer.Option(
@@ -355,7 +357,9 @@ def models() -> None:
 
     for a in ALIASES.values():
         out.print(f"[bold]{a.name}[/]: {a.description}. Install: {a.install}")
-    out.print("Also: a path to a .gguf file, or hf:OWNER/REPO/FILE.gguf (downloaded from the hub).")
+    out.print("Also: a path to a .gguf or .onnx file or a transformers folder, hf:OWNER/REPO[/FILE.gguf] (downloaded "
+              "from the hub), or an OpenAI-compatible server's URL (http://HOST:PORT/v1); MODEL@BACKEND picks the "
+              "backend (llamacpp, transformers, onnx).", markup=False)
 
 
 @app.command()
