@@ -9,15 +9,12 @@ one JSON line on stdout: ``{"seconds": S}`` or ``{"error": "one line"}``.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from smallfit.errors import SmallfitError
+from smallfit.childjob import run_child, serve_child
 
 # Backends that export or quantize at load, and when a model needs it.
 BUILDS_AT_LOAD = {"onnx"}
@@ -28,43 +25,29 @@ def needs_preparing(backend: str, model_path: Path | None, options: dict[str, An
     if backend not in BUILDS_AT_LOAD or model_path is None:
         return False
     given = model_path.suffix.lower() == ".onnx" or (model_path.is_dir() and any(model_path.glob("*.onnx")))
-    return not given or options.get("quantize", "none") != "none"
+    return not given or options.get("quantize") not in (None, "none")
 
 
 def prepare(backend: str, model_path: Path, threads: int, options: dict[str, Any]) -> float:
     """Load (so build and cache) the model in a child process; seconds taken, or a one-line error."""
-    job = json.dumps({"backend": backend, "model_path": str(model_path), "threads": threads, "options": options})
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "smallfit.prepare"], input=job, capture_output=True, text=True,
-                          check=False)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    answer: dict[str, Any] = json.loads(lines[-1]) if lines else {}
-    if "seconds" in answer:
-        return time.perf_counter() - t0
-    if answer.get("error"):
-        raise SmallfitError(str(answer["error"]))
-    tail = " | ".join(proc.stderr.strip().splitlines()[-2:])
-    raise SmallfitError(f"preparing {model_path.name} for {backend} failed (exit code {proc.returncode}): {tail}")
+    run_child("smallfit.prepare", {"backend": backend, "model_path": str(model_path), "threads": threads,
+                                   "options": options}, f"preparing {model_path.name} for {backend}")
+    return time.perf_counter() - t0
+
+
+def _load_and_close(job: dict[str, Any]) -> dict[str, Any]:
+    from smallfit.backends.base import BackendConfig, load_backend
+
+    t0 = time.perf_counter()
+    load_backend(job["backend"], BackendConfig(model_path=Path(job["model_path"]), threads=job.get("threads"),
+                                               options=job.get("options") or {})).close()
+    return {"seconds": time.perf_counter() - t0}
 
 
 def main() -> int:
-    """Entry point of the preparing process."""
-    from smallfit.backends.base import BackendConfig, load_backend
-
-    job = json.loads(sys.stdin.read())
-    fd = os.dup(1)  # keep fd 1 for the answer: native libraries may print to stdout
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        t0 = time.perf_counter()
-        try:
-            load_backend(job["backend"], BackendConfig(model_path=Path(job["model_path"]), threads=job.get("threads"),
-                                                       options=job.get("options") or {})).close()
-        except SmallfitError as exc:
-            out.write(json.dumps({"error": str(exc)}) + "\n")
-            return 1
-        out.write(json.dumps({"seconds": time.perf_counter() - t0}) + "\n")
-    return 0
+    """Entry point of the preparing process (see :mod:`smallfit.childjob`)."""
+    return serve_child(_load_and_close, lambda job: f"preparing {Path(job['model_path']).name} for {job['backend']}")
 
 
 if __name__ == "__main__":

@@ -29,14 +29,13 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import hashlib
-import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smallfit.childjob import run_child, serve_child
 from smallfit.errors import SmallfitError
 from smallfit.models import cache_dir
 
@@ -94,16 +93,13 @@ def sweep_variants(types: list[str], reference: str = REFERENCE) -> list[str]:
     return [reference, *(t for t in types if t != reference)]
 
 
-def _source_kind(ref: Any, backend: str) -> str:
-    """``gguf`` or ``transformers``: what a sweep can be made from; anything else is an error."""
+def _check_sweepable(ref: Any, backend: str) -> None:
+    """A sweep is made from a GGUF model or a transformers model; anything else is an error."""
     if ref.kind == "server" or backend == "openai":
         raise SmallfitError(f"--quantize makes variants of local models; {ref.raw!r} is served over HTTP")
-    if ref.kind in ("folder", "hub-repo"):
-        return "transformers"
-    if ref.location.lower().endswith(".onnx"):
+    if ref.kind not in ("folder", "hub-repo") and ref.location.lower().endswith(".onnx"):
         raise SmallfitError(f"--quantize starts from the source model, not an ONNX export: {ref.raw!r} "
                             "(pass the GGUF file or transformers folder it came from)")
-    return "gguf"
 
 
 def sweep_candidates(candidate: dict[str, Any], types: list[str]) -> list[dict[str, Any]]:
@@ -116,7 +112,7 @@ def sweep_candidates(candidate: dict[str, Any], types: list[str]) -> list[dict[s
     from smallfit.models import parse_model_ref, resolve_model
 
     ref = parse_model_ref(str(candidate.get("model", "")))
-    _source_kind(ref, candidate.get("backend") or ref.backend)  # a server or an ONNX export: an error
+    _check_sweepable(ref, candidate.get("backend") or ref.backend)
     reference = REFERENCE
     local = Path(ref.location) if ref.kind == "folder" else resolve_model(ref) if ref.kind == "alias" else None
     if local is not None and local.is_dir() and not is_causal_lm(local):
@@ -271,37 +267,16 @@ def prepare_variant(source: Path, variant: str, threads: int) -> Path:
     target = variant_path(source, variant)
     if target.is_file():
         return target
-    job = json.dumps({"source": str(source), "variant": variant, "threads": threads})
-    proc = subprocess.run([sys.executable, "-m", "smallfit.quantize"], input=job, capture_output=True, text=True,
-                          check=False)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    answer: dict[str, Any] = json.loads(lines[-1]) if lines else {}
-    if answer.get("path"):
-        return Path(answer["path"])
-    if answer.get("error"):
-        raise SmallfitError(str(answer["error"]))
-    tail = " | ".join(proc.stderr.strip().splitlines()[-2:])
-    raise SmallfitError(f"building the {variant} variant failed (exit code {proc.returncode}): {tail}")
+    answer = run_child("smallfit.quantize", {"source": str(source), "variant": variant, "threads": threads},
+                       f"building the {variant} variant")
+    return Path(answer["path"])
 
 
 def main() -> int:
-    """Entry point of the build process: a JSON job on stdin, one JSON answer on stdout."""
-    job = json.loads(sys.stdin.read())
-    fd = os.dup(1)  # keep fd 1 for the answer: llama.cpp's native logging may print to stdout
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        try:
-            path = build_variant(Path(job["source"]), job["variant"], int(job.get("threads") or 1))
-        except SmallfitError as exc:
-            out.write(json.dumps({"error": str(exc)}) + "\n")
-            return 1
-        except (OSError, ValueError, KeyError) as exc:
-            out.write(json.dumps({"error": f"building the {job.get('variant')} variant failed: "
-                                           f"{type(exc).__name__}: {exc}"}) + "\n")
-            return 1
-        out.write(json.dumps({"path": str(path)}) + "\n")
-    return 0
+    """Entry point of the build process (see :mod:`smallfit.childjob`)."""
+    return serve_child(
+        lambda job: {"path": str(build_variant(Path(job["source"]), job["variant"], int(job.get("threads") or 1)))},
+        lambda job: f"building the {job.get('variant')} variant")
 
 
 if __name__ == "__main__":

@@ -124,10 +124,10 @@ def _run_candidate(store: Store, run_id: str, spec: RunSpec, cand: CandidateSpec
         _fail_candidate(store, run_id, ref.name, list(tasks.values()), str(exc), on_event)
         return
     prepare_s = None
-    if needs_preparing(ref.backend, path, cand.options):
+    if path is not None and needs_preparing(ref.backend, path, cand.options):
         on_event(Event("preparing", ref.name, message="its ONNX export"))
         try:
-            prepare_s = prepare(ref.backend, path, cand.threads or threads, cand.options)  # type: ignore[arg-type]
+            prepare_s = prepare(ref.backend, path, cand.threads or threads, cand.options)
         except SmallfitError as exc:
             _fail_candidate(store, run_id, ref.name, list(tasks.values()), str(exc), on_event)
             return
