@@ -2,10 +2,10 @@
 
 import pytest
 
-from smallfit.budget import Check, parse_budget
+from smallfit.judge.budget import Check, parse_budget
 from smallfit.errors import SmallfitError
-from smallfit.evidence import Interval
-from smallfit.verdict import Row, judge, smallest_passing
+from smallfit.judge.evidence import Interval
+from smallfit.judge.verdict import Row, judge, smallest_passing
 
 
 def test_parse_budget_with_units_and_task_scope():

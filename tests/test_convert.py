@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from smallfit.convert import is_causal_lm
+from smallfit.sweep.convert import is_causal_lm
 
 needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                         reason="needs the hf extra (transformers)")
@@ -36,7 +36,7 @@ def _evil_repo(tmp_path):
 def test_converter_process_runs_repository_code_only_when_allowed(tmp_path, allowed):
     repo, marker, script = _evil_repo(tmp_path)
     env = {**os.environ, "SMALLFIT_ALLOW_REMOTE_CODE": "1" if allowed else "0", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "smallfit.convert", str(script), str(repo)], env=env,
+    proc = subprocess.run([sys.executable, "-m", "smallfit.sweep.convert", str(script), str(repo)], env=env,
                           capture_output=True, text=True, check=False, timeout=120)
     assert marker.exists() == allowed, proc.stderr[-2000:]
     assert (proc.returncode == 0) == allowed

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from smallfit.evidence import quality_interval, timing_intervals
+from smallfit.judge.evidence import quality_interval, timing_intervals
 from smallfit.records import RequestTiming
 from smallfit.results import collect, to_json
 from smallfit.store import Store

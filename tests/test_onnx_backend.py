@@ -225,7 +225,7 @@ def test_graphs_are_told_apart_by_their_outputs(tmp_path):
 
 def test_next_token_distributions_for_the_sweeps_kl_divergence(gguf, fp32, int8):
     from smallfit.backends.base import BackendConfig, load_backend
-    from smallfit.divergence import KL_POSITIONS, distributions, kl_rows, scored_tokens
+    from smallfit.sweep.divergence import KL_POSITIONS, distributions, kl_rows, scored_tokens
 
     prompts = [c for c, _ in REQUESTS[:3] if c]
     reference = load_backend("transformers", BackendConfig(gguf, threads=1, context_size=256))

@@ -5,11 +5,12 @@ import math
 import numpy as np
 import pytest
 
-from smallfit.divergence import cosine_summary, kl_rows, summarize
 from smallfit.errors import SmallfitError
 from smallfit.metrics import METRICS, known_metric
-from smallfit.quantize import ftype_name, parse_types, sweep_candidates, sweep_variants
+from smallfit.sweep.divergence import cosine_summary, kl_rows, summarize
+from smallfit.plan import PlannedCandidate, plan, preflight
 from smallfit.spec import RunSpec, build_spec
+from smallfit.sweep.quantize import ftype_name, parse_types, sweep_variants
 
 
 def test_type_names_normalised_deduplicated_and_mapped_to_llama_ftypes():
@@ -23,20 +24,31 @@ def test_type_names_normalised_deduplicated_and_mapped_to_llama_ftypes():
         ftype_name("q9_9")
 
 
-def test_sweep_expands_candidates_reference_first_and_survives_a_round_trip():
+def _plan(data):
+    planned, problems = plan(build_spec({"tasks": ["quartz"], **data}, "test"))
+    assert not problems, problems
+    return planned
+
+
+def test_sweep_expands_candidates_reference_first_without_building_anything(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMALLFIT_CACHE", str(tmp_path))  # nothing may be assembled into the cache
     spec = build_spec({"candidates": [{"model": "smollm2-135m"}, {"model": "gemma3-270m", "name": "g"}],
                        "tasks": ["quartz"], "quantize": ["q8_0, q4_0"]}, "test")
-    assert [(c.ref().name, c.variant) for c in spec.candidates] == [
+    assert RunSpec.model_validate_json(spec.model_dump_json()) == spec  # the spec keeps the user's intent
+    assert [c.model for c in spec.candidates] == ["smollm2-135m", "gemma3-270m"]
+    planned, problems = plan(spec)
+    assert not problems
+    assert [(p.name, p.variant) for p in planned] == [
         ("smollm2-135m:f32", "f32"), ("smollm2-135m:q8_0", "q8_0"), ("smollm2-135m:q4_0", "q4_0"),
         ("g:f32", "f32"), ("g:q8_0", "q8_0"), ("g:q4_0", "q4_0")]
-    assert RunSpec.model_validate_json(spec.model_dump_json()) == spec  # resume re-validates the stored spec
+    assert [PlannedCandidate.from_json(p.to_json()) for p in planned] == planned
+    assert not any(tmp_path.iterdir())  # planning assembled no Gemma file
 
 
 def test_backend_variants_run_the_source_on_their_backend_with_their_options():
-    spec = build_spec({"candidates": [{"model": "smollm2-135m", "options": {"batch_size": 4}}], "tasks": ["quartz"],
-                       "quantize": ["q8_0,torch-int8,onnx-int8"]}, "test")
-    got = [(c.ref().name, c.variant, c.ref().backend, c.options) for c in spec.candidates]
-    assert got == [
+    planned = _plan({"candidates": [{"model": "smollm2-135m", "options": {"batch_size": 4}}],
+                     "quantize": ["q8_0,torch-int8,onnx-int8"]})
+    assert [(p.name, p.variant, p.backend, p.options) for p in planned] == [
         ("smollm2-135m:f32", "f32", "llamacpp", {"batch_size": 4}),
         ("smollm2-135m:q8_0", "q8_0", "llamacpp", {"batch_size": 4}),
         ("smollm2-135m:torch-int8", "torch-int8", "transformers", {"batch_size": 4, "dtype": "float32",
@@ -46,23 +58,33 @@ def test_backend_variants_run_the_source_on_their_backend_with_their_options():
 
 def test_an_encoder_folder_is_swept_against_full_precision_torch(tmp_path):
     (tmp_path / "config.json").write_text('{"architectures": ["BertModel"]}')
-    names = [c["variant"] for c in sweep_candidates({"model": str(tmp_path)}, ["onnx-int8", "torch-int8"])]
-    assert names == ["torch-f32", "onnx-int8", "torch-int8"]
+    sweep = {"candidates": [{"model": str(tmp_path)}]}
+    assert [p.variant for p in _plan({**sweep, "quantize": ["onnx-int8", "torch-int8"]})] == [
+        "torch-f32", "onnx-int8", "torch-int8"]
     (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
-    assert sweep_candidates({"model": str(tmp_path)}, ["q8_0"])[0]["variant"] == "f32"
+    assert _plan({**sweep, "quantize": ["q8_0"]})[0].variant == "f32"
 
 
 def test_servers_and_onnx_exports_cannot_be_swept(tmp_path):
-    with pytest.raises(SmallfitError, match="--quantize makes variants of local models"):
-        sweep_candidates({"model": "http://127.0.0.1:1/v1"}, ["q8_0"])
+    _, problems = plan(build_spec({"candidates": [{"model": "http://127.0.0.1:1/v1"}], "tasks": ["quartz"],
+                                   "quantize": ["q8_0"]}, "test"))
+    assert len(problems) == 1 and "--quantize makes variants of local models" in problems[0]
     export = tmp_path / "model.onnx"
     export.write_bytes(b"x")
-    with pytest.raises(SmallfitError, match="starts from the source model, not an ONNX export"):
-        sweep_candidates({"model": str(export)}, ["q8_0"])
+    _, problems = plan(build_spec({"candidates": [{"model": str(export)}], "tasks": ["quartz"], "quantize": ["q8_0"]},
+                                  "test"))
+    assert len(problems) == 1 and "starts from the source model" in problems[0]
     with pytest.raises(SmallfitError, match="--quantize names no type"):
         build_spec({"candidates": [{"model": "smollm2-135m"}], "tasks": ["quartz"], "quantize": [" , "]}, "test")
-    with pytest.raises(SmallfitError, match="variant is set by a quantization sweep"):
+    with pytest.raises(SmallfitError, match="variant: Extra inputs are not permitted"):
         build_spec({"candidates": [{"model": "smollm2-135m", "variant": "q8_0"}], "tasks": ["quartz"]}, "test")
+
+
+def test_unknown_quantization_type_is_a_preflight_problem_of_that_variant_only():
+    planned = _plan({"candidates": [{"model": "smollm2-135m"}], "quantize": ["q8_0,q9_9"]})
+    problems = preflight(planned, ["q8_0", "q9_9"])
+    assert problems["smollm2-135m:q8_0"] == [] and problems["smollm2-135m:f32"] == []
+    assert problems["smollm2-135m:q9_9"][0].startswith("unknown quantization type 'q9_9': choose from f32")
 
 
 def test_kl_divergence_on_hand_made_distributions():

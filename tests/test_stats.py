@@ -4,14 +4,14 @@ import math
 
 import pytest
 
-from smallfit.stats import (
+from smallfit.judge.stats import (
     bootstrap_difference,
     difference_z_test,
     more_needed,
     two_sided_p,
     wilson_interval,
 )
-from smallfit.verdict import dominated
+from smallfit.judge.verdict import dominated
 
 
 def test_wilson_interval_by_hand():

@@ -7,7 +7,7 @@ import pytest
 
 from smallfit.errors import SmallfitError
 from smallfit.tasks import get_task
-from smallfit.worker import select
+from smallfit.measure import select
 from tests.conftest import needs_models
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """One job in a child process: a JSON job on stdin, one JSON answer line on stdout.
 
 Used for work that must stay out of a candidate's measured process and must not take the run
-down when it crashes: building a sweep's GGUF variant (:mod:`smallfit.quantize`) and building an
+down when it crashes: building a sweep's GGUF variant (:mod:`smallfit.sweep.quantize`) and building an
 ONNX export (:mod:`smallfit.prepare`). Failures come back as one-line :class:`SmallfitError`.
 """
 

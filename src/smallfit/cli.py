@@ -85,7 +85,7 @@ def run(
     model: Annotated[list[str] | None, typer.Option(
         "--model", "-m", help="Candidate model, repeatable: a bundled alias (see 'smallfit models'), "
         "a .gguf or .onnx path, a transformers folder, hf:OWNER/REPO or hf:OWNER/REPO/FILE.gguf, a server URL "
-        "http://HOST:PORT/v1; NAME=MODEL names it, MODEL@BACKEND (llamacpp, transformers, onnx) picks the backend.",
+        "http://HOST:PORT/v1; NAME=MODEL names it, MODEL@BACKEND picks the backend (see 'smallfit models').",
         show_default=False)] = None,
     task: Annotated[list[str] | None, typer.Option(
         "--task", "-t", help="Task, repeatable (see 'smallfit tasks').", show_default=False)] = None,
@@ -119,6 +119,9 @@ def run(
         show_default=False)] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run; finished candidate x task results are kept.")] = False,
+    keep_going: Annotated[bool, typer.Option(
+        "--keep-going", help="Run the candidates that pass the checks made before any model loads, and record "
+        "the others as errors (default: list the problems and stop, exit 2).")] = False,
     db: DbOption = None,
 ) -> None:
     """Evaluate candidates on tasks (quality and efficiency on the same prompts) and give a verdict.
@@ -138,7 +141,7 @@ def run(
     if threads is not None and threads < 1:
         raise SmallfitError(f"--threads must be at least 1 (got {threads})")
     if resume and (model or task or budget or limit or threads or sample or seed is not None or chat is not None
-                   or probe or quick or max_context or quantize):
+                   or probe or quick or max_context or quantize or keep_going):
         raise SmallfitError("--resume continues a run with its stored settings; drop --model/--task/--budget/"
                             "--limit/--threads")
     overrides: dict[str, object] = {"limit": limit, "sample": sample, "seed": seed, "threads": threads, "chat": chat,
@@ -151,7 +154,7 @@ def run(
         run_id = _resume_target(store, spec)
     else:
         assert run_spec is not None
-        run_id = runner.start_run(run_spec, store)
+        run_id = runner.start_run(run_spec, store, keep_going)
     err.print(f"run [bold]{run_id}[/] · results in {store.path}")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
@@ -352,14 +355,21 @@ def tasks() -> None:
 
 @app.command()
 def models() -> None:
-    """List the bundled model aliases and the reference scheme."""
+    """List the bundled model aliases, the installed backends and the reference scheme."""
+    from smallfit.backends.registry import registry
     from smallfit.models import ALIASES
 
     for a in ALIASES.values():
         out.print(f"[bold]{a.name}[/]: {a.description}. Install: {a.install}")
+    out.print("[bold]Backends[/] (MODEL@NAME):")
+    for spec in registry().values():
+        also = f" (also @{', @'.join(spec.aliases)})" if spec.aliases else ""
+        plugin = "" if spec.distribution == "smallfit" else f" [plugin: {spec.distribution}]"
+        out.print(f"  [bold]{spec.name}[/]{also}: {escape(spec.description)}; runs {', '.join(spec.formats)} models"
+                  f"{escape(plugin)}")
     out.print("Also: a path to a .gguf or .onnx file or a transformers folder, hf:OWNER/REPO[/FILE.gguf] (downloaded "
               "from the hub), or an OpenAI-compatible server's URL (http://HOST:PORT/v1); MODEL@BACKEND picks the "
-              "backend (llamacpp, transformers, onnx).", markup=False)
+              "backend (listed above).", markup=False)
 
 
 @app.command()
@@ -390,6 +400,7 @@ def main() -> None:
     try:
         app()
     except SmallfitError as exc:
-        # the message is plain text: brackets in it (hf:OWNER/REPO[/FILE]) are not markup
-        err.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
+        # the message is plain text: brackets in it (hf:OWNER/REPO[/FILE]) are not markup; one line per problem
+        for line in str(exc).splitlines():
+            err.print(Text.assemble(("error: ", "bold red"), line), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

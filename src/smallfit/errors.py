@@ -16,3 +16,13 @@ class MissingExtraError(SmallfitError):
         super().__init__(
             f"the {library} library is not installed; install it with: pip install 'smallfit[{extra}]'"
         )
+
+
+class PreflightError(SmallfitError):
+    """Problems found before any model loads: one line each, all of them at once."""
+
+    def __init__(self, problems: list[str], others_can_run: bool = False) -> None:
+        self.problems = problems
+        hint = ["nothing was run: fix these, or pass --keep-going to run the candidates that passed and record "
+                "the others as errors"] if others_can_run else []
+        super().__init__("\n".join([*problems, *hint]))

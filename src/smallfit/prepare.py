@@ -16,18 +16,6 @@ from typing import Any
 
 from smallfit.childjob import run_child, serve_child
 
-# Backends that export or quantize at load, and when a model needs it.
-BUILDS_AT_LOAD = {"onnx"}
-
-
-def needs_preparing(backend: str, model_path: Path | None, options: dict[str, Any]) -> bool:
-    """True when loading would build files: an ONNX candidate that is not a plain .onnx run as is."""
-    if backend not in BUILDS_AT_LOAD or model_path is None:
-        return False
-    given = model_path.suffix.lower() == ".onnx" or (model_path.is_dir() and any(model_path.glob("*.onnx")))
-    return not given or options.get("quantize") not in (None, "none")
-
-
 def prepare(backend: str, model_path: Path, threads: int, options: dict[str, Any]) -> float:
     """Load (so build and cache) the model in a child process; seconds taken, or a one-line error."""
     t0 = time.perf_counter()

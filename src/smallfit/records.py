@@ -7,7 +7,7 @@ worker unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -112,6 +112,87 @@ class SampleResult:
     scores: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class TaskInfo:
+    """How a candidate x task was measured: stored with its result, read by the reports.
+
+    Every field a report reads is declared here; a figure's label (``labels``) says whether it
+    was measured or estimated, and from what. Probe-specific details go in ``details``.
+    """
+
+    kind: str = ""
+    """The task kind (multiple_choice, generation, perplexity, ...) or ``probe``."""
+    n_samples: int | None = None
+    """Scored examples."""
+    limit: int | None = None
+    """``--limit``: the first N examples, when given."""
+    sample: int | None = None
+    """``--sample``: a seeded random N examples, when given."""
+    seed: int | None = None
+    """The seed of ``sample``."""
+    source: str = ""
+    """Where the task's data came from."""
+    warmup_requests: int = 0
+    """Untimed requests before the timed ones."""
+    timed_requests: int = 0
+    """Requests whose timings make the efficiency figures."""
+    chat_template: bool = False
+    """Prompts were wrapped in the model's chat template."""
+    latency_pass_prompts: int = 0
+    """Prompts of the fixed-length latency pass (scoring tasks; 0 where generation was timed itself)."""
+    latency_pass_max_tokens: int | None = None
+    """Tokens generated per latency-pass request."""
+    timing_min_requests: int | None = None
+    """The timing rule: at least this many timed requests..."""
+    timing_min_s: float | None = None
+    """...and at least this many seconds of them."""
+    peak_rss_source: str = ""
+    """How peak memory was read (VmHWM after a reset, ru_maxrss...), or why it was not."""
+    peak_rss_since_start: bool = False
+    """The peak could not be reset: it covers the whole process since it started (loading too)."""
+    contention: dict[str, Any] = field(default_factory=dict)
+    """Other processes' CPU use while this task was timed (see probes.load.Contention)."""
+    noisy: bool | None = None
+    """Other work took CPU time the timings needed: the figures are less trustworthy."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Metric -> ``measured: ...``, ``estimated: ...`` or ``not measured: reason``."""
+    concurrency: list[dict[str, Any]] | None = None
+    """Per concurrency level throughput and latency (backends with the concurrency capability)."""
+    concurrency_error: str | None = None
+    """Why the concurrency pass failed, when it did."""
+    backend: dict[str, Any] = field(default_factory=dict)
+    """Backend counters that changed while the task ran (a server's retries)."""
+    sweep_variant: str | None = None
+    """The quantization variant of a ``--quantize`` sweep candidate."""
+    sweep_reference: str | None = None
+    """The sweep's full-precision reference it was compared with."""
+    unsupported: str | None = None
+    """A probe this backend cannot run, and why."""
+    memory_budget_bytes: float | None = None
+    """The context probe's memory budget (the budget's tightest peak_rss_bytes bound)."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """Anything else a probe records (batch sizes, lengths tried, knee rule)."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskInfo:
+        """Read stored info, also as runs before this record stored it (unknown keys -> details)."""
+        names = {f.name for f in fields(cls)}
+        known = {k: v for k, v in data.items() if k in names}
+        rest = {k: v for k, v in data.items() if k not in names}
+        rule = rest.pop("timing_rule", None)
+        if isinstance(rule, dict):
+            known.setdefault("timing_min_requests", rule.get("min_requests"))
+            known.setdefault("timing_min_s", rule.get("min_s"))
+        sweep = rest.pop("sweep", None)
+        if isinstance(sweep, dict):
+            known.setdefault("sweep_variant", sweep.get("variant"))
+            known.setdefault("sweep_reference", sweep.get("reference"))
+        if "since process start" in str(known.get("peak_rss_source", "")):  # as stored before 0003
+            known["peak_rss_since_start"] = True
+        details = {**rest, **(known.pop("details", None) or {})}
+        return cls(**known, details=details)
+
+
 @dataclass(frozen=True)
 class TaskResult:
     """Everything one candidate produced on one task.
@@ -124,4 +205,4 @@ class TaskResult:
     metrics: dict[str, float | None]
     samples: list[SampleResult]
     timings: list[RequestTiming]
-    info: dict[str, Any] = field(default_factory=dict)
+    info: TaskInfo = field(default_factory=TaskInfo)

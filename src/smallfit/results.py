@@ -6,12 +6,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from smallfit.budget import parse_budget
-from smallfit.evidence import Interval, quality_interval, timing_intervals, timings_from_rows
+from smallfit.judge.budget import parse_budget
+from smallfit.judge.evidence import Interval, quality_interval, timing_intervals, timings_from_rows
 from smallfit.metrics import QUALITY_METRICS
-from smallfit.spec import RunSpec
+from smallfit.records import TaskInfo
 from smallfit.store import Store, run_tasks
-from smallfit.verdict import CandidateVerdict, Row, judge, smallest_passing
+from smallfit.judge.verdict import CandidateVerdict, Row, judge, smallest_passing
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class ResultRow:
     metrics: dict[str, float | None]
     verdict: str
     error: str | None
-    info: dict[str, Any] = field(default_factory=dict)  # the task's run info (n_samples, ...)
+    info: TaskInfo = field(default_factory=TaskInfo)  # how the task was run and measured
 
 
 @dataclass(frozen=True)
@@ -43,24 +43,25 @@ def collect(store: Store, run_id: str | None = None) -> RunResults:
     """Assemble a run's results; a candidate x task that never finished carries an error."""
     run = dict(store.run(run_id))
     run_id = str(run["id"])
-    spec = RunSpec.model_validate_json(run["spec_json"])
+    budget = stored_budget(run)
     candidates = [dict(c) for c in store.candidates(run_id)]
     outcomes = {(t["candidate"], t["task"]): t for t in store.task_results(run_id)}
-    checks = parse_budget(spec.budget) if spec.budget else []
-    base_rows, infos = [], []
+    checks = parse_budget(budget) if budget else []
+    base_rows: list[Row] = []
+    infos: list[TaskInfo] = []
     for cand in candidates:
         for task in run_tasks(store.run(run_id)).values():
             outcome = outcomes.get((cand["name"], task))
             if outcome is None:
                 error: str | None = f"not finished; continue with: smallfit run --resume {run_id}"
                 metrics: dict[str, float | None] = {}
-                info: dict[str, Any] = {}
+                info = TaskInfo()
             else:
                 error = outcome["error"] if outcome["status"] == "error" else None
                 metrics = store.metrics(run_id, cand["name"], task)
-                info = json.loads(outcome["info_json"] or "{}")
+                info = TaskInfo.from_dict(json.loads(outcome["info_json"] or "{}"))
             wanted = {c.metric for c in checks if c.task in (None, task)} if error is None else set()
-            intervals = (_intervals(store, run_id, cand["name"], task, metrics, wanted, info.get("n_samples"))
+            intervals = (_intervals(store, run_id, cand["name"], task, metrics, wanted, info.n_samples)
                          if wanted else {})
             base_rows.append(Row(cand["name"], task, metrics, error, intervals))
             infos.append(info)
@@ -72,7 +73,14 @@ def collect(store: Store, run_id: str | None = None) -> RunResults:
     probes = [ResultRow(r.candidate, r.task, dict(r.metrics), verdicts[r.candidate].verdict, r.error, info)
               for r, info in pairs if r.task.startswith("probe:")]
     sizes = {c["name"]: c["model_size_bytes"] for c in candidates}
-    return RunResults(run, candidates, rows, verdicts, spec.budget, smallest_passing(verdicts, sizes), probes)
+    return RunResults(run, candidates, rows, verdicts, budget, smallest_passing(verdicts, sizes), probes)
+
+
+def stored_budget(run: dict[str, Any]) -> list[str]:
+    """The run's budget as stored, read as plain JSON: a stored spec is never validated again
+    (that would resolve its model references against today's files)."""
+    budget = json.loads(run["spec_json"]).get("budget") or []
+    return [budget] if isinstance(budget, str) else [str(b) for b in budget]
 
 
 def _intervals(store: Store, run_id: str, candidate: str, task: str, metrics: dict[str, float | None],
@@ -100,5 +108,5 @@ def to_json(results: RunResults) -> str:
         checks = [asdict(c) for c in results.verdicts[r.candidate].checks if c.task in (r.task, "*")]
         out.append({"run_id": results.run["id"], "candidate": r.candidate, "task": r.task,
                     "metrics": r.metrics, "verdict": r.verdict, "error": r.error, "checks": checks,
-                    "labels": r.info.get("labels", {}), "noisy": r.info.get("noisy")})
+                    "labels": r.info.labels, "noisy": r.info.noisy})
     return json.dumps(out, indent=2)

@@ -23,8 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from smallfit.budget import Check, parse_budget
-from smallfit.cost import Prices
+from smallfit.judge.budget import Check, parse_budget
+from smallfit.probes.cost import Prices
 from smallfit.errors import SmallfitError
 from smallfit.models import ModelRef, parse_model_ref
 
@@ -41,13 +41,14 @@ class CandidateSpec(BaseModel):
     context_size: int = Field(default=2048, ge=64, description="context window in tokens")
     batch_size: int = Field(default=512, ge=1, description="tokens evaluated per decode call (llama.cpp)")
     options: dict[str, Any] = Field(default_factory=dict, description="backend options, e.g. {dtype = \"bfloat16\"}")
-    variant: str | None = Field(default=None, description="quantization variant of the model (f32, q8_0...), "
-                                "built by a --quantize sweep; set by the sweep's expansion")
 
     def ref(self) -> ModelRef:
-        """The parsed model reference, with this candidate's name and backend when given."""
-        ref = parse_model_ref(self.model)
-        return ModelRef(ref.raw, self.name or ref.name, ref.kind, ref.location, self.backend or ref.backend)
+        """The parsed model reference, with this candidate's name and backend when given (checked
+        against the registry like ``MODEL@BACKEND``)."""
+        if self.backend and "@" in self.model:
+            raise SmallfitError(f"{self.model!r}: give the backend once, as MODEL@BACKEND or as backend = ...")
+        ref = parse_model_ref(f"{self.model}@{self.backend}" if self.backend else self.model)
+        return ModelRef(ref.raw, self.name or ref.name, ref.kind, ref.location, ref.backend, ref.format)
 
 
 class RunSpec(BaseModel):
@@ -76,24 +77,18 @@ class RunSpec(BaseModel):
                                 "its full-precision reference plus these variants (llama.cpp types q8_0, "
                                 "q4_k_m...; torch-f32, torch-int8, onnx-f32, onnx-int8)")
 
-    @model_validator(mode="before")
+    @field_validator("quantize", mode="before")
     @classmethod
-    def _expand_sweep(cls, data: Any) -> Any:
-        """Each candidate without a variant becomes the sweep's variants (reference first)."""
-        if not isinstance(data, dict) or not data.get("quantize"):
-            return data
-        from smallfit.quantize import parse_types, sweep_candidates
+    def _split_types(cls, value: object) -> object:
+        """``"q8_0, Q4_K_M"`` or ``["q8_0,q4_0"]`` -> ``["q8_0", "q4_k_m"]``; expanded by :mod:`smallfit.plan`."""
+        if isinstance(value, str | list):
+            from smallfit.sweep.quantize import parse_types
 
-        types = parse_types(data["quantize"])
-        if not types:
-            raise SmallfitError("--quantize names no type: give e.g. --quantize q8_0,q4_k_m,q4_0")
-        data = {**data, "quantize": types}
-        expanded: list[Any] = []
-        for cand in data.get("candidates") or []:
-            raw = cand.model_dump() if isinstance(cand, CandidateSpec) else cand
-            expanded += sweep_candidates(raw, types) if isinstance(raw, dict) and not raw.get("variant") else [raw]
-        data["candidates"] = expanded
-        return data
+            types = parse_types(value if isinstance(value, str) else [str(v) for v in value])
+            if value and not types:
+                raise ValueError("--quantize names no type: give e.g. --quantize q8_0,q4_k_m,q4_0")
+            return types
+        return value
 
     def timing_rule(self) -> tuple[int, float]:
         """(min requests, min seconds) of timed generation per task."""
@@ -105,20 +100,12 @@ class RunSpec(BaseModel):
         return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _unique_names(self) -> RunSpec:
-        names = [c.ref().name for c in self.candidates]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"candidate names must be unique, repeated: {', '.join(dupes)} "
-                             "(name them: NAME=MODEL, or name = \"...\" in the spec)")
+    def _consistent(self) -> RunSpec:
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError("a task is listed twice")
         unknown = [p for p in self.probes if p not in ("load-curve", "context", "energy")]
         if unknown:
             raise ValueError(f"unknown probe {unknown[0]!r}: choose from load-curve, context, energy")
-        if any(c.variant for c in self.candidates) and not self.quantize:
-            raise ValueError("a candidate's variant is set by a quantization sweep: give quantize = [...] "
-                             "(--quantize) instead")
         if self.limit is not None and self.sample is not None:
             raise ValueError("give limit (the first N) or sample (a random N), not both")
         return self
@@ -152,8 +139,6 @@ def build_spec(data: dict[str, object], source: str) -> RunSpec:
         spec = RunSpec.model_validate(data)
     except ValidationError as exc:
         raise SmallfitError(f"{source}: {_one_line(exc)}") from None
-    for cand in spec.candidates:
-        cand.ref()  # unknown alias or missing file: fail before anything runs
     spec.checks()
     return spec
 

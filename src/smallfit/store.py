@@ -11,12 +11,14 @@ import os
 import secrets
 import sqlite3
 import time
+from dataclasses import asdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from smallfit.errors import SmallfitError
+from smallfit.contract import ResolvedModel
 from smallfit.records import TaskResult
 
 MIGRATIONS: list[tuple[str, str]] = [
@@ -104,6 +106,15 @@ CREATE TABLE timings (
     # back (and resumed) without re-reading its task files.
     ("0002_run_tasks", """
 ALTER TABLE runs ADD COLUMN tasks_json TEXT;
+"""),
+    # What each candidate actually ran (resolved file, its content hash and size, backend,
+    # variant and source) and its plan: readers need neither the model files nor a re-parse of
+    # the spec, and a resumed run does not plan again.
+    ("0003_resolved_candidates", """
+ALTER TABLE candidates ADD COLUMN plan_json TEXT;
+ALTER TABLE candidates ADD COLUMN resolved_json TEXT;
+ALTER TABLE candidates ADD COLUMN model_sha256 TEXT;
+ALTER TABLE candidates ADD COLUMN variant TEXT;
 """),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -236,11 +247,18 @@ class Store:
                  _dumps(hardware), threads, _dumps(load_before), json.dumps(tasks) if tasks else None))
         return run_id
 
-    def add_candidate(self, run_id: str, name: str, position: int, model_ref: str, backend: str) -> None:
-        """Register a candidate of a run (pending)."""
+    def add_candidate(self, run_id: str, name: str, position: int, model_ref: str, backend: str,
+                      plan_json: str | None = None) -> None:
+        """Register a candidate of a run (pending), with its plan."""
         with self.transaction() as tx:
-            tx.execute("INSERT INTO candidates (run_id, name, position, model_ref, backend, status)"
-                       " VALUES (?, ?, ?, ?, ?, 'pending')", (run_id, name, position, model_ref, backend))
+            tx.execute("INSERT INTO candidates (run_id, name, position, model_ref, backend, status, plan_json)"
+                       " VALUES (?, ?, ?, ?, ?, 'pending', ?)", (run_id, name, position, model_ref, backend, plan_json))
+
+    def save_resolved(self, run_id: str, name: str, resolved: ResolvedModel) -> None:
+        """Store what a candidate actually runs: file, content hash, size, backend, variant."""
+        self.update_candidate(run_id, name, resolved_json=json.dumps(asdict(resolved), sort_keys=True),
+                              model_path=resolved.location, model_size_bytes=resolved.size_bytes,
+                              model_sha256=resolved.sha256, variant=resolved.variant, backend=resolved.backend)
 
     def mark_run(self, run_id: str, status: str, load_after: dict[str, Any] | None = None) -> None:
         """Set a run's status (``running`` on resume, ``finished``, ``interrupted``)."""
@@ -265,7 +283,7 @@ class Store:
         with self.transaction() as tx:
             self._clear_task(tx, key)
             tx.execute("INSERT INTO task_results VALUES (?, ?, ?, 'done', NULL, ?, ?)",
-                       (*key, _dumps(result.info), time.time()))
+                       (*key, _dumps(asdict(result.info)), time.time()))
             tx.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
                            [(*key, name, value, i) for i, (name, value) in enumerate(result.metrics.items())])
             tx.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -3,20 +3,18 @@
 A backend scores continuations (``loglikelihood``), scores whole texts
 (``loglikelihood_rolling``) and generates text with timings taken where tokens are produced
 (``generate``). Each takes a sequence of requests and returns one result per request, in order.
-Backends register under the ``smallfit.backends`` entry-point group, or in ``_BUILTIN`` below,
-and are imported only when a candidate uses them.
+Every backend, built-in or a plugin's, is declared by a :class:`~smallfit.backends.registry.BackendSpec`
+registered under the ``smallfit.backends`` entry-point group (see :mod:`smallfit.backends.registry`);
+its library is imported only when a candidate uses it.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from smallfit.errors import SmallfitError
 from smallfit.records import (
     Completion,
     GenerationRequest,
@@ -36,6 +34,8 @@ class Capabilities:
     streaming: bool = True
     batching: bool = False  # generate_together / prefill_seconds / context_train (the load and context probes)
     embedding: bool = False  # embed(): an encoder (sentence embeddings), see EmbeddingBackend
+    concurrency: bool = False  # measure_concurrency(): several requests in flight (a server), see ConcurrentBackend
+    device_memory: bool = False  # reset/peak_device_memory_bytes(): peak memory on an accelerator, see DeviceMemory
 
 
 @dataclass(frozen=True)
@@ -135,8 +135,8 @@ class EmbeddingBackend(Protocol):
 
 @runtime_checkable
 class ConcurrentBackend(Protocol):
-    """A backend that can keep several requests in flight (a server): the worker runs its
-    concurrency pass when a backend implements this."""
+    """A backend that declares ``capabilities.concurrency`` (a server can keep several requests
+    in flight): the worker runs its concurrency pass."""
 
     def measure_concurrency(self, requests: Sequence[GenerationRequest]) -> list[dict[str, Any]]:
         """The same requests at each concurrency level: one dict of throughput and latency
@@ -144,28 +144,21 @@ class ConcurrentBackend(Protocol):
         ...
 
 
-_BUILTIN = {
-    "llamacpp": "smallfit.backends.llamacpp:LlamaCppBackend",
-    "transformers": "smallfit.backends.hf_encoder:load_transformers",
-    "openai": "smallfit.backends.openai:OpenAIBackend",
-    "onnx": "smallfit.backends.onnx:load_onnx",
-}
+@runtime_checkable
+class DeviceMemory(Protocol):
+    """A backend that declares ``capabilities.device_memory``: peak memory on its accelerator."""
 
+    def reset_peak_device_memory(self) -> None:
+        """Start a new peak window."""
+        ...
 
-def available_backends() -> dict[str, str]:
-    """Backend name -> ``module:attribute``, built-ins plus installed entry points."""
-    found = dict(_BUILTIN)
-    for ep in entry_points(group="smallfit.backends"):
-        found.setdefault(ep.name, ep.value)
-    return found
+    def peak_device_memory_bytes(self) -> int | None:
+        """Peak bytes allocated on the device since the last reset; None where not on one."""
+        ...
 
 
 def load_backend(name: str, config: BackendConfig) -> Backend:
-    """Import the backend's module (and so its library) and load the model."""
-    target = available_backends().get(name)
-    if target is None:
-        raise SmallfitError(f"unknown backend {name!r}: choose one of {', '.join(sorted(available_backends()))}")
-    module_name, _, attr = target.partition(":")
-    factory = getattr(importlib.import_module(module_name), attr)
-    backend: Backend = factory(config)
-    return backend
+    """Load the model on the registered backend ``name`` (or one of its aliases)."""
+    from smallfit.backends.registry import get_backend
+
+    return get_backend(name).load(config)

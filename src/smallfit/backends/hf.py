@@ -93,7 +93,7 @@ def _weights_bytes(folder: Path) -> int:
 class TransformersBackend(HFTokenScoring):
     """A causal LM loaded through transformers, on CPU or CUDA."""
 
-    capabilities = Capabilities(loglikelihood=True, generation=True, streaming=True)
+    capabilities = Capabilities(loglikelihood=True, generation=True, streaming=True, device_memory=True)
 
     def __init__(self, config: BackendConfig) -> None:
         self._torch, tf = _import()

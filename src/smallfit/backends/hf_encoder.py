@@ -13,12 +13,13 @@ default, normalised only when ``modules.json`` lists a ``Normalize`` module).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from smallfit.backends.base import Backend, BackendConfig, Capabilities
+from smallfit.backends.registry import BackendSpec
 from smallfit.backends.encoder import is_encoder_folder, max_length, pool, read_pooling
 from smallfit.errors import SmallfitError
 
@@ -129,3 +130,30 @@ class TransformersEncoder:
     def close(self) -> None:
         """Drop the model."""
         self.model = None
+
+
+def check_local_model(location: str, options: Mapping[str, Any]) -> None:
+    """Before any work: a GGUF file's header, or a model folder's config and weights."""
+    from pathlib import Path
+
+    path = Path(location)
+    if path.suffix.lower() == ".gguf":
+        from smallfit.backends.gguf_file import check_gguf
+
+        check_gguf(path)
+        return
+    if not path.is_dir():
+        raise SmallfitError(f"{path} is neither a model folder nor a .gguf file; pass a transformers folder")
+    if not (path / "config.json").is_file():
+        raise SmallfitError(f"{path} has no config.json: not a transformers model folder")
+    weights = [*path.glob("*.safetensors"), *path.glob("*.bin")]
+    if not weights:
+        raise SmallfitError(f"{path} holds no weights (*.safetensors); download the whole model folder")
+
+
+BACKEND = BackendSpec(
+    name="transformers", load=load_transformers, aliases=("hf",), formats=("transformers", "gguf"),
+    default_for=("transformers",), check_model=check_local_model, extra="hf",
+    variants={"torch-f32": {"dtype": "float32"}, "torch-int8": {"dtype": "float32", "quantize": "int8"}},
+    description="Hugging Face transformers on torch: model folders, hub repositories, GGUF files (dequantised)",
+)

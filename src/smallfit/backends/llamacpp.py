@@ -12,10 +12,11 @@ from __future__ import annotations
 import ctypes
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from smallfit.backends.base import BackendConfig, Capabilities
+from smallfit.backends.registry import BackendSpec
 from smallfit.errors import MissingExtraError, SmallfitError
 from smallfit.records import (
     Completion,
@@ -337,3 +338,18 @@ class LlamaCppBackend:
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:
     hits = [text.find(s) for s in stops if s and s in text]
     return min(hits) if hits else None
+
+
+def _check(location: str, options: Mapping[str, Any]) -> None:
+    from pathlib import Path
+
+    from smallfit.backends.gguf_file import check_gguf
+
+    check_gguf(Path(location))
+
+
+BACKEND = BackendSpec(
+    name="llamacpp", load=LlamaCppBackend, aliases=("llama.cpp",), formats=("gguf",), default_for=("gguf",),
+    check_model=_check, extra="llamacpp",
+    description="llama.cpp through llama-cpp-python: GGUF files, in process, on the CPU (or a GPU build)",
+)

@@ -20,13 +20,14 @@ import json
 import os
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from smallfit.backends.base import Backend, BackendConfig, Capabilities, EmbeddingBackend
+from smallfit.backends.registry import BackendSpec
 from smallfit.backends.hf_tokens import HFTokenScoring, TokenPair, special_tokens
 from smallfit.backends.onnx_export import (
     INT8_RECIPE,
@@ -422,3 +423,35 @@ class OnnxCausalLM(HFTokenScoring):
 def _layer_order(name: str) -> tuple[int, str]:
     _, layer, kind = name.split(".", 2)
     return (int(layer) if layer.isdigit() else 0, kind)
+
+
+def needs_preparing(model_path: Path, options: Mapping[str, Any]) -> bool:
+    """True when loading would build files: anything but a plain .onnx graph run as it is."""
+    given = model_path.suffix.lower() == ".onnx" or (model_path.is_dir() and any(model_path.glob("*.onnx")))
+    return not given or options.get("quantize") not in (None, "none")
+
+
+def check_model(location: str, options: Mapping[str, Any]) -> None:
+    """Before any work: an .onnx graph's inputs and outputs read, a GGUF header, or a folder's files."""
+    path = Path(location)
+    if path.suffix.lower() == ".onnx":
+        read_graph(path)
+    elif path.suffix.lower() == ".gguf":
+        from smallfit.backends.gguf_file import check_gguf
+
+        check_gguf(path)
+    elif path.is_dir():
+        if not any(path.glob("*.onnx")) and not (path / "onnx" / "model.onnx").is_file() \
+                and not any(path.glob("*.safetensors")):
+            raise SmallfitError(f"{path} has no model.onnx and no safetensors weights to export")
+    else:
+        raise SmallfitError(f"{path} is not an .onnx, GGUF file or model folder; the onnx backend runs .onnx models "
+                            "and exports GGUF files and transformers folders")
+
+
+BACKEND = BackendSpec(
+    name="onnx", load=load_onnx, aliases=("onnxruntime",), formats=("onnx", "gguf", "transformers"),
+    default_for=("onnx",), needs_preparing=needs_preparing, check_model=check_model, extra="onnx",
+    variants={"onnx-f32": {}, "onnx-int8": {"quantize": "int8"}},
+    description="ONNX Runtime: .onnx graphs, and GGUF files or transformers folders exported by torch.onnx",
+)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from smallfit.backends._http import RetryPolicy, StreamClosed, Transport, sse_events
 from smallfit.backends.base import BackendConfig, Capabilities
+from smallfit.backends.registry import BackendSpec
 from smallfit.backends.llamacpp import split_pair
 from smallfit.errors import MissingExtraError, SmallfitError
 from smallfit.records import (
@@ -103,7 +104,7 @@ def split_location(location: str) -> tuple[str, str | None]:
 class OpenAIBackend:
     """A model served behind an OpenAI-compatible ``/v1/completions`` endpoint."""
 
-    capabilities = Capabilities(loglikelihood=False, generation=True, streaming=True)
+    capabilities = Capabilities(loglikelihood=False, generation=True, streaming=True, concurrency=True)
 
     def __init__(self, config: BackendConfig) -> None:
         httpx = _import()
@@ -134,7 +135,8 @@ class OpenAIBackend:
         except BaseException:
             self.http.close()
             raise
-        self.capabilities = Capabilities(loglikelihood=self.scoring_problem is None, generation=True, streaming=True)
+        self.capabilities = Capabilities(loglikelihood=self.scoring_problem is None, generation=True, streaming=True,
+                                         concurrency=True)
 
     # -- probes at load ---------------------------------------------------------------------
 
@@ -394,3 +396,35 @@ def measure_concurrency(generate_one: Callable[[GenerationRequest], Completion],
             latency_s_p95=percentile([c.latency_s for c in done], 95),
             ttft_s=percentile(ttfts, 50) if ttfts else None, ttft_s_p95=percentile(ttfts, 95) if ttfts else None))
     return out
+
+
+def check_server(location: str, options: Mapping[str, Any]) -> None:
+    """Before any work: the server answers ``GET /v1/models`` within a few seconds."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    base, _ = split_location(location)
+    request = urllib.request.Request(f"{base}/models")
+    key_env = options.get("api_key_env")
+    if isinstance(key_env, str) and os.environ.get(key_env):
+        request.add_header("Authorization", f"Bearer {os.environ[key_env]}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - the user's own server URL
+            json.loads(answer.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        raise SmallfitError(f"{base}/models answered HTTP {exc.code}; check the URL (it ends in /v1) and the "
+                            "server's API key (options.api_key_env)") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SmallfitError(f"no server answers at {base} ({reason}); start it or fix the URL") from None
+    except ValueError:
+        raise SmallfitError(f"{base}/models did not answer JSON: is this an OpenAI-compatible server's /v1 URL?") \
+            from None
+
+
+BACKEND = BackendSpec(
+    name="openai", load=OpenAIBackend, aliases=("server",), formats=("http",), default_for=("http",), serves=True,
+    check_model=check_server, extra="server",
+    description="any OpenAI-compatible server (llama-server, Ollama, vLLM, TGI) by its URL http://HOST:PORT/v1",
+)

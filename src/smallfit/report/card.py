@@ -57,12 +57,12 @@ def _results(res: RunResults, candidate: str) -> list[dict[str, Any]]:
     for r in res.rows:
         if r.candidate != candidate or r.error:
             continue
-        metrics = [{"type": m, "value": v, "name": m + (f" (± {se:.3g} s.e., n={r.info.get('n_samples')})"
+        metrics = [{"type": m, "value": v, "name": m + (f" (± {se:.3g} s.e., n={r.info.n_samples})"
                                                           if (se := r.metrics.get(f"{m}_stderr")) is not None else "")}
                    for m in QUALITY_METRICS if (v := r.metrics.get(m)) is not None]
         if not metrics:
             continue
-        task_type, task_name = _HF_TASK.get(str(r.info.get("kind", "")), ("text-generation", "Evaluation"))
+        task_type, task_name = _HF_TASK.get(r.info.kind, ("text-generation", "Evaluation"))
         out.append({"task": {"type": task_type, "name": task_name},
                     "dataset": {"name": r.task, "type": r.task}, "metrics": metrics})
     return out

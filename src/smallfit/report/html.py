@@ -25,7 +25,7 @@ from smallfit.report.table import (
 )
 from smallfit.report.tradeoff import noise_flags, tradeoffs
 from smallfit.results import RunResults
-from smallfit.verdict import CheckResult
+from smallfit.judge.verdict import CheckResult
 
 PLOT_AXES = ("latency_s_p95", "peak_rss_bytes")
 
@@ -178,14 +178,14 @@ def _efficiency(res: RunResults) -> str:
     """Energy, cost, ITL, roofline and noise per candidate x task, each labelled measured or estimated."""
     rows = []
     for r in res.rows:
-        m, labels = r.metrics, r.info.get("labels") or {}
+        m, labels = r.metrics, r.info.labels
         if r.error or m.get("energy_j") is None:
             continue
         kind = "measured" if str(labels.get("energy_j", "")).startswith("measured") else "estimated"
         e_tok = m.get("energy_j_per_token")
         cost_out, cost_in = m.get("cost_usd_per_mtok_out"), m.get("cost_usd_per_mtok_in")
         roof = m.get("decode_roofline_pct")
-        noisy = r.info.get("noisy")
+        noisy = r.info.noisy
         cells = ["-" if e_tok is None else f"{e_tok * 1000:.1f} mJ ({kind})",
                  "-" if m.get("power_w") is None else f"{m['power_w']:.1f} W",
                  "-" if cost_out is None else f"${cost_out:.3f} (est.)", "-" if cost_in is None else f"${cost_in:.3f} (est.)",
@@ -209,9 +209,9 @@ def _probes(res: RunResults) -> str:
         return ""
     parts = []
     for r in res.probes:
-        if r.error or r.info.get("unsupported"):
+        if r.error or r.info.unsupported:
             parts.append(f"<p class='missing'>{escape(r.candidate)} · {escape(r.task)}: "
-                         f"{escape(r.error or str(r.info['unsupported']))}</p>")
+                         f"{escape(r.error or str(r.info.unsupported))}</p>")
             continue
         cells = "".join(f"<tr><td><code>{escape(k)}</code></td><td class='num'>{escape(_fmt(v))}</td></tr>"
                         for k, v in r.metrics.items())

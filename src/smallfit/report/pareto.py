@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from smallfit.errors import SmallfitError
 from smallfit.metrics import METRICS, QUALITY_METRICS
 from smallfit.results import ResultRow, RunResults
-from smallfit.verdict import dominators
+from smallfit.judge.verdict import dominators
 
 QUALITY = "quality"  # an axis name: each task's main quality metric
 

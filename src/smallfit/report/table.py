@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -15,7 +16,7 @@ from smallfit.metrics import METRICS
 from smallfit.report.pareto import Frontier
 from smallfit.results import ResultRow, RunResults
 from smallfit.store import effective_status
-from smallfit.verdict import ERROR, FAIL, PASS, UNCERTAIN, CheckResult
+from smallfit.judge.verdict import ERROR, FAIL, PASS, UNCERTAIN, CheckResult
 
 _VERDICT_STYLE = {PASS: "bold green", FAIL: "bold red", ERROR: "bold magenta", UNCERTAIN: "bold yellow"}
 
@@ -95,16 +96,18 @@ def task_rows(results: RunResults) -> list[ResultRow]:
 
 
 def _label(r: ResultRow, key: str) -> str:
-    label = str((r.info.get("labels") or {}).get(key, ""))
+    label = r.info.labels.get(key, "")
     return " (meas.)" if label.startswith("measured") else " (est.)" if label.startswith("estimated") else ""
 
 
 def sweep_variants(results: RunResults) -> dict[str, tuple[str, str]]:
     """Candidate name -> (quantization variant, backend), for the candidates of a ``--quantize`` sweep."""
-    from smallfit.spec import RunSpec
-
-    spec = RunSpec.model_validate_json(results.run["spec_json"])
-    return {c.ref().name: (c.variant, c.ref().backend) for c in spec.candidates if c.variant}
+    found = {c["name"]: (str(c["variant"]), str(c["backend"])) for c in results.candidates if c.get("variant")}
+    if not found:  # a run stored before the variant column: its stored (expanded) spec, read as plain JSON
+        stored = json.loads(results.run["spec_json"]).get("candidates") or []
+        found = {str(c["name"]): (str(c["variant"]), str(c.get("backend") or "llamacpp")) for c in stored
+                 if isinstance(c, dict) and c.get("variant") and c.get("name")}
+    return found
 
 
 def _prefill(m: dict[str, Any]) -> str:
@@ -160,7 +163,7 @@ def efficiency_table(results: RunResults) -> Table | None:
     for r in rows:
         m = r.metrics
         e_tok, watts = m.get("energy_j_per_token"), m.get("power_w")
-        noisy = r.info.get("noisy")
+        noisy = r.info.noisy
         table.add_row(
             r.candidate, r.task,
             "-" if e_tok is None else f"{e_tok * 1000:.1f} mJ{_label(r, 'energy_j_per_token')}",
@@ -188,8 +191,8 @@ def load_curve_table(results: RunResults) -> Table | None:
         table.add_column(col, no_wrap=True)
     for r in rows:
         m = r.metrics
-        if r.info.get("unsupported"):
-            table.add_row(r.candidate, str(r.info["unsupported"]), *[""] * len(sizes))
+        if r.info.unsupported:
+            table.add_row(r.candidate, str(r.info.unsupported), *[""] * len(sizes))
             continue
         cells = [f"{m[f'throughput_tok_s_at_{n}']:.1f} ({fmt_seconds(m.get(f'latency_s_at_{n}'))})"
                  if m.get(f"throughput_tok_s_at_{n}") is not None else "-" for n in sizes]
@@ -210,14 +213,14 @@ def context_table(results: RunResults) -> Table | None:
         table.add_column(col)
     for r in rows:
         m = r.metrics
-        if r.info.get("unsupported"):
-            table.add_row(r.candidate, str(r.info["unsupported"]), *[""] * len(lengths))
+        if r.info.unsupported:
+            table.add_row(r.candidate, str(r.info.unsupported), *[""] * len(lengths))
             continue
         cells = [f"{fmt_seconds(m.get(f'ttft_s_at_{n}'))} / {m[f'prefill_tok_s_at_{n}']:.0f} / "
                  f"{fmt_bytes(m.get(f'peak_rss_bytes_at_{n}'))}" if m.get(f"ttft_s_at_{n}") is not None else "-"
                  for n in lengths]
         best = m.get("max_context_within_memory_budget")
-        table.add_row(r.candidate, *cells, "no memory budget" if r.info.get("memory_budget_bytes") is None
+        table.add_row(r.candidate, *cells, "no memory budget" if r.info.memory_budget_bytes is None
                       else "-" if best is None else f"{best:.0f} tokens")
     return table
 

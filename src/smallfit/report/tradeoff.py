@@ -11,7 +11,7 @@ from smallfit.metrics import METRICS
 from smallfit.report.pareto import main_quality
 from smallfit.report.table import fmt_metric
 from smallfit.results import ResultRow, RunResults
-from smallfit.stats import difference_z_test
+from smallfit.judge.stats import difference_z_test
 
 PER_TASK = ("latency_s_p95", "decode_tok_s")
 PER_CANDIDATE = ("peak_rss_bytes", "model_size_bytes", "load_s")
@@ -132,10 +132,10 @@ def noise_flags(results: RunResults) -> list[str]:
             flags.append(f"Busy machine when {label}: 1-minute load {load:.2f} on {cpus} CPUs with {threads} "
                          "threads for smallfit; latency figures may be inflated.")
     for r in results.rows:
-        src = str(r.info.get("peak_rss_source", ""))
-        if "since process start" in src:
-            flags.append(f"{r.candidate} · {r.task}: peak memory is the peak since the process started ({src}).")
-    few = sorted({len_ for r in results.rows if (len_ := int(r.info.get("latency_pass_prompts") or 0))
+        if r.info.peak_rss_since_start:
+            flags.append(f"{r.candidate} · {r.task}: peak memory is the peak since the process started "
+                         f"({r.info.peak_rss_source}).")
+    few = sorted({len_ for r in results.rows if (len_ := int(r.info.latency_pass_prompts))
                   and len_ < 20})
     if few:
         flags.append(f"p95 latencies of scoring tasks come from {', '.join(map(str, few))} requests: the p95 of so few "

@@ -125,7 +125,7 @@ def _measure(backend: Backend, prompts: list[str], encoder: bool) -> dict[str, A
 
 def _reference(sweep: dict[str, Any], config: BackendConfig, prompts: list[str], encoder: bool) -> dict[str, Any]:
     """The reference's figures, loading the reference model in this process."""
-    reference = load_backend(sweep.get("reference_backend", "llamacpp"),
+    reference = load_backend(sweep["reference_backend"],
                              BackendConfig(model_path=Path(sweep["reference_path"]), threads=config.threads,
                                            context_size=config.context_size, batch_size=config.batch_size,
                                            options=sweep.get("reference_options") or {}))

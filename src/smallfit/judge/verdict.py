@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from smallfit.budget import Check
-from smallfit.evidence import Interval
-from smallfit.stats import more_needed
+from smallfit.judge.budget import Check
+from smallfit.judge.evidence import Interval
+from smallfit.judge.stats import more_needed
 
 PASS, FAIL, ERROR, NONE, UNCERTAIN = "pass", "fail", "error", "none", "uncertain"
 

@@ -104,7 +104,7 @@ def hf_to_gguf(folder: Path, target: Path, allow_remote_code: bool = False) -> N
     script = converter_dir() / SCRIPT
     tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     env = {**os.environ, "SMALLFIT_ALLOW_REMOTE_CODE": "1" if allow_remote_code else "0"}
-    proc = subprocess.run([sys.executable, "-m", "smallfit.convert", str(script), str(folder),
+    proc = subprocess.run([sys.executable, "-m", "smallfit.sweep.convert", str(script), str(folder),
                            "--outtype", "f32", "--outfile", str(tmp)], capture_output=True, text=True, env=env,
                           check=False)
     if proc.returncode != 0 or not tmp.is_file():
@@ -132,7 +132,7 @@ def _refuse_remote_code() -> None:
 
 
 def main() -> int:
-    """``python -m smallfit.convert SCRIPT ARGS...``: run llama.cpp's converter, remote code refused."""
+    """``python -m smallfit.sweep.convert SCRIPT ARGS...``: run llama.cpp's converter, remote code refused."""
     script, args = sys.argv[1], sys.argv[2:]
     if os.environ.get("SMALLFIT_ALLOW_REMOTE_CODE") != "1":
         _refuse_remote_code()

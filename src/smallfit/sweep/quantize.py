@@ -5,7 +5,7 @@ precision: a GGUF source dequantised exactly (every tensor read with ``gguf.GGUF
 dequantised with ``gguf.quants.dequantize`` and written as F32 under the same names and
 metadata, only ``general.file_type`` changing), or a transformers source (a folder or
 ``hf:OWNER/REPO`` of safetensors weights) converted by llama.cpp's own converter (see
-:mod:`smallfit.convert`). The other types (``q8_0``, ``q4_k_m``, ``f16``...) are made from the
+:mod:`smallfit.sweep.convert`). The other types (``q8_0``, ``q4_k_m``, ``f16``...) are made from the
 reference by llama.cpp's quantizer (``llama_model_quantize``), so they are what
 ``llama-quantize`` would make from it.
 
@@ -19,7 +19,7 @@ GGUF files go to ``cache_dir()/quant/<source stem>-<key>/<stem>.<variant>.gguf``
 the source's path, size and modification time; each is written to a temporary name and
 renamed, so an interrupted build leaves nothing that looks finished.
 
-The runner builds each GGUF variant in its own process (``python -m smallfit.quantize``, a JSON
+The runner builds each GGUF variant in its own process (``python -m smallfit.sweep.quantize``, a JSON
 job on stdin, one JSON line on stdout): a slow or crashing conversion stays out of the
 candidate's measured process and cannot take the run down.
 """
@@ -27,11 +27,9 @@ candidate's measured process and cannot take the run down.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import hashlib
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,25 +65,12 @@ def parse_types(text: str | list[str]) -> list[str]:
 TORCH_REFERENCE = "torch-f32"
 
 
-@dataclass(frozen=True)
-class BackendVariant:
-    """A variant that is the source itself run by another backend, with these options."""
-
-    backend: str
-    options: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-BACKEND_VARIANTS: dict[str, BackendVariant] = {
-    "torch-f32": BackendVariant("transformers", {"dtype": "float32"}),
-    "torch-int8": BackendVariant("transformers", {"dtype": "float32", "quantize": "int8"}),
-    "onnx-f32": BackendVariant("onnx"),
-    "onnx-int8": BackendVariant("onnx", {"quantize": "int8"}),
-}
-
-
 def is_gguf_variant(variant: str) -> bool:
-    """GGUF variants (and unknown names, which fail as GGUF types) are built by llama.cpp."""
-    return variant not in BACKEND_VARIANTS
+    """GGUF variants (and unknown names, which fail as GGUF types) are built by llama.cpp; the
+    others are run by the backend that declares them (see BackendSpec.variants)."""
+    from smallfit.backends.registry import variant_backend
+
+    return variant_backend(variant) is None
 
 
 def sweep_variants(types: list[str], reference: str = REFERENCE) -> list[str]:
@@ -93,58 +78,23 @@ def sweep_variants(types: list[str], reference: str = REFERENCE) -> list[str]:
     return [reference, *(t for t in types if t != reference)]
 
 
-def _check_sweepable(ref: Any, backend: str) -> None:
-    """A sweep is made from a GGUF model or a transformers model; anything else is an error."""
-    if ref.kind == "server" or backend == "openai":
-        raise SmallfitError(f"--quantize makes variants of local models; {ref.raw!r} is served over HTTP")
-    if ref.kind not in ("folder", "hub-repo") and ref.location.lower().endswith(".onnx"):
-        raise SmallfitError(f"--quantize starts from the source model, not an ONNX export: {ref.raw!r} "
-                            "(pass the GGUF file or transformers folder it came from)")
-
-
-def sweep_candidates(candidate: dict[str, Any], types: list[str]) -> list[dict[str, Any]]:
-    """One candidate's sweep: a copy per variant, named ``NAME:VARIANT``, reference first.
-
-    The source is a GGUF model (alias, file or hub file) or a transformers model (folder or
-    hub repository); GGUF variants run on llama.cpp, backend variants on their backend.
-    """
-    from smallfit.convert import is_causal_lm
-    from smallfit.models import parse_model_ref, resolve_model
-
-    ref = parse_model_ref(str(candidate.get("model", "")))
-    _check_sweepable(ref, candidate.get("backend") or ref.backend)
-    reference = REFERENCE
-    local = Path(ref.location) if ref.kind == "folder" else resolve_model(ref) if ref.kind == "alias" else None
-    if local is not None and local.is_dir() and not is_causal_lm(local):
-        reference = TORCH_REFERENCE  # an encoder: no GGUF, so full-precision torch is the reference
-    base = candidate.get("name") or ref.name
-    out = []
-    for v in sweep_variants(types, reference):
-        cand = {**candidate, "name": f"{base}:{v}", "variant": v}
-        if v in BACKEND_VARIANTS:
-            bv = BACKEND_VARIANTS[v]
-            cand.update(backend=bv.backend, options={**(candidate.get("options") or {}), **bv.options})
-        else:
-            cand["backend"] = "llamacpp"
-        out.append(cand)
-    return out
-
-
 def reference_for(source: Path) -> str:
     """The reference variant of a source: ``f32`` (GGUF), or ``torch-f32`` for an encoder folder."""
-    from smallfit.convert import is_causal_lm
+    from smallfit.sweep.convert import is_causal_lm
 
     return TORCH_REFERENCE if source.is_dir() and not is_causal_lm(source) else REFERENCE
 
 
 def sweep_settings(source: Path, variant: str) -> dict[str, Any]:
     """What a variant's worker needs for its fidelity figures: its reference and where it is."""
+    from smallfit.backends.registry import default_backend, variant_backend
+
     reference = reference_for(source)
-    if reference == REFERENCE:
-        ref_backend, ref_path, ref_options = "llamacpp", variant_path(source, REFERENCE), {}
+    found = variant_backend(reference)
+    if found is None:
+        ref_backend, ref_path, ref_options = default_backend("gguf").name, variant_path(source, REFERENCE), {}
     else:
-        bv = BACKEND_VARIANTS[reference]
-        ref_backend, ref_path, ref_options = bv.backend, source, bv.options
+        ref_backend, ref_path, ref_options = found[0].name, source, dict(found[1])
     return {"variant": variant, "reference": reference, "dir": str(sweep_dir(source)),
             "reference_path": str(ref_path), "reference_backend": ref_backend, "reference_options": ref_options}
 
@@ -250,7 +200,7 @@ def build_variant(source: Path, variant: str, threads: int = 1) -> Path:
     reference = variant_path(source, REFERENCE)
     if not reference.is_file():
         if source.is_dir():
-            from smallfit.convert import hf_to_gguf
+            from smallfit.sweep.convert import hf_to_gguf
 
             hf_to_gguf(source, reference)
         else:
@@ -267,7 +217,7 @@ def prepare_variant(source: Path, variant: str, threads: int) -> Path:
     target = variant_path(source, variant)
     if target.is_file():
         return target
-    answer = run_child("smallfit.quantize", {"source": str(source), "variant": variant, "threads": threads},
+    answer = run_child("smallfit.sweep.quantize", {"source": str(source), "variant": variant, "threads": threads},
                        f"building the {variant} variant")
     return Path(answer["path"])
 

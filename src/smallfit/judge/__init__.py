@@ -1,0 +1,2 @@
+"""Judging a run: the budget (budget), intervals of stored figures (evidence, stats) and the
+verdicts (verdict)."""

@@ -1,0 +1,237 @@
+"""Measuring one candidate x task inside its worker, as small steps: select the examples, warm up,
+run the task's requests, time generation on the same prompts until the timing rule is met,
+read memory, energy and contention, and derive the figures. Probes and a sweep variant's
+fidelity figures are steps of the same kind. Nothing here knows about processes or pipes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+from smallfit.backends.base import Backend, BackendConfig, ConcurrentBackend, DeviceMemory
+from smallfit.contract import Job, Progress, TaskStarted
+from smallfit.errors import SmallfitError
+from smallfit.metrics import EMBED_PHASE, efficiency_from_timings, is_timed
+from smallfit.probes.energy import DEFAULT_CPU_WATTS_PER_CORE, EnergyMeter, EnergyReading, nvml_energy_reader
+from smallfit.probes.figures import derived_figures
+from smallfit.probes.load import Contention
+from smallfit.probes.memory import peak_rss_bytes, reset_peak_rss
+from smallfit.probes.scaling import context_scaling, load_curve, steady_energy
+from smallfit.records import GenerationRequest, RequestTiming, SampleResult, TaskInfo, TaskResult
+from smallfit.tasks import get_task
+from smallfit.tasks.base import Task, in_chat
+from smallfit.tasks.embedding import embed_timing
+
+Emit = Callable[[Any], None]
+MAX_TIMED_REQUESTS = 200
+# An embedding request takes milliseconds: room for the 10-second rule to be met.
+MAX_TIMED_EMBEDS = 2000
+
+
+def select(samples: list[Any], limit: int | None, sample: int | None, seed: int, default: int) -> list[Any]:
+    """The examples a task runs on: the first ``limit``, a seeded random ``sample`` (kept in file
+    order), or the task's default number from the start."""
+    if sample is not None:
+        if sample >= len(samples):
+            return samples
+        keep = sorted(random.Random(seed).sample(range(len(samples)), sample))
+        return [samples[i] for i in keep]
+    return samples[: limit or default]
+
+
+def task_samples(backend: Backend, task: Task, job: Job) -> list[Any]:
+    """The task's examples for this run, in the model's chat template where the run asks for it."""
+    s = job.settings
+    samples = select(list(task.load()), s.limit, s.sample, s.seed, task.default_limit)
+    if task.kind.requires != "embedding" and (task.chat if task.chat is not None else s.chat):
+        samples = [in_chat(x, backend.chat_prompt) for x in samples]
+    return samples
+
+
+def task_prompts(backend: Backend, task: Task, job: Job) -> list[str]:
+    """The prompts a task ran on, as the model saw them."""
+    return [task.kind.prompt_of(s) for s in task_samples(backend, task, job)]
+
+
+def check_fit(backend: Backend, task: Task, job: Job) -> None:
+    """A one-line error when the model cannot run the task at all: an encoder on a task that
+    scores or generates text, or a model without embeddings on an embedding task."""
+    need, caps, who = task.kind.requires, backend.capabilities, job.model.name
+    if need == "embedding" and not caps.embedding:
+        raise SmallfitError(f"{who} has no embeddings (not an encoder): {task.name} is an embedding task; "
+                            "run it on an encoder such as minilm-l6")
+    if caps.embedding and not getattr(caps, need, False):
+        raise SmallfitError(f"{who} is an encoder: it runs embedding tasks only ({task.name} needs {need})")
+
+
+def run_task(backend: Backend, task: Task, job: Job, load_s: float, emit: Emit,
+             load_info: dict[str, Any], bandwidth: dict[str, Any], weights_bytes: int | None) -> TaskResult:
+    """Warm up, run the task's requests, time generation on the same prompts (and, for a backend
+    that serves concurrent requests, at each concurrency level), and aggregate."""
+    check_fit(backend, task, job)
+    samples = task_samples(backend, task, job)
+    if not samples:
+        raise SmallfitError(f"task {task.name} has no samples")
+    kind, s = task.kind, job.settings
+    emit(TaskStarted(task.name, len(samples)))
+    for x in samples[: s.warmup]:  # untimed: caches, lazy allocations, page faults
+        kind.run(backend, [x], lambda _n: None)
+    peak_resettable = reset_peak_rss()
+    device = cast(DeviceMemory, backend) if backend.capabilities.device_memory else None
+    if device is not None:
+        device.reset_peak_device_memory()
+    contention = Contention()
+    contention.start()
+    meter = EnergyMeter(s.cpu_watts_per_core or DEFAULT_CPU_WATTS_PER_CORE, _gpu_reader(backend))
+    results, timings, latency_prompts = _run_and_time(backend, task, job, samples, meter, emit)
+    energy = _own_energy(meter.stop(), job)
+    busy = contention.stop()
+    concurrency = _concurrency_pass(backend, [kind.prompt_of(x) for x in samples[: s.latency_prompts]],
+                                    s.latency_max_tokens)
+    peak, peak_source = peak_rss_bytes()
+    served = job.model.serves
+    size = weights_bytes if weights_bytes is not None else job.model.size_bytes
+    metrics: dict[str, float | None] = {**kind.aggregate(results), **efficiency_from_timings(timings)}
+    metrics.update(load_s=load_s, peak_rss_bytes=None if served else float(peak),
+                   model_size_bytes=None if size is None else float(size))
+    vram = device.peak_device_memory_bytes() if device is not None else None
+    metrics["peak_vram_bytes"] = float(vram) if vram is not None else None
+    labels = derived_figures(metrics, timings, energy, s.prices, bandwidth)
+    embeds = kind.requires == "embedding"
+    info = TaskInfo(
+        kind=kind.name, n_samples=len(samples), limit=s.limit, sample=s.sample, seed=s.seed if s.sample else None,
+        source=task.source, warmup_requests=s.warmup, timed_requests=int(metrics.get("timed_requests") or 0),
+        chat_template=not embeds and (task.chat if task.chat is not None else s.chat),
+        latency_pass_prompts=latency_prompts,
+        latency_pass_max_tokens=None if kind.generates or embeds else s.latency_max_tokens,
+        timing_min_requests=s.timing_min_requests, timing_min_s=s.timing_min_s,
+        peak_rss_source="not measured: the model runs in the server's process" if served else peak_source,
+        peak_rss_since_start=not served and not peak_resettable,
+        contention=busy, noisy=busy.get("noisy"), labels=labels,
+        concurrency=concurrency.get("concurrency"), concurrency_error=concurrency.get("concurrency_error"),
+        backend={k: v for k, v in backend.info().items() if load_info.get(k) != v},
+    )
+    return TaskResult(task.name, metrics, results, timings, info)
+
+
+def _run_and_time(backend: Backend, task: Task, job: Job, samples: list[Any], meter: EnergyMeter,
+                  emit: Emit) -> tuple[list[SampleResult], list[RequestTiming], int]:
+    """The task's own requests, then the timing pass; the results, timings and latency-pass prompts."""
+    kind, s = task.kind, job.settings
+    progress: Callable[[int], None] = lambda n: emit(Progress(task.name, n))  # noqa: E731
+    if kind.generates:  # the task's own generation requests are timed
+        meter.start()
+        results, timings = kind.run(backend, samples, progress)
+        timings += timing_pass(job, samples, timings, lambda chunk: kind.run(backend, chunk, lambda _n: None)[1])
+        return results, timings, 0
+    results, timings = kind.run(backend, samples, progress)
+    prompts = [kind.prompt_of(x) for x in samples[: s.latency_prompts]]
+    if kind.requires == "embedding":  # single texts, one request each, cycling through all the task's texts
+        meter.start()
+        texts = [kind.prompt_of(x) for x in samples]
+        timings += timing_pass(job, texts, [], lambda chunk: [embed_timing(backend, t) for t in chunk],
+                               MAX_TIMED_EMBEDS)
+        return results, timings, len(samples)
+    if not backend.capabilities.generation:
+        meter.start()
+        return results, timings, 0
+    backend.generate([GenerationRequest(prompts[0], s.latency_max_tokens, ignore_eos=True)])  # warm-up, untimed
+    meter.start()
+    timings += timing_pass(job, prompts, [], lambda chunk: fixed_length(backend, chunk, s.latency_max_tokens))
+    return results, timings, len(prompts)
+
+
+def _own_energy(energy: EnergyReading, job: Job) -> EnergyReading:
+    """A served model's energy is not this process's CPU time: no estimate from the client."""
+    if job.model.serves and energy.method == "estimated":
+        return EnergyReading(None, "unavailable", "the model runs in the server's process; the CPU-time estimate "
+                             "would count only smallfit's client (RAPL or NVML would measure it)", energy.seconds)
+    return energy
+
+
+def timing_pass(job: Job, items: Sequence[Any], done: Sequence[RequestTiming],
+                run: Callable[[list[Any]], list[RequestTiming]], cap: int = MAX_TIMED_REQUESTS) -> list[RequestTiming]:
+    """More timed requests on the same prompts, cycling through them, until at least
+    ``timing_min_requests`` requests and ``timing_min_s`` seconds of them are timed (as
+    optimum-benchmark's rule), at most ``cap``. Embedding requests keep their own phase."""
+    s = job.settings
+    timed = [t for t in done if is_timed(t)]
+    count, seconds = len(timed), sum(t.latency_s for t in timed)
+    extra: list[RequestTiming] = []
+    i = 0
+    while (count < s.timing_min_requests or seconds < s.timing_min_s) and count < cap and i < cap:
+        for t in run([items[i % len(items)]]):
+            phase = EMBED_PHASE if t.phase == EMBED_PHASE else "latency"
+            extra.append(RequestTiming(len(extra), phase, t.n_prompt_tokens, t.n_output_tokens, t.ttft_s,
+                                       t.latency_s, t.token_times_s))
+            if is_timed(t):
+                count, seconds = count + 1, seconds + t.latency_s
+        i += 1
+    return extra
+
+
+def fixed_length(backend: Backend, prompts: list[str], max_tokens: int) -> list[RequestTiming]:
+    """Fixed-length timed generation (end of text ignored), as perf tools time decoding."""
+    requests = [GenerationRequest(p, max_tokens, ignore_eos=True) for p in prompts]
+    return [RequestTiming.of(i, "latency", c) for i, c in enumerate(backend.generate(requests))]
+
+
+def _gpu_reader(backend: Backend) -> Callable[[], int] | None:
+    device = str(backend.info().get("device", "cpu"))
+    if not device.startswith("cuda"):
+        return None
+    index = int(device.split(":")[1]) if ":" in device else 0
+    return nvml_energy_reader(index)
+
+
+def _concurrency_pass(backend: Backend, prompts: list[str], max_tokens: int) -> dict[str, Any]:
+    """Per-level throughput and latency on the task's prompts, for backends that serve several
+    requests at once; {} for the others. A failure is recorded, not fatal to the task."""
+    caps = backend.capabilities
+    if not caps.concurrency or not caps.generation or not prompts:
+        return {}
+    requests = [GenerationRequest(p, max_tokens, ignore_eos=True) for p in prompts]
+    try:
+        return {"concurrency": cast(ConcurrentBackend, backend).measure_concurrency(requests)}
+    except SmallfitError as exc:
+        return {"concurrency": None, "concurrency_error": str(exc)}
+
+
+def run_probe(backend: Backend, name: str, job: Job) -> TaskResult:
+    """A candidate-level probe, on the prompts of the run's first task."""
+    if not backend.capabilities.generation:
+        raise SmallfitError(f"the {name} probe times generation; {job.model.name} does not generate")
+    s = job.settings
+    task = get_task(s.first_task)
+    samples = select(list(task.load()), s.limit, s.sample, s.seed, task.default_limit)
+    prompts = [task.kind.prompt_of(x) for x in samples[: max(8, s.latency_prompts)]]
+    if name == "load-curve":
+        return load_curve(backend, prompts, s.latency_max_tokens)
+    if name == "context":
+        text = "\n\n".join(task.kind.prompt_of(x) for x in samples)
+        return context_scaling(backend, text, s.max_context, s.memory_budget_bytes)
+    meter = EnergyMeter(s.cpu_watts_per_core or DEFAULT_CPU_WATTS_PER_CORE, _gpu_reader(backend))
+    return steady_energy(backend, prompts[0], max(s.timing_min_s, 1.0), meter, s.latency_max_tokens)
+
+
+def add_divergence(backend: Backend, task: Task, job: Job, cfg: BackendConfig, result: TaskResult) -> None:
+    """A sweep variant's KL divergence from the reference (or an encoder's cosine), into the task's
+    metrics; a failure leaves the figures None with the reason as their label."""
+    from dataclasses import asdict
+
+    from smallfit.sweep.divergence import kl_metrics
+
+    assert job.sweep is not None
+    try:
+        kl = kl_metrics(backend, asdict(job.sweep), cfg, task_prompts(backend, task, job))
+    except SmallfitError as exc:
+        encoder = backend.capabilities.embedding and not backend.capabilities.loglikelihood
+        names = ("embedding_cosine", "embedding_cosine_min") if encoder else ("kl_divergence", "kl_divergence_p95")
+        kl = {**dict.fromkeys(names), "label": f"not measured: {exc}"}
+    label = kl.pop("label")
+    for name in kl:
+        result.info.labels[name] = label
+    result.metrics.update(kl)
+    result.info.sweep_variant, result.info.sweep_reference = job.sweep.variant, job.sweep.reference

@@ -1,0 +1,147 @@
+"""A smallfit backend plugin in one file: a byte-level bigram language model.
+
+A ``.toy`` model file is JSON: ``{"corpus": "text the model learns from", "smoothing": 0.5,
+"delay_ms": 1.0}``. Tokens are UTF-8 bytes; P(next byte | previous byte) comes from the corpus's
+bigram counts with additive smoothing, so every score is exact, deterministic arithmetic and
+generation is the greedy argmax. ``delay_ms`` sleeps per generated token, so timings are real
+and of a known size. Its ``options`` can make it fail at load (``{"fail": "load"}``) or kill its
+own process on the first generation (``{"crash": "generate"}``): faults the runner must survive.
+
+smallfit finds it through the ``smallfit.backends`` entry point in this folder's pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from smallfit.backends.base import BackendConfig, Capabilities
+from smallfit.backends.registry import BackendSpec
+from smallfit.errors import SmallfitError
+from smallfit.records import (
+    Completion,
+    GenerationRequest,
+    Loglikelihood,
+    LoglikelihoodRequest,
+    RollingLoglikelihood,
+    RollingRequest,
+)
+
+BOS = 0  # the byte a text starts after
+
+
+class ToyBackend:
+    """A byte-bigram model loaded from a ``.toy`` file."""
+
+    capabilities = Capabilities(loglikelihood=True, generation=True, streaming=True)
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.options = dict(config.options)
+        if self.options.get("fail") == "load":
+            raise SmallfitError(f"toy model {config.model_path.name} refused to load (options.fail = 'load')")
+        model = _read(config.model_path)
+        self.path, self.context_size = config.model_path, config.context_size
+        self.delay_s = float(model.get("delay_ms", 0.0)) / 1000
+        smoothing = float(model.get("smoothing", 0.5))
+        counts = [[smoothing] * 256 for _ in range(256)]
+        data = str(model.get("corpus", "")).encode()
+        for prev, nxt in zip(bytes([BOS]) + data, data, strict=False):
+            counts[prev][nxt] += 1
+        self.logp = [[math.log(c / sum(row)) for c in row] for row in counts]
+        self.best = [max(range(256), key=lambda b, r=row: (r[b], -b)) for row in counts]
+
+    def _score(self, prev: int, data: bytes) -> tuple[float, bool]:
+        total, greedy = 0.0, True
+        for b in data:
+            total += self.logp[prev][b]
+            greedy = greedy and self.best[prev] == b
+            prev = b
+        return total, greedy
+
+    def _check_length(self, n: int) -> None:
+        if n > self.context_size:
+            raise SmallfitError(f"a request of {n} tokens does not fit the {self.context_size}-token context")
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
+        """log P(continuation | context), byte by byte."""
+        out = []
+        for r in requests:
+            context, continuation = r.context.encode(), r.continuation.encode()
+            self._check_length(len(context) + len(continuation))
+            logprob, greedy = self._score(context[-1] if context else BOS, continuation)
+            out.append(Loglikelihood(logprob, greedy, len(continuation)))
+        return out
+
+    def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingLoglikelihood]:
+        """Every byte of each text, the first after the start byte."""
+        out = []
+        for r in requests:
+            data = r.text.encode()
+            out.append(RollingLoglikelihood(self._score(BOS, data)[0], len(data)))
+        return out
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        """Greedy bytes, timestamped as each is chosen."""
+        if self.options.get("crash") == "generate":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return [self._generate_one(r) for r in requests]
+
+    def _generate_one(self, req: GenerationRequest) -> Completion:
+        t0 = time.perf_counter()
+        prompt = req.prompt.encode()
+        self._check_length(len(prompt) + 1)
+        prev, out, times, finish = prompt[-1] if prompt else BOS, bytearray(), [], "length"
+        for _ in range(min(req.max_tokens, self.context_size - len(prompt))):
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            prev = self.best[prev]
+            out.append(prev)
+            times.append(time.perf_counter() - t0)
+            text = out.decode("utf-8", "ignore")
+            cut = min((text.find(s) for s in req.stop if s in text), default=-1)
+            if cut >= 0:
+                text, finish = text[:cut], "stop"
+                break
+        else:
+            text = out.decode("utf-8", "ignore")
+        return Completion(text, len(prompt), len(times), times[0] if times else None,
+                          times[-1] if times else time.perf_counter() - t0, tuple(times), finish)
+
+    def chat_prompt(self, user_message: str) -> str:
+        """A plain two-turn template."""
+        return f"User: {user_message}\nAssistant:"
+
+    def info(self) -> dict[str, Any]:
+        """What shapes the measurements."""
+        return {"library": "smallfit-toy", "model_file": str(self.path), "context_size": self.context_size,
+                "delay_ms": self.delay_s * 1000, "model_size_bytes": self.path.stat().st_size}
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SmallfitError(f"{path} is not a toy model (JSON with a corpus): {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("corpus"), str):
+        raise SmallfitError(f"{path} is not a toy model: it needs a \"corpus\" string")
+    return data
+
+
+def check_model(location: str, options: Mapping[str, Any]) -> None:
+    """Before any work: the file is a toy model."""
+    _read(Path(location))
+
+
+BACKEND = BackendSpec(
+    name="toy", load=ToyBackend, formats=("toy",), default_for=("toy",), check_model=check_model,
+    description="a deterministic byte-bigram model (.toy JSON files), for smallfit's tests",
+)
