@@ -50,6 +50,7 @@ def test_classification_with_fewshot_renders_like_lm_eval(tmp_path):
     first, second = task.load()
     assert first.context == "Ticket: refund please\nCategory: billing\n\nTicket: charged twice\nCategory:"
     assert first.choices == (" billing", " bug") and first.gold == 0
+    assert first.choice_texts() == ("billing", "bug")  # acc_norm's lengths: without the delimiter
     assert second.gold == 1  # an index works as the answer too
 
 

@@ -261,7 +261,8 @@ def _samples(spec: TaskFile, path: Path, data: Path) -> list[Any]:
         else:
             choices = _choices(spec, row, where)
             gold = gold_index(_field(row, spec.answer_field or "", where), choices, where)
-            out.append(MultipleChoiceSample(sample_id, prompt, tuple(spec.target_delimiter + c for c in choices), gold))
+            out.append(MultipleChoiceSample(sample_id, prompt, tuple(spec.target_delimiter + c for c in choices), gold,
+                                            target_delimiter=spec.target_delimiter))
     return out
 
 
