@@ -30,6 +30,71 @@ def test_bad_budgets_name_the_problem(text, fragment):
         parse_budget(text)
 
 
+@pytest.mark.parametrize("text, message", [
+    # the three: each could never fail or never pass as written
+    ("latency_s_p95<=300", ("budget check latency_s_p95<=300: latency_s_p95 is in seconds, and a bare 300 is more "
+                           "than the 60 s it takes without a unit; did you mean latency_s_p95<=300ms? "
+                           "(write 300s if you mean seconds)")),
+    ("peak_rss_bytes<=1.5", ("budget check peak_rss_bytes<=1.5: peak_rss_bytes is in bytes, and 1.5 is not a whole "
+                            "number of bytes; did you mean peak_rss_bytes<=1.5GB?")),
+    ("acc>=40", "budget check acc>=40: acc is a proportion; did you mean acc>=0.40?"),
+])
+def test_values_that_do_not_fit_the_metrics_unit(text, message):
+    with pytest.raises(SmallfitError) as info:
+        parse_budget(text)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("quartz:acc_norm > 55", "acc_norm is a proportion; did you mean quartz:acc_norm>0.55?"),
+    ("exact_match>=45.5", "did you mean exact_match>=0.455?"),
+    ("f1>=250", "f1 is a proportion; it must lie in [0, 1]"),
+    ("acc>=-0.1", "acc is a proportion; it must lie in [0, 1]"),
+    ("acc_ci_low>=80", "did you mean acc_ci_low>=0.80?"),
+    ("tpot_s<=50", "more than the 1 s it takes without a unit; did you mean tpot_s<=50ms?"),
+    ("itl_s_p99<=5", "more than the 1 s"),
+    ("ttft_s_p95<=200", "more than the 10 s it takes without a unit; did you mean ttft_s_p95<=200ms?"),
+    ("load_s<=1000", "more than the 600 s"),
+    ("latency_s<=-1s", "latency_s cannot be negative"),
+    ("peak_rss_bytes<=512", ("a bare 512 is under the 1 MB it takes without a unit; did you mean peak_rss_bytes<=512MB? "
+                            "(write 512B if you mean bytes)")),
+    ("model_size_bytes<=2", "did you mean model_size_bytes<=2GB?"),
+    ("peak_vram_bytes<=0.5B", "0.5 is not a whole number of bytes"),
+    ("memory_bandwidth_bytes_s>=20", "memory_bandwidth_bytes_s is in bytes/s, and a bare 20 is under the 1 MB"),
+    ("latency_s<=3GB", "GB is a unit of bytes, but latency_s is in seconds: use s or ms"),
+    ("peak_rss_bytes<=300ms", "ms is a unit of time, but peak_rss_bytes is in bytes: use B, KB, MB, GB, KiB, MiB or GiB"),
+    ("acc>=0.5s", "s is a unit of time, but acc is a proportion, written without a unit"),
+    ("decode_tok_s>=20s", "s is a unit of time, but decode_tok_s is in tokens/s, written without a unit"),
+    ("bits_per_byte<=1GB", "GB is a unit of bytes, but bits_per_byte is in bits/byte, written without a unit"),
+])
+def test_unit_errors_name_the_likely_intent(text, fragment):
+    with pytest.raises(SmallfitError) as info:
+        parse_budget(text)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("text, threshold", [
+    ("latency_s_p95<=60", 60.0),  # the longest bare latency
+    ("latency_s_p95<=300s", 300.0),  # any time with its unit
+    ("latency_s_p95<=300ms", 0.3),
+    ("tpot_s<=1", 1.0),
+    ("ttft_s<=10", 10.0),
+    ("load_s<=600", 600.0),
+    ("peak_rss_bytes<=1000000", 1e6),  # the smallest bare byte count
+    ("peak_rss_bytes<=512B", 512.0),
+    ("peak_rss_bytes<=0.5GB", 5e8),
+    ("memory_bandwidth_bytes_s>=10GB", 1e10),
+    ("acc>=0", 0.0),
+    ("acc<=1", 1.0),
+    ("acc_stderr<=0.05", 0.05),
+    ("bits_per_byte<=1.2", 1.2),
+    ("decode_roofline_pct>=50", 50.0),  # a percentage, not a proportion
+    ("decode_tok_s>=200", 200.0),
+])
+def test_values_that_fit_their_unit(text, threshold):
+    assert parse_budget(text)[0].threshold == pytest.approx(threshold)
+
+
 def test_judge_pass_fail_error_and_smallest():
     checks = parse_budget("acc>=0.5,latency_s_p95<=1")
     rows = [

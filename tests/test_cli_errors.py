@@ -23,6 +23,8 @@ def _assert_one_line_error(proc, fragment):
     (["--budget", "acc=>0.4"], "malformed budget check 'acc=>0.4'"),
     (["--budget", "accuracy>=0.4"], "unknown metric 'accuracy'"),
     (["--task", "quartz", "--budget", "bits_per_byte<=1"], "no task of this run reports"),
+    (["--budget", "acc>=40"], "acc is a proportion; did you mean acc>=0.40?"),
+    (["--budget", "latency_s_p95<=300"], "did you mean latency_s_p95<=300ms?"),
     (["--task", "nope"], "unknown task 'nope'"),
     (["--limit", "0"], "--limit must be at least 1"),
     (["--resume"], "no unfinished run"),

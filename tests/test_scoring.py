@@ -5,6 +5,8 @@ import math
 import pytest
 
 from smallfit import scoring
+from smallfit.records import Loglikelihood
+from smallfit.tasks.base import MultipleChoice, MultipleChoiceSample, in_chat
 
 
 def test_percentile_linear_interpolation():
@@ -33,13 +35,55 @@ def test_ratio_and_stderr_delta_method():
 
 
 def test_multiple_choice_acc_and_length_normalised_acc():
-    # acc picks -1 (choice 0); acc_norm: -1/2 = -0.5 vs -2/5 = -0.4 -> choice 1
-    scores = scoring.multiple_choice_scores([-1.0, -2.0], [" a", " bbbb"], gold=1)
-    assert scores == {"acc": 0.0, "acc_norm": 1.0}
-    # bytes, not characters: "é" is two bytes, so -1.5/2 > -2.0/2 picks "é" (by characters,
-    # -1.5/1 < -2.0/2 would pick "ab")
+    # acc picks -1 (choice 0); acc_norm: -1/1 = -1 vs -2/4 = -0.5 -> choice 1
+    scores = scoring.multiple_choice_scores([-1.0, -2.0], ["a", "bbbb"], gold=1)
+    assert scores == {"acc": 0.0, "acc_norm": 1.0, "acc_bytes": 1.0}
+
+
+def test_acc_norm_divides_by_characters_without_the_delimiter():
+    # the issue's case: -2/2 = -1.0 vs -5/6 = -0.833 picks "abcdef" (lm-eval); dividing by the
+    # bytes of " ab" and " abcdef" instead (-2/3 = -0.667 vs -5/7 = -0.714) would pick "ab"
+    scores = scoring.multiple_choice_scores([-2.0, -5.0], ["ab", "abcdef"], gold=1)
+    assert scores == {"acc": 0.0, "acc_norm": 1.0, "acc_bytes": 1.0}
+    with_delimiter = scoring.multiple_choice_scores([-2.0, -5.0], [" ab", " abcdef"], gold=1)
+    assert with_delimiter["acc_norm"] == 0.0  # why the kinds pass the texts without it
+
+
+def test_acc_bytes_counts_utf8_bytes_and_acc_norm_characters():
+    # "é" is one character but two bytes: by characters -1.5/1 = -1.5 < -2/2 = -1 picks "ab";
+    # by bytes -1.5/2 = -0.75 > -2/2 picks "é"
     scores = scoring.multiple_choice_scores([-1.5, -2.0], ["é", "ab"], gold=0)
-    assert scores["acc_norm"] == 1.0
+    assert scores == {"acc": 1.0, "acc_norm": 0.0, "acc_bytes": 1.0}
+
+
+def test_empty_choice_divides_as_numpy_does():
+    # lm-eval divides with numpy: -3/0 = -inf is never picked, 0/0 = NaN always is
+    assert scoring.multiple_choice_scores([-3.0, -9.0], ["", "abc"], gold=1)["acc_norm"] == 1.0
+    assert scoring.multiple_choice_scores([-3.0, 0.0], ["abc", ""], gold=1)["acc_norm"] == 1.0
+    assert scoring.argmax([1.0, math.nan, 5.0]) == 1
+
+
+class _TwoChoices:
+    """Log-likelihoods -2 and -5 for the two choices of one question; keeps the requests."""
+
+    def __init__(self):
+        self.requests = []
+
+    def loglikelihood(self, requests):
+        self.requests += requests
+        return [Loglikelihood(lp, False, 1) for lp in (-2.0, -5.0)]
+
+
+def test_multiple_choice_kind_scores_the_texts_without_the_delimiter():
+    sample = MultipleChoiceSample("q", "Q:", ("\nab", "\nabcdef"), 1, target_delimiter="\n")
+    assert sample.choice_texts() == ("ab", "abcdef")
+    backend = _TwoChoices()
+    (result,), _ = MultipleChoice().run(backend, [sample], lambda n: None)
+    assert [r.continuation for r in backend.requests] == ["\nab", "\nabcdef"]  # scored with the delimiter
+    assert (result.scores["acc"], result.scores["acc_norm"], result.scores["acc_bytes"]) == (0.0, 1.0, 1.0)
+    assert MultipleChoice().quality_metrics == ("acc", "acc_norm", "acc_bytes")
+    chat = in_chat(sample, lambda t: t)  # the assistant's turn starts without the delimiter
+    assert chat.choices == ("ab", "abcdef") and chat.choice_texts() == ("ab", "abcdef")
 
 
 def test_argmax_first_wins_ties():

@@ -28,9 +28,10 @@ def test_arc_easy(tmp_path):
                                     "answerKey": "B"})
     task = get_task(f"arc_easy={path}")
     (s,) = task.load()
-    assert task.name == "arc_easy" and task.kind.quality_metrics == ("acc", "acc_norm")
+    assert task.name == "arc_easy" and task.kind.quality_metrics == ("acc", "acc_norm", "acc_bytes")
     assert (s.id, s.context, s.choices, s.gold) == (
         "Q1", "Question: Which gas do plants absorb?\nAnswer:", (" oxygen", " carbon dioxide"), 1)
+    assert s.choice_texts() == ("oxygen", "carbon dioxide")  # what acc_norm measures, as lm-eval's doc_to_choice
 
 
 def test_hellaswag_query_and_endings(tmp_path):
@@ -66,6 +67,7 @@ def test_boolq_piqa_sciq_mmlu(tmp_path):
     assert m.context == ("The following are multiple choice questions (with answers) about elementary mathematics."
                          "\n\nWhat is 2+2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:")
     assert m.choices == (" A", " B", " C", " D") and m.gold == 1
+    assert m.choice_texts() == ("A", "B", "C", "D")
 
 
 def test_lambada_and_wikitext(tmp_path):

@@ -27,7 +27,10 @@ class MetricInfo:
 _QUALITY = [
     MetricInfo("acc", True, "fraction", "Share of questions whose highest log-likelihood choice is the gold one "
                "(embedding classification: share of texts whose nearest label prototype by cosine is the gold label)."),
-    MetricInfo("acc_norm", True, "fraction", "As acc, each choice's log-likelihood divided by its length in UTF-8 bytes."),
+    MetricInfo("acc_norm", True, "fraction", "As acc, each choice's log-likelihood divided by the length of the "
+               "choice in characters, without the target delimiter (lm-eval 0.4's len(choice))."),
+    MetricInfo("acc_bytes", True, "fraction", "As acc, each choice's log-likelihood divided by the length of the "
+               "choice in UTF-8 bytes, without the target delimiter (lm-eval 0.4's acc_bytes)."),
     MetricInfo("exact_match", True, "fraction", "Share of generations whose extracted, normalised answer equals the target."),
     MetricInfo("f1", True, "fraction", "Mean word-overlap F1 between the extracted, normalised answer and the target (SQuAD)."),
     MetricInfo("bits_per_byte", False, "bits/byte", "-sum(log p(token)) / (UTF-8 bytes of the texts * ln 2), over all texts."),

@@ -73,24 +73,41 @@ def percentile(values: Sequence[float], q: float) -> float:
 # --- multiple choice -------------------------------------------------------------------------
 
 def argmax(values: Sequence[float]) -> int:
-    """Index of the largest value; the first one wins a tie (as ``numpy.argmax``)."""
+    """Index of the largest value, as ``numpy.argmax``: the first one wins a tie, and the first
+    NaN wins outright."""
     best = 0
     for i, v in enumerate(values):
+        if math.isnan(v):
+            return i
         if v > values[best]:
             best = i
     return best
 
 
-def multiple_choice_scores(logprobs: Sequence[float], choices: Sequence[str], gold: int) -> dict[str, float]:
-    """``acc`` and ``acc_norm`` for one question, as lm-evaluation-harness defines them.
+def _per_unit(logprob: float, units: int) -> float:
+    # numpy's float division, as lm-eval's ``lls / completion_len``: an empty choice gives
+    # -inf (never chosen) for a negative log-likelihood and NaN (chosen) for 0, not an error.
+    if units:
+        return logprob / units
+    return math.nan if logprob == 0 else math.copysign(math.inf, logprob)
 
-    ``acc`` is 1 when the choice with the highest log-likelihood is the gold one; ``acc_norm``
-    divides each choice's log-likelihood by the length of the choice text in UTF-8 bytes first.
+
+def multiple_choice_scores(logprobs: Sequence[float], choices: Sequence[str], gold: int) -> dict[str, float]:
+    """``acc``, ``acc_norm`` and ``acc_bytes`` for one question, as lm-evaluation-harness 0.4
+    defines them (``process_results`` of a ``multiple_choice`` task).
+
+    ``choices`` are the choice texts *without* the target delimiter that precedes each one in
+    the scored continuation (lm-eval's ``doc_to_choice``). ``acc`` is 1 when the choice with the
+    highest log-likelihood is the gold one; ``acc_norm`` first divides each log-likelihood by
+    the length of its choice in characters (``len(choice)``), ``acc_bytes`` by its length in
+    UTF-8 bytes.
     """
-    norm = [lp / max(1, len(c.encode("utf-8"))) for lp, c in zip(logprobs, choices, strict=True)]
+    chars = [_per_unit(lp, len(c)) for lp, c in zip(logprobs, choices, strict=True)]
+    utf8 = [_per_unit(lp, len(c.encode("utf-8"))) for lp, c in zip(logprobs, choices, strict=True)]
     return {
         "acc": float(argmax(logprobs) == gold),
-        "acc_norm": float(argmax(norm) == gold),
+        "acc_norm": float(argmax(chars) == gold),
+        "acc_bytes": float(argmax(utf8) == gold),
     }
 
 

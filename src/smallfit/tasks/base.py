@@ -31,11 +31,13 @@ SCORE_CHUNK = 32  # scored samples per backend call: enough for a backend to bat
 
 @dataclass(frozen=True)
 class MultipleChoiceSample:
-    """A question: the context, the choice texts (continuations) and the gold index.
+    """A question: the context, the choices as scored (continuations) and the gold index.
 
-    With ``contexts`` (one per choice), choice ``i`` is scored as ``contexts[i]`` followed by
-    ``choices[i]``: lm-eval's "partial evaluation" (WinoGrande), where the options fill a blank
-    in the context and the rest of the sentence is scored under each.
+    Each continuation is ``target_delimiter + choice text``, as lm-eval builds its requests;
+    :meth:`choice_texts` gives the texts without the delimiter, which ``acc_norm`` and
+    ``acc_bytes`` measure. With ``contexts`` (one per choice), choice ``i`` is scored as
+    ``contexts[i]`` followed by ``choices[i]``: lm-eval's "partial evaluation" (WinoGrande),
+    where the options fill a blank in the context and the rest of the sentence is scored under each.
     """
 
     id: str
@@ -43,6 +45,11 @@ class MultipleChoiceSample:
     choices: tuple[str, ...]
     gold: int
     contexts: tuple[str, ...] = ()
+    target_delimiter: str = " "
+
+    def choice_texts(self) -> tuple[str, ...]:
+        """The choices without the leading target delimiter (lm-eval's ``doc_to_choice``)."""
+        return tuple(c.removeprefix(self.target_delimiter) for c in self.choices)
 
 
 @dataclass(frozen=True)
@@ -126,12 +133,13 @@ def _mean_metrics(results: Sequence[SampleResult], names: Sequence[str]) -> dict
 
 @dataclass(frozen=True)
 class MultipleChoice:
-    """Pick the choice whose continuation the model finds most likely (``acc``, ``acc_norm``)."""
+    """Pick the choice whose continuation the model finds most likely (``acc``), also per
+    character (``acc_norm``) and per UTF-8 byte (``acc_bytes``) of the choice."""
 
     name: str = "multiple_choice"
     generates: bool = False
     requires: str = "loglikelihood"
-    quality_metrics: tuple[str, ...] = ("acc", "acc_norm")
+    quality_metrics: tuple[str, ...] = ("acc", "acc_norm", "acc_bytes")
 
     def run(self, backend: Backend, samples: Sequence[MultipleChoiceSample], progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
         results, timings = [], []
@@ -144,7 +152,7 @@ class MultipleChoice:
             timings.append(RequestTiming(lo // SCORE_CHUNK, "quality", None, 0, None, time.perf_counter() - t0))
             for j, s in enumerate(chunk):
                 logprobs = [next(lls).logprob for _ in s.choices]
-                scores = scoring.multiple_choice_scores(logprobs, s.choices, s.gold)
+                scores = scoring.multiple_choice_scores(logprobs, s.choice_texts(), s.gold)
                 scores.update({f"logprob_{k}": lp for k, lp in enumerate(logprobs)})  # kept for inspection
                 pred = s.choices[scoring.argmax(logprobs)]
                 results.append(SampleResult(lo + j, s.id, s.context, s.choices[s.gold], pred, scores))
@@ -299,7 +307,7 @@ def in_chat(sample: Any, render: Callable[[str], str]) -> Any:
     leading delimiter, since the assistant's turn starts fresh (as lm-eval does)."""
     if isinstance(sample, MultipleChoiceSample):
         return replace(sample, context=render(sample.context), choices=tuple(c.lstrip() for c in sample.choices),
-                       contexts=tuple(render(c) for c in sample.contexts))
+                       contexts=tuple(render(c) for c in sample.contexts), target_delimiter="")
     if isinstance(sample, GenerationSample):
         return replace(sample, prompt=render(sample.prompt))
     if isinstance(sample, ContinuationSample):

@@ -66,7 +66,7 @@ def evals_multiple_choice(folder: str, file: str | None = None) -> list[Multiple
         samples.append(MultipleChoiceSample(
             id=f"{folder}-{lineno}", context=f"Question: {stem}\nAnswer:",
             choices=tuple(f" {_drop_own_letter(letter, choice)}" for letter, choice in options),
-            gold=letters.index(ideal),
+            gold=letters.index(ideal), target_delimiter=" ",
         ))
     return samples
 

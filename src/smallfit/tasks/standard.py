@@ -57,7 +57,7 @@ class Standard:
 # -- row conversions (lm-eval's doc_to_text / doc_to_choice / doc_to_target) -------------------
 
 def _mc(context: str, choices: Sequence[str], gold: int, sid: str, delim: str = " ") -> MultipleChoiceSample:
-    return MultipleChoiceSample(sid, context, tuple(delim + c for c in choices), gold)
+    return MultipleChoiceSample(sid, context, tuple(delim + c for c in choices), gold, target_delimiter=delim)
 
 
 def _arc(row: Row, prefix: str) -> MultipleChoiceSample:
@@ -93,7 +93,7 @@ def _winogrande(row: Row, prefix: str) -> MultipleChoiceSample:
     contexts = tuple(prefix + sentence[:blank] + opt for opt in (row["option1"], row["option2"]))
     gold = {"1": 0, "2": 1}[str(row["answer"])]
     return MultipleChoiceSample(str(row.get("id", "")), contexts[gold], (continuation, continuation), gold,
-                                contexts=contexts)
+                                contexts=contexts, target_delimiter=" ")
 
 
 def _boolq(row: Row, prefix: str) -> MultipleChoiceSample:

@@ -9,6 +9,7 @@ A task file (``smallfit run --task my_tickets.toml``)::
     template = "Ticket: {text}\\nCategory:" # a plain format string over the row's fields
     labels = ["billing", "bug", "feature"] # classification: the same choices for every row
     answer_field = "label"                # the gold choice (its text, index or letter) or answer
+    answer_type = "text"                  # optional: read every gold answer as "index", "text" or "letter"
     fewshot = 2                           # examples shown before each prompt
     fewshot_data = "tickets_train.jsonl"  # where they come from (default: the first rows of data)
 
@@ -71,6 +72,11 @@ class TaskFile(BaseModel):
     name: str | None = None
     description: str = ""
     answer_field: str | None = None
+    answer_type: Literal["index", "text", "letter"] | None = Field(
+        default=None, description="read every gold answer one way only: a 0-based index, a choice's text, "
+                                  "or a letter; by default a JSON integer is an index and a string is a "
+                                  "choice's text, an index (all digits) or a letter, and two readings "
+                                  "that name different choices are an error")
     choices_field: str | None = None
     choices_fields: list[str] | None = None
     labels: list[str] | None = None
@@ -109,6 +115,11 @@ class TaskFile(BaseModel):
                 raise ValueError(f"label_descriptions names {extra}, which are not among labels {self.labels}")
         elif self.train_data or self.label_descriptions:
             raise ValueError("train_data and label_descriptions are for embedding_classification tasks")
+        if self.answer_type is not None and self.kind in ("generation", "perplexity"):
+            raise ValueError(f"answer_type picks one of the choices; a {self.kind} task has none")
+        if self.answer_type not in (None, "text") and self.kind == "embedding_classification" and not self.labels:
+            raise ValueError(f"answer_type = \"{self.answer_type}\" needs labels = [...]: without them the "
+                             "answers are the labels' names")
         return self
 
 
@@ -212,19 +223,75 @@ def _choices(spec: TaskFile, row: dict[str, Any], where: str) -> list[str]:
     return [str(v) for v in value]
 
 
-def gold_index(answer: Any, choices: Sequence[str], where: str) -> int:
-    """The gold choice from its text, its 0-based index, or its letter (A, B, ...)."""
+AnswerType = Literal["index", "text", "letter"]
+
+
+def _whole_number(answer: Any) -> int | None:
+    """A JSON integer, or a whole JSON number such as ``1.0``; else None (``true`` is not 1)."""
+    if isinstance(answer, int) and not isinstance(answer, bool):
+        return answer
+    if isinstance(answer, float) and answer.is_integer():
+        return int(answer)
+    return None
+
+
+def _readings(answer: str | float, choices: Sequence[str], answer_type: AnswerType | None) -> dict[str, int | None]:
+    """Each way the answer can be read, with the choice it names that way (None: no such text,
+    or out of range). Without ``answer_type``, a JSON number is an index only; a string is a
+    choice's text, and also an index when it is all digits and a letter when it is one letter."""
     text = str(answer).strip()
-    stripped = [c.strip() for c in choices]
-    if text in stripped:
-        return stripped.index(text)
-    if isinstance(answer, int) or text.isdigit():
-        index = int(text)
-        if 0 <= index < len(choices):
-            return index
-    if len(text) == 1 and text.isalpha() and ord(text.upper()) - 65 < len(choices):
-        return ord(text.upper()) - 65
-    raise SmallfitError(f"{where}: the answer {text!r} is not among the choices {stripped}")
+    number = _whole_number(answer)
+    is_str = isinstance(answer, str)
+    out: dict[str, int | None] = {}
+    if answer_type == "text" or (answer_type is None and is_str):
+        stripped = [c.strip() for c in choices]
+        out["text"] = stripped.index(text) if text in stripped else None
+    if answer_type in (None, "index") and (number is not None or (is_str and text.isascii() and text.isdigit())):
+        index = number if number is not None else int(text)
+        out["index"] = index if 0 <= index < len(choices) else None
+    if answer_type in (None, "letter") and is_str and len(text) == 1 and text.isascii() and text.isalpha():
+        index = ord(text.upper()) - ord("A")
+        out["letter"] = index if index < len(choices) else None
+    return out
+
+
+def gold_index(answer: Any, choices: Sequence[str], where: str, field: str = "answer",
+               answer_type: AnswerType | None = None) -> int:
+    """The 0-based gold choice of a row, read without guessing.
+
+    A JSON integer is an index. A string (every CSV cell is one) is matched as a choice's text,
+    as a 0-based index when it is all digits, and as a letter (A, B, ...) when it is one letter;
+    when two of those readings name different choices, that is an error asking for
+    ``answer_type``, which makes every answer of the task be read one way only. Errors name
+    ``where`` (``file:line``) and the answer's ``field``.
+    """
+    shown = repr(answer.strip()) if isinstance(answer, str) else repr(answer)
+
+    def bad(problem: str, fix: str = "") -> SmallfitError:
+        return SmallfitError(f"{where}: the answer {shown} {problem} (field {field!r})" + (f"; {fix}" if fix else ""))
+
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        raise bad("is neither text nor a number", "write the choice's text, its 0-based index or its letter")
+    readings = _readings(answer, choices, answer_type)
+    found = {how: i for how, i in readings.items() if i is not None}
+    if len(set(found.values())) > 1:
+        ways = ", ".join(f"choice {i} ({choices[i].strip()!r}) by its {how}" for how, i in found.items())
+        settle = " or ".join(f'"{how}"' for how in found)
+        raise bad(f"is ambiguous: {ways}", f"set answer_type = {settle} in the task file")
+    if found:
+        return next(iter(found.values()))
+    n = len(choices)
+    if "text" in readings:
+        raise bad(f"is not among the choices {[c.strip() for c in choices]}")
+    if "index" in readings:
+        raise bad(f"is not an index of the {n} choices (0 to {n - 1})")
+    if "letter" in readings:
+        raise bad(f"is not a letter of the {n} choices (A to {chr(ord('A') + n - 1)})")
+    if answer_type is None:  # a JSON number with a fraction
+        raise bad("is a number but not a whole one, so not an index",
+                  "write it as a string, or set answer_type = \"text\", to match a choice's text")
+    kind = "a 0-based index" if answer_type == "index" else "a single letter"
+    raise bad(f"is not {kind}, as answer_type = \"{answer_type}\" requires")
 
 
 def _target(spec: TaskFile, row: dict[str, Any], where: str) -> str:
@@ -232,7 +299,7 @@ def _target(spec: TaskFile, row: dict[str, Any], where: str) -> str:
     answer = _field(row, spec.answer_field or "", where)
     if spec.kind in ("multiple_choice", "classification"):
         choices = _choices(spec, row, where)
-        return choices[gold_index(answer, choices, where)]
+        return choices[gold_index(answer, choices, where, spec.answer_field or "", spec.answer_type)]
     return str(answer)
 
 
@@ -260,8 +327,10 @@ def _samples(spec: TaskFile, path: Path, data: Path) -> list[Any]:
             out.append(GenerationSample(sample_id, prompt, str(_field(row, spec.answer_field or "", where))))
         else:
             choices = _choices(spec, row, where)
-            gold = gold_index(_field(row, spec.answer_field or "", where), choices, where)
-            out.append(MultipleChoiceSample(sample_id, prompt, tuple(spec.target_delimiter + c for c in choices), gold))
+            gold = gold_index(_field(row, spec.answer_field or "", where), choices, where, spec.answer_field or "",
+                              spec.answer_type)
+            out.append(MultipleChoiceSample(sample_id, prompt, tuple(spec.target_delimiter + c for c in choices), gold,
+                                            target_delimiter=spec.target_delimiter))
     return out
 
 
@@ -280,7 +349,7 @@ def _label_set(spec: TaskFile, path: Path) -> LabelSet:
         where = f"{train_file}:{lineno}"
         answer = _field(row, spec.answer_field or "", where)
         if spec.labels:
-            label = spec.labels[gold_index(answer, spec.labels, where)]
+            label = spec.labels[gold_index(answer, spec.labels, where, spec.answer_field or "", spec.answer_type)]
         else:
             label = str(answer).strip()
             if not label:
@@ -308,9 +377,12 @@ def _label_set(spec: TaskFile, path: Path) -> LabelSet:
 
 def _embedding_samples(spec: TaskFile, data: Path, label_set: Callable[[], LabelSet]) -> list[EmbeddingSample]:
     labels = label_set().labels
+    # without a labels list the labels are the training answers' texts, so answers are read as text
+    answer_type = spec.answer_type if spec.labels else "text"
     out = []
     for lineno, row in read_rows(data):
         where = f"{data}:{lineno}"
-        gold = gold_index(_field(row, spec.answer_field or "", where), labels, where)
+        gold = gold_index(_field(row, spec.answer_field or "", where), labels, where, spec.answer_field or "",
+                          answer_type)
         out.append(EmbeddingSample(str(row.get("id", lineno)), _render(spec.template, row, where), gold))
     return out
