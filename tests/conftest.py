@@ -42,3 +42,18 @@ def cli(tmp_path):
     run.env = env  # type: ignore[attr-defined]
     run.db = tmp_path / "results.db"  # type: ignore[attr-defined]
     return run
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One real run of four toy candidates and a crashing one, made once per session through the
+    real runner, worker processes and store: (database path, run id). Tests copy the database
+    before they change it."""
+    from tests.toy_runs import DEMO, DEMO_BUDGET, Toy, make_run, needs_toy
+
+    if needs_toy.args[0]:
+        pytest.skip(needs_toy.kwargs["reason"])
+    folder = tmp_path_factory.mktemp("demo")
+    crashy = Toy("crashy", knows=20, delay_ms=1.0, options=(("crash", "generate"),))
+    run_id = make_run(folder / "demo.db", folder, [*DEMO, crashy], budget=DEMO_BUDGET)
+    return folder / "demo.db", run_id

@@ -1,4 +1,4 @@
-"""The model card: its model-index YAML parses and carries the quality results."""
+"""The model card of a real stored run: its model-index YAML parses and carries the results."""
 
 import pytest
 import yaml
@@ -7,7 +7,7 @@ from smallfit.errors import SmallfitError
 from smallfit.report.card import model_card, to_yaml
 from smallfit.results import collect
 from smallfit.store import Store
-from tests.fake_runs import FakeCandidate, FakeRun, build_run, demo_candidates
+from smallfit.report.table import fmt_bytes
 
 
 def _front_matter(card):
@@ -20,25 +20,27 @@ def test_yaml_emitter_round_trips_awkward_strings():
     assert yaml.safe_load("\n".join(to_yaml(data))) == data
 
 
-def test_card_has_model_index_efficiency_hardware_and_verdict(tmp_path):
-    store = Store.open(tmp_path / "r.db")
-    run_id = build_run(store, FakeRun(demo_candidates()))
-    card = model_card(collect(store, run_id), "mid-270m")
+def test_card_has_model_index_efficiency_hardware_and_verdict(demo_run):
+    db, run_id = demo_run
+    res = collect(Store.open(db), run_id)
+    card = model_card(res, "slow")
     (entry,) = _front_matter(card)["model-index"]
-    assert entry["name"] == "mid-270m"
+    assert entry["name"] == "slow"
     by_dataset = {r["dataset"]["name"]: r for r in entry["results"]}
-    assert set(by_dataset) == {"quartz", "largest-country"}
-    acc = next(m for m in by_dataset["quartz"]["metrics"] if m["type"] == "acc")
-    assert acc["value"] == pytest.approx(22 / 40) and "n=40" in acc["name"]
-    assert {"type", "name"} <= by_dataset["quartz"]["task"].keys()
-    assert "| quartz |" in card and "520.00 MB" in card and "Test CPU @ 3.0GHz" in card
+    assert set(by_dataset) == {"words", "capitals"}
+    acc = next(m for m in by_dataset["words"]["metrics"] if m["type"] == "acc")
+    row = next(r for r in res.rows if r.candidate == "slow" and r.task == "words")
+    assert acc["value"] == pytest.approx(row.metrics["acc"]) and "n=20" in acc["name"]
+    assert {"type", "name"} <= by_dataset["words"]["task"].keys()
+    assert "| words |" in card and fmt_bytes(row.metrics["peak_rss_bytes"]) in card
+    assert str(res.run["id"]) in card or "smallfit" in card
     assert "## Verdict: uncertain" in card and "more examples would likely decide" in card
 
 
-def test_card_of_failed_or_unknown_candidate(tmp_path):
-    store = Store.open(tmp_path / "r.db")
-    run_id = build_run(store, FakeRun([FakeCandidate("dead", 1, 1, 0, 0.1, broken=True)], budget=[]))
-    card = model_card(collect(store, run_id), "dead")
+def test_card_of_failed_or_unknown_candidate(demo_run):
+    db, run_id = demo_run
+    res = collect(Store.open(db), run_id)
+    card = model_card(res, "crashy")
     assert _front_matter(card)["model-index"][0]["results"] == [] and "error: worker killed" in card
-    with pytest.raises(SmallfitError, match="no candidate 'nope'; its candidates: dead"):
-        model_card(collect(store, run_id), "nope")
+    with pytest.raises(SmallfitError, match="no candidate 'nope'; its candidates: tiny, mid, slow, big, crashy"):
+        model_card(res, "nope")

@@ -9,27 +9,27 @@ from smallfit.errors import SmallfitError
 from smallfit.report.compare import BOOTSTRAP, UNTESTED, Z_TEST, compare_runs
 from smallfit.report.export import export
 from smallfit.store import Store
-from tests.fake_runs import FakeCandidate, FakeRun, build_run
+from tests.toy_runs import Toy, make_run
 
 
-@pytest.fixture
-def two_runs(tmp_path):
-    store = Store.open(tmp_path / "r.db")
-    a = build_run(store, FakeRun([FakeCandidate("m", 100, 10**8, 20, 0.5), FakeCandidate("x", 100, 10**8, 20, 0.5)],
-                                 tasks=("quartz",)))
-    b = build_run(store, FakeRun([FakeCandidate("m", 100, 9 * 10**7, 36, 1.0)], tasks=("quartz",)))
-    return store, a, b
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("two")
+    db = folder / "r.db"
+    a = make_run(db, folder / "a", [Toy("m", 0, 2.0, wrong=30), Toy("x", 10, 2.0)], n=40)
+    b = make_run(db, folder / "b", [Toy("m", 36, 6.0)], n=40)
+    return Store.open(db), a, b
 
 
 def test_compare_tests_each_figure_with_the_right_test(two_runs):
     store, a, b = two_runs
-    changes = {(c.candidate, c.metric): c for c in compare_runs(store, a, b)}
-    acc = changes[("m", "acc")]
-    assert (acc.a, acc.b, acc.test) == (0.5, 0.9, Z_TEST) and acc.p < 0.001 and acc.low > 0
-    lat = changes[("m", "latency_s_p95")]
-    assert lat.test == BOOTSTRAP and lat.diff > 0 and lat.low > 0 and lat.p < 0.05  # twice as slow in run B
-    mem = changes[("m", "peak_rss_bytes")]
-    assert mem.test == UNTESTED and mem.p is None and mem.diff == -10**7
+    changes = {(c.candidate, c.task, c.metric): c for c in compare_runs(store, a, b)}
+    acc = changes[("m", "words", "acc")]
+    assert acc.test == Z_TEST and acc.b - acc.a > 0.5 and acc.p < 0.001 and acc.low > 0
+    lat = changes[("m", "words", "latency_s_p95")]
+    assert lat.test == BOOTSTRAP and lat.diff > 0 and lat.low > 0 and lat.p < 0.05  # three times slower per token
+    mem = changes[("m", "words", "peak_rss_bytes")]
+    assert mem.test == UNTESTED and mem.p is None
     assert {c.candidate for c in changes.values()} == {"m"}  # x is only in run A
 
 
@@ -38,7 +38,7 @@ def test_compare_one_candidate_across_names_and_bad_names(two_runs):
     assert {c.candidate for c in compare_runs(store, a, b, "x", "m")} == {"x → m"}
     with pytest.raises(SmallfitError, match="run B has no candidate 'x'"):
         compare_runs(store, a, b, "m", "x")
-    other = build_run(store, FakeRun([FakeCandidate("z", 1, 1, 1, 0.1)], tasks=("quartz",)))
+    other = make_run(store.path, store.path.parent / "z", [Toy("z", 1, 1.0)], n=4)
     with pytest.raises(SmallfitError, match="no candidate name in common.*--candidate-a"):
         compare_runs(store, a, other)
 
@@ -46,10 +46,11 @@ def test_compare_one_candidate_across_names_and_bad_names(two_runs):
 def test_csv_exports(two_runs, tmp_path):
     store, a, _ = two_runs
     out = tmp_path / "c.csv"
-    assert export(store, a, "candidates", "csv", out) == 2
+    assert export(store, a, "candidates", "csv", out) == 4  # two candidates x two tasks
     rows = list(csv.DictReader(out.open()))
-    assert rows[0]["candidate"] == "m" and float(rows[0]["acc"]) == 0.5 and rows[0]["verdict"] == "uncertain"
-    assert export(store, a, "samples", "csv", out) == 80
+    stored = store.metrics(a, "m", "words")["acc"]
+    assert rows[0]["candidate"] == "m" and float(rows[0]["acc"]) == pytest.approx(stored) and rows[0]["verdict"] == "none"
+    assert export(store, a, "samples", "csv", out) == 2 * (40 + 28)  # words and capitals (30 rows, 2 few-shot)
     rows = list(csv.DictReader(out.open()))
     assert set(rows[0]) >= {"candidate", "task", "prompt", "prediction", "acc", "acc_norm"}
     with pytest.raises(SmallfitError, match="unknown --format 'xlsx'"):
@@ -69,14 +70,14 @@ def test_parquet_export(two_runs, tmp_path):
 
     store, a, _ = two_runs
     export(store, a, "samples", "parquet", tmp_path / "s.parquet")
-    assert pq.read_table(tmp_path / "s.parquet").num_rows == 80
+    assert pq.read_table(tmp_path / "s.parquet").num_rows == 2 * (40 + 28)
 
 
-def test_compare_and_export_commands(cli, tmp_path):
-    store = Store.open(cli.db)
-    a = build_run(store, FakeRun([FakeCandidate("m", 100, 10**8, 20, 0.5)], tasks=("quartz",)))
-    b = build_run(store, FakeRun([FakeCandidate("m", 100, 10**8, 30, 0.6)], tasks=("quartz",)))
-    store.close()
+def test_compare_and_export_commands(cli, tmp_path, two_runs):
+    import shutil
+
+    store, a, b = two_runs
+    shutil.copy(store.path, cli.db)
     proc = cli("compare", a, b, check=True)
     assert "z test" in proc.stdout and "bootstrap" in proc.stdout and "latency_s_p95" in proc.stdout
     cli("export", a, "--what", "samples", "-o", str(tmp_path / "s.csv"), check=True)

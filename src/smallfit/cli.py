@@ -159,7 +159,7 @@ def run(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=err, transient=False) as progress:
-            runner.execute(store, run_id, _ProgressView(progress))
+            runner.execute(store, run_id, _ProgressView(progress), resume=resume)
     except KeyboardInterrupt:
         err.print(f"\ninterrupted: finished results are stored; continue with: smallfit run --resume {run_id}",
                   soft_wrap=True)

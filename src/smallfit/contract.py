@@ -42,6 +42,8 @@ class ResolvedModel:
     """The model the variant was made from."""
     serves: bool = False
     """The model runs in a server's process, not the worker's."""
+    backend_package: str | None = None
+    """The package that registered the backend, and its version (``smallfit 0.1.0``, a plugin's)."""
 
 
 @dataclass(frozen=True)

@@ -184,8 +184,10 @@ def resolve(p: PlannedCandidate, threads: int, on_step: OnStep) -> tuple[Resolve
     variant's reference settings."""
     ref = p.ref()
     backend = get_backend(p.backend)
+    package = _package(backend.distribution)
     if backend.serves:
-        return ResolvedModel(p.name, p.model, p.backend, ref.kind, ref.format, ref.location, serves=True), None
+        return ResolvedModel(p.name, p.model, p.backend, ref.kind, ref.format, ref.location, serves=True,
+                             backend_package=package), None
     if ref.kind in ("alias", "hub", "hub-repo"):
         on_step(f"locating {ref.raw}")
     path = resolve_model(ref)
@@ -196,7 +198,16 @@ def resolve(p: PlannedCandidate, threads: int, on_step: OnStep) -> tuple[Resolve
     on_step("hashing its weights")
     digest = content_sha256(path)
     return ResolvedModel(p.name, p.model, p.backend, ref.kind, ref.format, str(path), digest, size, p.variant,
-                         str(source) if p.variant else None), sweep
+                         str(source) if p.variant else None, backend_package=package), sweep
+
+
+def _package(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{distribution} {version(distribution)}" if distribution else None
+    except PackageNotFoundError:
+        return distribution
 
 
 def _weights_size(path: Path) -> int:

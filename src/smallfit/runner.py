@@ -115,8 +115,9 @@ def start_run(spec: RunSpec, store: Store, keep_going: bool = False) -> str:
     run_id = store.create_run(spec.model_dump_json(), library_versions(), hardware, threads, machine_load(), names)
     for i, p in enumerate(planned):
         store.add_candidate(run_id, p.name, i, p.model, p.backend, p.to_json())
-        if blocked.get(p.name):
-            _fail_candidate(store, run_id, p.name, list(names.values()), "; ".join(blocked[p.name]), lambda e: None)
+        if blocked.get(p.name):  # --keep-going: recorded now, not run (a resume checks it again)
+            _fail_candidate(store, run_id, p.name, list(names.values()), "; ".join(blocked[p.name]), lambda e: None,
+                            status="blocked")
     return run_id
 
 
@@ -130,8 +131,9 @@ def settings_of(spec: RunSpec) -> Settings:
                     cpu_watts_per_core=spec.prices.cpu_watts_per_core, prices=spec.prices.model_dump())
 
 
-def execute(store: Store, run_id: str, on_event: OnEvent = lambda e: None) -> None:
-    """Run every candidate x task of the run that is not already stored as done."""
+def execute(store: Store, run_id: str, on_event: OnEvent = lambda e: None, resume: bool = False) -> None:
+    """Run every candidate x task of the run that is not already stored as done (on ``resume``,
+    candidates that failed the checks before the run are checked and tried again)."""
     run = store.run(run_id)
     spec = RunSpec.model_validate_json(run["spec_json"])
     settings = settings_of(spec)
@@ -145,6 +147,13 @@ def execute(store: Store, run_id: str, on_event: OnEvent = lambda e: None) -> No
                 raise SmallfitError(f"run {run_id} was stored by an older smallfit that did not store its plan; "
                                     "start a new run instead of resuming it")
             planned = PlannedCandidate.from_json(row["plan_json"])
+            if row["status"] == "blocked" and not resume:
+                on_event(Event("candidate_error", planned.name, message=str(row["error"])))
+                continue
+            if row["status"] == "blocked" and (problems := preflight([planned], spec.quantize)[planned.name]):
+                _fail_candidate(store, run_id, planned.name, list(tasks.values()), "; ".join(problems), on_event,
+                                status="blocked")
+                continue
             pending = [ref for ref, task in tasks.items() if (planned.name, task) not in done]
             if not pending:
                 on_event(Event("candidate_skipped", planned.name, total=len(tasks)))
@@ -200,10 +209,11 @@ def _finish_candidate(store: Store, run_id: str, name: str, tasks: dict[str, str
     on_event(Event("candidate_error", name, message=error) if error else Event("candidate_done", name, message=status))
 
 
-def _fail_candidate(store: Store, run_id: str, name: str, tasks: list[str], error: str, on_event: OnEvent) -> None:
+def _fail_candidate(store: Store, run_id: str, name: str, tasks: list[str], error: str, on_event: OnEvent,
+                    status: str = "error") -> None:
     for t in tasks:
         store.save_task_error(run_id, name, t, error)
-    store.update_candidate(run_id, name, status="error", error=error, finished_at=time.time())
+    store.update_candidate(run_id, name, status=status, error=error, finished_at=time.time())
     on_event(Event("candidate_error", name, message=error))
 
 

@@ -45,7 +45,7 @@ CREATE TABLE candidates (
     backend TEXT NOT NULL,
     model_path TEXT,
     model_size_bytes INTEGER,
-    status TEXT NOT NULL,              -- pending | running | done | error
+    status TEXT NOT NULL,              -- pending | running | done | error | blocked (failed its preflight)
     error TEXT,
     load_s REAL,
     process_peak_rss_bytes INTEGER,

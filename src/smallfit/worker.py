@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from smallfit.backends.base import BackendConfig
+from smallfit.backends.base import Backend, BackendConfig
 from smallfit.backends.registry import get_backend
 from smallfit.contract import Fatal, Finished, Job, Loaded, TaskDone, TaskFailed, TaskStarted, decode_job, encode_event
 from smallfit.errors import SmallfitError
@@ -76,10 +76,11 @@ def run_job(job: Job, emit: Emitter) -> int:
         spec = get_backend(job.model.backend)  # the registry is read before the load is timed
         t0 = time.perf_counter()
         backend = spec.load(cfg)
+        load_s = time.perf_counter() - t0
+        _check_protocol(backend, spec.name, spec.distribution)
     except SmallfitError as exc:
         emit(Fatal(str(exc)))
         return 1
-    load_s = time.perf_counter() - t0
     info = backend.info()
     if job.prepare_s is not None:  # built before this process started (see smallfit.prepare)
         info["prepared_in_own_process_s"] = round(job.prepare_s, 3)
@@ -100,6 +101,15 @@ def run_job(job: Job, emit: Emitter) -> int:
     backend.close()
     emit(Finished())
     return 0
+
+
+def _check_protocol(backend: object, name: str, distribution: str) -> None:
+    """A plugin's model that lacks part of the protocol is this candidate's one-line error."""
+    need = [*(m for m in Backend.__dict__ if not m.startswith("_") and callable(Backend.__dict__[m])), "capabilities"]
+    missing = [m for m in need if not hasattr(backend, m)]
+    if missing:
+        raise SmallfitError(f"backend {name} ({distribution}) does not keep the Backend contract: it lacks "
+                            f"{', '.join(missing)}; fix or uninstall the plugin")
 
 
 def _run_one(backend: Any, ref: str, name: str, job: Job, cfg: BackendConfig, emit: Emitter,

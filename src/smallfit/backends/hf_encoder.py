@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -134,8 +135,6 @@ class TransformersEncoder:
 
 def check_local_model(location: str, options: Mapping[str, Any]) -> None:
     """Before any work: a GGUF file's header, or a model folder's config and weights."""
-    from pathlib import Path
-
     path = Path(location)
     if path.suffix.lower() == ".gguf":
         from smallfit.backends.gguf_file import check_gguf
@@ -151,9 +150,16 @@ def check_local_model(location: str, options: Mapping[str, Any]) -> None:
         raise SmallfitError(f"{path} holds no weights (*.safetensors); download the whole model folder")
 
 
+def _example(folder: Path) -> str:
+    """The bundled SmolLM2 GGUF file (the contract test's model)."""
+    from smallfit.models import ALIASES
+
+    return str(ALIASES["smollm2-135m"].locate())
+
+
 BACKEND = BackendSpec(
     name="transformers", load=load_transformers, aliases=("hf",), formats=("transformers", "gguf"),
-    default_for=("transformers",), check_model=check_local_model, extra="hf",
+    default_for=("transformers",), example=_example, check_model=check_local_model, extra="hf",
     variants={"torch-f32": {"dtype": "float32"}, "torch-int8": {"dtype": "float32", "quantize": "int8"}},
     description="Hugging Face transformers on torch: model folders, hub repositories, GGUF files (dequantised)",
 )

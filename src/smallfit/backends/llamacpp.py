@@ -13,6 +13,7 @@ import ctypes
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from smallfit.backends.base import BackendConfig, Capabilities
@@ -341,15 +342,20 @@ def _first_stop(text: str, stops: Sequence[str]) -> int | None:
 
 
 def _check(location: str, options: Mapping[str, Any]) -> None:
-    from pathlib import Path
-
     from smallfit.backends.gguf_file import check_gguf
 
     check_gguf(Path(location))
 
 
+def _example(folder: Path) -> str:
+    """The bundled SmolLM2 GGUF file (the contract test's model)."""
+    from smallfit.models import ALIASES
+
+    return str(ALIASES["smollm2-135m"].locate())
+
+
 BACKEND = BackendSpec(
     name="llamacpp", load=LlamaCppBackend, aliases=("llama.cpp",), formats=("gguf",), default_for=("gguf",),
-    check_model=_check, extra="llamacpp",
+    example=_example, check_model=_check, extra="llamacpp",
     description="llama.cpp through llama-cpp-python: GGUF files, in process, on the CPU (or a GPU build)",
 )

@@ -449,9 +449,16 @@ def check_model(location: str, options: Mapping[str, Any]) -> None:
                             "and exports GGUF files and transformers folders")
 
 
+def _example(folder: Path) -> str:
+    """The bundled SmolLM2 GGUF file (the contract test's model)."""
+    from smallfit.models import ALIASES
+
+    return str(ALIASES["smollm2-135m"].locate())
+
+
 BACKEND = BackendSpec(
     name="onnx", load=load_onnx, aliases=("onnxruntime",), formats=("onnx", "gguf", "transformers"),
-    default_for=("onnx",), needs_preparing=needs_preparing, check_model=check_model, extra="onnx",
+    default_for=("onnx",), needs_preparing=needs_preparing, example=_example, check_model=check_model, extra="onnx",
     variants={"onnx-f32": {}, "onnx-int8": {"quantize": "int8"}},
     description="ONNX Runtime: .onnx graphs, and GGUF files or transformers folders exported by torch.onnx",
 )

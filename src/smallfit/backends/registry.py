@@ -62,6 +62,9 @@ class BackendSpec:
     """Quantization-sweep variants it runs: variant name -> candidate options (``torch-int8``)."""
     extra: str | None = None
     """The pip extra that installs its library (``smallfit[EXTRA]``)."""
+    example: Callable[[Path], str] | None = None
+    """``example(folder)``: the location of a small model this backend runs (written into
+    ``folder`` or shipped in a package), on which the contract test (smallfit.testing) runs it."""
     distribution: str = ""
     """The package that registered it (filled in by the registry)."""
 

@@ -63,8 +63,11 @@ def fingerprint() -> dict[str, Any]:
 
 def library_versions() -> dict[str, str | None]:
     """Installed versions of smallfit and the libraries that shape its figures (not imported)."""
+    from smallfit.backends.registry import registry
+
+    plugins = sorted({s.distribution for s in registry().values() if s.distribution and s.distribution != "smallfit"})
     out: dict[str, str | None] = {}
-    for name in _LIBRARIES:
+    for name in [*_LIBRARIES, *plugins]:
         try:
             out[name] = version(name)
         except PackageNotFoundError:

@@ -196,7 +196,12 @@ def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _render(template: str, row: dict[str, Any], where: str) -> str:
-    for _, field, _, _ in Formatter().parse(template):
+    try:
+        parsed = list(Formatter().parse(template))
+    except ValueError as exc:  # an unbalanced brace
+        raise SmallfitError(f"{where}: the template does not parse ({exc}); write a literal brace as {{{{ or }}}}") \
+            from None
+    for _, field, _, _ in parsed:
         if field is not None and field.split(".")[0].split("[")[0] not in row:
             raise SmallfitError(f"{where}: the template names field {{{field}}}, which this row lacks "
                                 f"(fields: {', '.join(sorted(row)) or 'none'})")

@@ -1,10 +1,12 @@
 """A smallfit backend plugin in one file: a byte-level bigram language model.
 
 A ``.toy`` model file is JSON: ``{"corpus": "text the model learns from", "smoothing": 0.5,
-"delay_ms": 1.0}``. Tokens are UTF-8 bytes; P(next byte | previous byte) comes from the corpus's
-bigram counts with additive smoothing, so every score is exact, deterministic arithmetic and
-generation is the greedy argmax. ``delay_ms`` sleeps per generated token, so timings are real
-and of a known size. Its ``options`` can make it fail at load (``{"fail": "load"}``) or kill its
+"delay_ms": 1.0, "facts": [["prompt suffix", "answer"], ...]}``. Tokens are UTF-8 bytes;
+P(next byte | previous byte) comes from the corpus's bigram counts with additive smoothing, so
+every score is exact, deterministic arithmetic and generation is the greedy argmax. A fact makes
+the model know an answer: after a context ending in its suffix, the answer's log-likelihood gains
+``FACT_BONUS`` nats and generation writes the answer first. ``delay_ms`` sleeps per generated
+token, so timings are real and of a known size. Its ``options`` can make it fail at load (``{"fail": "load"}``) or kill its
 own process on the first generation (``{"crash": "generate"}``): faults the runner must survive.
 
 smallfit finds it through the ``smallfit.backends`` entry point in this folder's pyproject.toml.
@@ -34,6 +36,7 @@ from smallfit.records import (
 )
 
 BOS = 0  # the byte a text starts after
+FACT_BONUS = 50.0
 
 
 class ToyBackend:
@@ -54,6 +57,7 @@ class ToyBackend:
         for prev, nxt in zip(bytes([BOS]) + data, data, strict=False):
             counts[prev][nxt] += 1
         self.logp = [[math.log(c / sum(row)) for c in row] for row in counts]
+        self.facts = [(str(suffix), str(answer)) for suffix, answer in model.get("facts", [])]
         self.best = [max(range(256), key=lambda b, r=row: (r[b], -b)) for row in counts]
 
     def _score(self, prev: int, data: bytes) -> tuple[float, bool]:
@@ -63,6 +67,9 @@ class ToyBackend:
             greedy = greedy and self.best[prev] == b
             prev = b
         return total, greedy
+
+    def _fact(self, context: str) -> str | None:
+        return next((answer for suffix, answer in self.facts if context.rstrip().endswith(suffix.rstrip())), None)
 
     def _check_length(self, n: int) -> None:
         if n > self.context_size:
@@ -75,6 +82,8 @@ class ToyBackend:
             context, continuation = r.context.encode(), r.continuation.encode()
             self._check_length(len(context) + len(continuation))
             logprob, greedy = self._score(context[-1] if context else BOS, continuation)
+            if self._fact(r.context) == r.continuation.strip():
+                logprob, greedy = logprob + FACT_BONUS, True
             out.append(Loglikelihood(logprob, greedy, len(continuation)))
         return out
 
@@ -97,10 +106,11 @@ class ToyBackend:
         prompt = req.prompt.encode()
         self._check_length(len(prompt) + 1)
         prev, out, times, finish = prompt[-1] if prompt else BOS, bytearray(), [], "length"
+        known = list(f" {self._fact(req.prompt)}\n".encode()) if self._fact(req.prompt) is not None else []
         for _ in range(min(req.max_tokens, self.context_size - len(prompt))):
             if self.delay_s:
                 time.sleep(self.delay_s)
-            prev = self.best[prev]
+            prev = known.pop(0) if known else self.best[prev]
             out.append(prev)
             times.append(time.perf_counter() - t0)
             text = out.decode("utf-8", "ignore")
@@ -141,7 +151,14 @@ def check_model(location: str, options: Mapping[str, Any]) -> None:
     _read(Path(location))
 
 
+def example(folder: Path) -> str:
+    """A small toy model, for the contract test."""
+    path = folder / "example.toy"
+    path.write_text(json.dumps({"corpus": "The capital of France is Paris. Bees make honey. " * 10}), encoding="utf-8")
+    return str(path)
+
+
 BACKEND = BackendSpec(
-    name="toy", load=ToyBackend, formats=("toy",), default_for=("toy",), check_model=check_model,
+    name="toy", load=ToyBackend, formats=("toy",), default_for=("toy",), check_model=check_model, example=example,
     description="a deterministic byte-bigram model (.toy JSON files), for smallfit's tests",
 )
