@@ -45,7 +45,7 @@ CREATE TABLE candidates (
     backend TEXT NOT NULL,
     model_path TEXT,
     model_size_bytes INTEGER,
-    status TEXT NOT NULL,              -- pending | running | done | error | blocked (failed its preflight)
+    status TEXT NOT NULL,              -- pending | running | done | error
     error TEXT,
     load_s REAL,
     process_peak_rss_bytes INTEGER,
@@ -107,9 +107,10 @@ CREATE TABLE timings (
     ("0002_run_tasks", """
 ALTER TABLE runs ADD COLUMN tasks_json TEXT;
 """),
-    # What each candidate actually ran (resolved file, its content hash and size, backend,
-    # variant and source) and its plan: readers need neither the model files nor a re-parse of
-    # the spec, and a resumed run does not plan again.
+    # What each candidate actually ran (resolved file, its content hash and size, backend, variant)
+    # and its plan: readers need neither the model files nor a re-parse of the spec, and a
+    # resumed run does not plan again. From here on candidates.status may also be 'blocked': it
+    # failed the checks made before the run and was recorded, not run (--keep-going).
     ("0003_resolved_candidates", """
 ALTER TABLE candidates ADD COLUMN plan_json TEXT;
 ALTER TABLE candidates ADD COLUMN resolved_json TEXT;
