@@ -2,8 +2,8 @@
 
 import pytest
 
-from smallfit.judge.budget import Check, parse_budget
 from smallfit.errors import SmallfitError
+from smallfit.judge.budget import Check, parse_budget
 from smallfit.judge.evidence import Interval
 from smallfit.judge.verdict import Row, judge, smallest_passing
 

@@ -5,9 +5,9 @@ import yaml
 
 from smallfit.errors import SmallfitError
 from smallfit.report.card import model_card, to_yaml
+from smallfit.report.table import fmt_bytes
 from smallfit.results import collect
 from smallfit.store import Store
-from smallfit.report.table import fmt_bytes
 
 
 def _front_matter(card):

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from smallfit.probes.cost import Prices, usd_per_mtok
 from smallfit.errors import SmallfitError
 from smallfit.probes.bandwidth import copy_bandwidth_bytes_s, decode_roofline_tok_s
+from smallfit.probes.cost import Prices, usd_per_mtok
 from smallfit.probes.energy import EnergyMeter, counter_delta, rapl_domains
 from smallfit.probes.load import Contention
 from smallfit.probes.scaling import knee

@@ -7,9 +7,9 @@ import pytest
 
 from smallfit.errors import SmallfitError
 from smallfit.metrics import METRICS, known_metric
-from smallfit.sweep.divergence import cosine_summary, kl_rows, summarize
 from smallfit.plan import PlannedCandidate, plan, preflight
 from smallfit.spec import RunSpec, build_spec
+from smallfit.sweep.divergence import cosine_summary, kl_rows, summarize
 from smallfit.sweep.quantize import ftype_name, parse_types, sweep_variants
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from smallfit.backends.base import BackendConfig, load_backend
-from smallfit.sweep.divergence import KL_POSITIONS, kl_rows
 from smallfit.models import parse_model_ref, resolve_model
-from smallfit.sweep.quantize import REFERENCE, prepare_variant, variant_path
 from smallfit.records import LoglikelihoodRequest
+from smallfit.sweep.divergence import KL_POSITIONS, kl_rows
+from smallfit.sweep.quantize import REFERENCE, prepare_variant, variant_path
 from smallfit.tasks import get_task
 from tests.conftest import needs_models
 

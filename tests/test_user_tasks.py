@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from smallfit.errors import SmallfitError
-from smallfit.tasks import get_task
 from smallfit.measure import select
+from smallfit.tasks import get_task
 from tests.conftest import needs_models
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,6 +16,7 @@ from typing import Any
 
 from smallfit.childjob import run_child, serve_child
 
+
 def prepare(backend: str, model_path: Path, threads: int, options: dict[str, Any]) -> float:
     """Load (so build and cache) the model in a child process; seconds taken, or a one-line error."""
     t0 = time.perf_counter()

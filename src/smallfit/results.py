@@ -8,10 +8,10 @@ from typing import Any
 
 from smallfit.judge.budget import parse_budget
 from smallfit.judge.evidence import Interval, quality_interval, timing_intervals, timings_from_rows
+from smallfit.judge.verdict import CandidateVerdict, Row, judge, smallest_passing
 from smallfit.metrics import QUALITY_METRICS
 from smallfit.records import TaskInfo
 from smallfit.store import Store, run_tasks
-from smallfit.judge.verdict import CandidateVerdict, Row, judge, smallest_passing
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from smallfit.judge.budget import Check, parse_budget
-from smallfit.probes.cost import Prices
 from smallfit.errors import SmallfitError
+from smallfit.judge.budget import Check, parse_budget
 from smallfit.models import ModelRef, parse_model_ref
+from smallfit.probes.cost import Prices
 
 
 class CandidateSpec(BaseModel):

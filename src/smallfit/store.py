@@ -11,14 +11,14 @@ import os
 import secrets
 import sqlite3
 import time
-from dataclasses import asdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from smallfit.errors import SmallfitError
 from smallfit.contract import ResolvedModel
+from smallfit.errors import SmallfitError
 from smallfit.records import TaskResult
 
 MIGRATIONS: list[tuple[str, str]] = [

@@ -1,3 +1,5 @@
-from tests.golden import main
 import sys
+
+from tests.golden import main
+
 sys.exit(main(sys.argv[1:]))

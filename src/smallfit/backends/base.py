@@ -161,4 +161,5 @@ def load_backend(name: str, config: BackendConfig) -> Backend:
     """Load the model on the registered backend ``name`` (or one of its aliases)."""
     from smallfit.backends.registry import get_backend
 
-    return get_backend(name).load(config)
+    backend: Backend = get_backend(name).load(config)
+    return backend

@@ -20,8 +20,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from smallfit.backends.base import Backend, BackendConfig, Capabilities
-from smallfit.backends.registry import BackendSpec
 from smallfit.backends.encoder import is_encoder_folder, max_length, pool, read_pooling
+from smallfit.backends.registry import BackendSpec
 from smallfit.errors import SmallfitError
 
 

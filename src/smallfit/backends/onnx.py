@@ -27,7 +27,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from smallfit.backends.base import Backend, BackendConfig, Capabilities, EmbeddingBackend
-from smallfit.backends.registry import BackendSpec
 from smallfit.backends.hf_tokens import HFTokenScoring, TokenPair, special_tokens
 from smallfit.backends.onnx_export import (
     INT8_RECIPE,
@@ -38,6 +37,7 @@ from smallfit.backends.onnx_export import (
     onnx_files_bytes,
 )
 from smallfit.backends.onnx_graph import read_graph
+from smallfit.backends.registry import BackendSpec
 from smallfit.errors import MissingExtraError, SmallfitError
 from smallfit.models import cache_dir
 from smallfit.records import (

@@ -35,8 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from smallfit.backends._http import RetryPolicy, StreamClosed, Transport, sse_events
 from smallfit.backends.base import BackendConfig, Capabilities
-from smallfit.backends.registry import BackendSpec
 from smallfit.backends.llamacpp import split_pair
+from smallfit.backends.registry import BackendSpec
 from smallfit.errors import MissingExtraError, SmallfitError
 from smallfit.records import (
     Completion,

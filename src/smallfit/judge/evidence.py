@@ -15,10 +15,10 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from smallfit.judge.stats import Z95, wilson_interval
 from smallfit.metrics import efficiency_from_timings, timed_requests
 from smallfit.records import RequestTiming
 from smallfit.scoring import percentile
-from smallfit.judge.stats import Z95, wilson_interval
 
 WILSON_METRICS = ("acc", "acc_norm", "exact_match")
 TIMING_METRICS = ("ttft_s", "ttft_s_p95", "tpot_s", "tpot_s_p95", "latency_s", "latency_s_p95",

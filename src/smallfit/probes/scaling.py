@@ -10,12 +10,12 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from itertools import pairwise
-from typing import Any, cast
+from typing import cast
 
 from smallfit.backends.base import Backend, BatchingBackend
 from smallfit.probes.energy import EnergyMeter
 from smallfit.probes.memory import peak_rss_bytes, reset_peak_rss
-from smallfit.records import GenerationRequest, RequestTiming, TaskResult
+from smallfit.records import GenerationRequest, RequestTiming, TaskInfo, TaskResult
 
 PROBES = ("load-curve", "context", "energy")
 BATCH_SIZES = (1, 2, 4, 8)
@@ -33,8 +33,8 @@ def knee(throughputs: dict[int, float]) -> int | None:
 
 
 def _unsupported(name: str, backend: Backend) -> TaskResult:
-    return TaskResult(f"probe:{name}", {}, [], [], {"unsupported": f"the {type(backend).__name__} cannot run this "
-                                                                     "probe (it needs batched decoding)"})
+    reason = f"the {type(backend).__name__} cannot run this probe (it needs batched decoding)"
+    return TaskResult(f"probe:{name}", {}, [], [], TaskInfo(kind="probe", unsupported=reason))
 
 
 def load_curve(backend: Backend, prompts: Sequence[str], max_tokens: int) -> TaskResult:
@@ -57,9 +57,9 @@ def load_curve(backend: Backend, prompts: Sequence[str], max_tokens: int) -> Tas
         timings += [RequestTiming.of(size * 100 + i, "load-curve", c) for i, c in enumerate(done)]
     best = knee(rates)
     metrics["knee_batch_size"] = float(best) if best else None
-    return TaskResult("probe:load-curve", metrics, [], timings,
-                      {"batch_sizes": list(BATCH_SIZES), "max_tokens": max_tokens, "knee_rule":
-                       f"the batch size after which doubling adds less than {KNEE_GAIN:.0%} throughput"})
+    rule = f"the batch size after which doubling adds less than {KNEE_GAIN:.0%} throughput"
+    return TaskResult("probe:load-curve", metrics, [], timings, TaskInfo(kind="probe", details={
+        "batch_sizes": list(BATCH_SIZES), "max_tokens": max_tokens, "knee_rule": rule}))
 
 
 def context_scaling(backend: Backend, text: str, max_context: int, memory_budget: float | None) -> TaskResult:
@@ -91,8 +91,8 @@ def context_scaling(backend: Backend, text: str, max_context: int, memory_budget
             fits.append(length)
     metrics["max_context_tokens_measured"] = float(max(int(t.index) for t in timings)) if timings else None
     metrics["max_context_within_memory_budget"] = float(max(fits)) if fits and memory_budget is not None else None
-    info: dict[str, Any] = {"lengths": [t.index for t in timings], "skipped": skipped, "limit": limit,
-                            "memory_budget_bytes": memory_budget}
+    info = TaskInfo(kind="probe", memory_budget_bytes=memory_budget,
+                    details={"lengths": [t.index for t in timings], "skipped": skipped, "limit": limit})
     return TaskResult("probe:context", metrics, [], timings, info)
 
 
@@ -115,5 +115,5 @@ def steady_energy(backend: Backend, prompt: str, seconds: float, meter: EnergyMe
         "power_w": joules / reading.seconds if joules is not None and reading.seconds > 0 else None,
     }
     label = f"{reading.method}: {reading.source}"
-    return TaskResult("probe:energy", metrics, [], timings,
-                      {"labels": dict.fromkeys(metrics, label), "seconds": reading.seconds, "tokens": tokens})
+    return TaskResult("probe:energy", metrics, [], timings, TaskInfo(
+        kind="probe", labels=dict.fromkeys(metrics, label), details={"seconds": reading.seconds, "tokens": tokens}))

@@ -18,6 +18,7 @@ from rich.text import Text
 
 from smallfit.errors import SmallfitError
 from smallfit.judge.evidence import TIMING_METRICS, timings_from_rows
+from smallfit.judge.stats import Z95, bootstrap_difference, difference_z_test
 from smallfit.metrics import (
     EFFICIENCY_METRICS,
     METRICS,
@@ -28,7 +29,6 @@ from smallfit.metrics import (
 from smallfit.records import RequestTiming
 from smallfit.report.table import fmt_metric
 from smallfit.results import ResultRow, collect
-from smallfit.judge.stats import Z95, bootstrap_difference, difference_z_test
 from smallfit.store import Store
 
 Z_TEST = "z test, combined s.e."

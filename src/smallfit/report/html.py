@@ -11,6 +11,7 @@ import json
 from html import escape
 from typing import Any
 
+from smallfit.judge.verdict import CheckResult
 from smallfit.metrics import METRICS
 from smallfit.report.pareto import QUALITY, Frontier, task_frontier
 from smallfit.report.svg import PALETTE, scatter
@@ -25,7 +26,6 @@ from smallfit.report.table import (
 )
 from smallfit.report.tradeoff import noise_flags, tradeoffs
 from smallfit.results import RunResults
-from smallfit.judge.verdict import CheckResult
 
 PLOT_AXES = ("latency_s_p95", "peak_rss_bytes")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from smallfit.errors import SmallfitError
+from smallfit.judge.verdict import dominators
 from smallfit.metrics import METRICS, QUALITY_METRICS
 from smallfit.results import ResultRow, RunResults
-from smallfit.judge.verdict import dominators
 
 QUALITY = "quality"  # an axis name: each task's main quality metric
 

@@ -12,11 +12,11 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from smallfit.judge.verdict import ERROR, FAIL, PASS, UNCERTAIN, CheckResult
 from smallfit.metrics import METRICS
 from smallfit.report.pareto import Frontier
 from smallfit.results import ResultRow, RunResults
 from smallfit.store import effective_status
-from smallfit.judge.verdict import ERROR, FAIL, PASS, UNCERTAIN, CheckResult
 
 _VERDICT_STYLE = {PASS: "bold green", FAIL: "bold red", ERROR: "bold magenta", UNCERTAIN: "bold yellow"}
 

@@ -7,11 +7,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from smallfit.judge.stats import difference_z_test
 from smallfit.metrics import METRICS
 from smallfit.report.pareto import main_quality
 from smallfit.report.table import fmt_metric
 from smallfit.results import ResultRow, RunResults
-from smallfit.judge.stats import difference_z_test
 
 PER_TASK = ("latency_s_p95", "decode_tok_s")
 PER_CANDIDATE = ("peak_rss_bytes", "model_size_bytes", "load_s")
