@@ -13,6 +13,7 @@ from typing import Any, cast
 from smallfit.backends.base import Backend, BackendConfig, ConcurrentBackend, DeviceMemory
 from smallfit.contract import Job, Progress, TaskStarted
 from smallfit.errors import SmallfitError
+from smallfit.judge.evidence import interval_methods
 from smallfit.metrics import EMBED_PHASE, efficiency_from_timings, is_timed
 from smallfit.probes.energy import DEFAULT_CPU_WATTS_PER_CORE, EnergyMeter, EnergyReading, nvml_energy_reader
 from smallfit.probes.figures import derived_figures
@@ -109,7 +110,7 @@ def run_task(backend: Backend, task: Task, job: Job, load_s: float, emit: Emit,
         timing_min_requests=s.timing_min_requests, timing_min_s=s.timing_min_s,
         peak_rss_source="not measured: the model runs in the server's process" if served else peak_source,
         peak_rss_since_start=not served and not peak_resettable,
-        contention=busy, noisy=busy.get("noisy"), labels=labels,
+        contention=busy, noisy=busy.get("noisy"), labels=labels, intervals=interval_methods(metrics),
         concurrency=concurrency.get("concurrency"), concurrency_error=concurrency.get("concurrency_error"),
         backend={k: v for k, v in backend.info().items() if load_info.get(k) != v},
     )

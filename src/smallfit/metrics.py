@@ -122,7 +122,10 @@ def is_timed(t: RequestTiming) -> bool:
 def timed_requests(timings: Sequence[RequestTiming]) -> list[RequestTiming]:
     """The requests the latency figures are computed from (see :func:`is_timed`)."""
     return [t for t in timings if is_timed(t)]
-_CI_KEYS = ("ttft_s", "ttft_s_p95", "tpot_s", "tpot_s_p95", "latency_s", "latency_s_p95")
+# Figures whose 95% interval is stored with them (the verdict, the report and the exports read it).
+_CI_KEYS = ("ttft_s", "ttft_s_p95", "tpot_s", "tpot_s_p95", "latency_s", "latency_s_p95", "decode_tok_s",
+            "prefill_tok_s", "input_tok_s")
+TIMING_RESAMPLES = 1000
 
 
 def _percentiles(out: dict[str, float | None], name: str, values: Sequence[float]) -> None:
@@ -154,7 +157,8 @@ def _latency_figures(gen: Sequence[RequestTiming]) -> dict[str, float | None]:
     return out
 
 
-def efficiency_from_timings(timings: Sequence[RequestTiming], resamples: int = 500) -> dict[str, float | None]:
+def efficiency_from_timings(timings: Sequence[RequestTiming],
+                            resamples: int = TIMING_RESAMPLES) -> dict[str, float | None]:
     """Latency and throughput figures (p50 is the bare name) from raw generation timings, with
     bootstrap 95% intervals of the main percentiles (requests resampled with replacement).
 

@@ -7,7 +7,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from smallfit.judge.budget import parse_budget
-from smallfit.judge.evidence import Interval, quality_interval, timing_intervals, timings_from_rows
+from smallfit.judge.evidence import (
+    Interval,
+    quality_interval,
+    stored_interval,
+    timing_intervals,
+    timings_from_rows,
+)
 from smallfit.judge.verdict import CandidateVerdict, Row, judge, smallest_passing
 from smallfit.metrics import QUALITY_METRICS
 from smallfit.records import TaskInfo
@@ -61,7 +67,7 @@ def collect(store: Store, run_id: str | None = None) -> RunResults:
                 metrics = store.metrics(run_id, cand["name"], task)
                 info = TaskInfo.from_dict(json.loads(outcome["info_json"] or "{}"))
             wanted = {c.metric for c in checks if c.task in (None, task)} if error is None else set()
-            intervals = (_intervals(store, run_id, cand["name"], task, metrics, wanted, info.n_samples)
+            intervals = (_intervals(store, run_id, cand["name"], task, metrics, wanted, info)
                          if wanted else {})
             base_rows.append(Row(cand["name"], task, metrics, error, intervals))
             infos.append(info)
@@ -84,8 +90,14 @@ def stored_budget(run: dict[str, Any]) -> list[str]:
 
 
 def _intervals(store: Store, run_id: str, candidate: str, task: str, metrics: dict[str, float | None],
-               wanted: set[str], n_samples: int | None) -> dict[str, Interval]:
-    """Intervals of the figures the budget checks on this row, from the stored samples and timings."""
+               wanted: set[str], info: TaskInfo) -> dict[str, Interval]:
+    """Intervals of the figures the budget checks on this row: the ones stored with them, or for
+    a run stored before that, made from its stored samples and timings."""
+    if info.intervals:
+        with_n = {**metrics, "n_samples": float(info.n_samples or 0)}
+        found = {m: stored_interval(m, with_n, info.intervals[m]) for m in wanted if m in info.intervals}
+        return {m: iv for m, iv in found.items() if iv is not None}
+    n_samples = info.n_samples
     out: dict[str, Interval] = {}
     quality = [m for m in wanted if m in QUALITY_METRICS and metrics.get(m) is not None]
     if quality:

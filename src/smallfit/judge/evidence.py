@@ -42,9 +42,31 @@ class Interval:
         return max(0.0, side) / Z95
 
 
+def interval_methods(metrics: Mapping[str, float | None]) -> dict[str, str]:
+    """How each stored interval of a task's metrics was made, recorded with the task (TaskInfo)."""
+    out: dict[str, str] = {}
+    for key, value in metrics.items():
+        if not key.endswith("_ci_low") or value is None:
+            continue
+        metric = key.removesuffix("_ci_low")
+        out[metric] = ("bootstrap (requests)" if metric in TIMING_METRICS
+                       else "wilson" if metric in WILSON_METRICS else "bootstrap (examples)")
+    return out
+
+
+def stored_interval(metric: str, metrics: Mapping[str, float | None], method: str) -> Interval | None:
+    """The interval stored with a figure when it was measured: the one every reader uses."""
+    value, low, high = metrics.get(metric), metrics.get(f"{metric}_ci_low"), metrics.get(f"{metric}_ci_high")
+    if value is None or low is None or high is None:
+        return None
+    requests = method.endswith("(requests)")
+    n = metrics.get("timed_requests") if requests else metrics.get("n_samples")
+    return Interval(min(low, value), max(high, value), int(n or 0), method, "requests" if requests else "examples")
+
+
 def quality_interval(metric: str, metrics: Mapping[str, float | None], n: int | None) -> Interval | None:
-    """The interval of a quality metric over ``n`` examples, or None when there is nothing to
-    build one from."""
+    """The interval of a quality metric over ``n`` examples for a run stored before intervals
+    were stored once (see :func:`stored_interval`), or None when there is nothing to build one from."""
     value = metrics.get(metric)
     if value is None or not n:
         return None
@@ -62,9 +84,9 @@ def quality_interval(metric: str, metrics: Mapping[str, float | None], n: int | 
 
 def timing_intervals(timings: Sequence[RequestTiming], names: Sequence[str],
                      resamples: int = 1000, seed: int = 0) -> dict[str, Interval]:
-    """Bootstrap intervals of the latency figures ``names`` from the raw requests: the requests
-    are resampled with replacement and every figure recomputed as ``efficiency_from_timings``
-    computes it, so each interval is of exactly the reported figure."""
+    """Bootstrap intervals of the latency figures ``names`` from the raw requests, for runs stored
+    before intervals were stored once: the requests are resampled with replacement and every
+    figure recomputed as ``efficiency_from_timings`` computes it."""
     wanted = [m for m in names if m in TIMING_METRICS]
     gen = timed_requests(timings)
     if not wanted or len(gen) < 2:
