@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from smallfit.backends.base import Backend, BackendConfig
+from smallfit.backends.base import Backend, BackendConfig, EmbeddingBackend
 from smallfit.backends.registry import get_backend
 from smallfit.contract import Fatal, Finished, Job, Loaded, TaskDone, TaskFailed, TaskStarted, decode_job, encode_event
 from smallfit.errors import SmallfitError
@@ -104,8 +104,11 @@ def run_job(job: Job, emit: Emitter) -> int:
 
 
 def _check_protocol(backend: object, name: str, distribution: str) -> None:
-    """A plugin's model that lacks part of the protocol is this candidate's one-line error."""
-    need = [*(m for m in Backend.__dict__ if not m.startswith("_") and callable(Backend.__dict__[m])), "capabilities"]
+    """A plugin's model that lacks part of its protocol (Backend, or EmbeddingBackend for an
+    encoder) is this candidate's one-line error."""
+    caps = getattr(backend, "capabilities", None)
+    protocol = EmbeddingBackend if getattr(caps, "embedding", False) else Backend
+    need = [*(m for m in protocol.__dict__ if not m.startswith("_") and callable(protocol.__dict__[m])), "capabilities"]
     missing = [m for m in need if not hasattr(backend, m)]
     if missing:
         raise SmallfitError(f"backend {name} ({distribution}) does not keep the Backend contract: it lacks "

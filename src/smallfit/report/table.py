@@ -105,7 +105,7 @@ def sweep_variants(results: RunResults) -> dict[str, tuple[str, str]]:
     found = {c["name"]: (str(c["variant"]), str(c["backend"])) for c in results.candidates if c.get("variant")}
     if not found:  # a run stored before the variant column: its stored (expanded) spec, read as plain JSON
         stored = json.loads(results.run["spec_json"]).get("candidates") or []
-        found = {str(c["name"]): (str(c["variant"]), str(c.get("backend") or "llamacpp")) for c in stored
+        found = {str(c["name"]): (str(c["variant"]), str(c.get("backend") or "")) for c in stored
                  if isinstance(c, dict) and c.get("variant") and c.get("name")}
     return found
 
