@@ -25,8 +25,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from smallfit.backends.base import BackendConfig, Capabilities
+from smallfit.backends.hf_common import import_torch_transformers, weights_bytes
 from smallfit.backends.hf_tokens import HFTokenScoring, TokenPair, special_tokens
-from smallfit.errors import MissingExtraError, SmallfitError
+from smallfit.errors import SmallfitError
 from smallfit.models import cache_dir
 from smallfit.records import (
     Completion,
@@ -47,22 +48,13 @@ class HFOptions(BaseModel):
     quantize: Literal["int8"] | None = Field(default=None, description="int8: torch dynamic quantization (CPU)")
 
 
-def _import() -> tuple[Any, Any]:
-    try:
-        import torch
-        import transformers
-    except ImportError:
-        raise MissingExtraError("torch/transformers", "hf") from None
-    return torch, transformers
-
-
 def gguf_to_safetensors(path: Path) -> Path:
     """Dequantise a GGUF file through transformers once and cache it as a safetensors folder.
 
     transformers refuses to save a GGUF-loaded model, so the weights are moved into a model
     built from the same config without its quantization settings, then saved.
     """
-    torch, tf = _import()
+    torch, tf = import_torch_transformers()
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_dir() / "hf" / f"{path.stem}-{key}"
@@ -85,18 +77,13 @@ def gguf_to_safetensors(path: Path) -> Path:
     return target
 
 
-def _weights_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.glob("*.safetensors")) or sum(
-        p.stat().st_size for p in folder.glob("*.bin"))
-
-
 class TransformersBackend(HFTokenScoring):
     """A causal LM loaded through transformers, on CPU or CUDA."""
 
     capabilities = Capabilities(loglikelihood=True, generation=True, streaming=True)
 
     def __init__(self, config: BackendConfig) -> None:
-        self._torch, tf = _import()
+        self._torch, tf = import_torch_transformers()
         torch = self._torch
         try:
             self.opts = HFOptions.model_validate(config.options)
@@ -397,9 +384,9 @@ class TransformersBackend(HFTokenScoring):
             "batch_size": self.opts.batch_size, "source": self.source, "weights": str(self.folder),
             "trust_remote_code": self.opts.trust_remote_code, "prefix_cache": False,
             "shared_context": "packed (tree attention mask)" if self._packing_ok else "KV cache reuse",
-            "decoding": "greedy (argmax)", "weights_on_disk_bytes": _weights_bytes(self.folder),
+            "decoding": "greedy (argmax)", "weights_on_disk_bytes": weights_bytes(self.folder),
             # an int8 model has no file: its size is its quantized weights' (torch.save of the state dict)
-            "model_size_bytes": self._quant.get("weights_in_memory_bytes", _weights_bytes(self.folder)),
+            "model_size_bytes": self._quant.get("weights_in_memory_bytes", weights_bytes(self.folder)),
             "quantize": self.opts.quantize, **self._quant,
         }
         if self.device.type == "cuda":
