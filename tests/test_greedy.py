@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 
 from smallfit.backends.greedy import GreedyModel, IncrementalDetokenizer, first_stop, generate
 from smallfit.errors import SmallfitError
 from smallfit.records import Completion, GenerationRequest
-from tests.conftest import needs_models
+from tests.conftest import have_onnx_export, needs_models
 
 EOS, SPECIAL = 0, 1  # ids 0 and 1 are special tokens: left out of the text
 BYTE_PIECES = [b"", b"", b"Hello", b" world", b" caf", b"\xc3", b"\xa9", b"\xc3\xa9", b"\xf0\x9f",
@@ -115,24 +116,30 @@ class Scripted:
                            context_size=context_size, sync=self.sync)
 
 
-def reference(script: Sequence[int], req: GenerationRequest, decode: Callable[[Sequence[int]], str],
-              room: int = 4096) -> tuple[str, int, str]:
+def old_loop(model: GreedyModel[Any], req: GenerationRequest, prompt: Sequence[int]) -> tuple[str, int, str]:
     """What the transformers and ONNX loops did before: the whole output decoded after every
     token and cut before the first stop sequence in it. (text, output tokens, finish reason)."""
+    state, logits = model.prefill(prompt)
     out: list[int] = []
-    text, finish = "", "length"
-    for k in range(min(req.max_tokens, room)):
-        tok = script[k % len(script)]
-        if tok == EOS and req.ignore_eos:
-            tok = 2
-        if tok == EOS:
+    text = ""
+    for _ in range(min(req.max_tokens, model.context_size - len(prompt))):
+        if req.ignore_eos and model.eos_ids:
+            logits[sorted(model.eos_ids)] = -float("inf")
+        tok = int(logits.argmax())
+        if tok in model.eos_ids:
             return text, len(out), "eos"
         out.append(tok)
-        text = decode(out)
+        text = model.decode(out)
         hits = [text.find(s) for s in req.stop if s and s in text]
         if hits:
             return text[: min(hits)], len(out), "stop"
-    return text, len(out), finish
+        state, logits = model.step(state, tok, len(prompt) + len(out) - 1)
+    return text, len(out), "length"
+
+
+def reference(script: Sequence[int], req: GenerationRequest, decode: Callable[[Sequence[int]], str],
+              n_vocab: int) -> tuple[str, int, str]:
+    return old_loop(Scripted(script, n_vocab).model(decode), req, (5, 6, 7))
 
 
 def run(script: Sequence[int], req: GenerationRequest, decode: Callable[[Sequence[int]], str], n_vocab: int,
@@ -178,7 +185,7 @@ def test_stop_sequences_cut_as_before_across_token_boundaries(decoder):
             stops.append(whole[lo : lo + rng.randrange(1, 6)])
         req = GenerationRequest("p", max_tokens=24, stop=(*stops, ""))
         c, _ = run(script, req, decode, n_vocab)
-        assert (c.text, c.n_output_tokens, c.finish_reason) == reference(script, req, decode)
+        assert (c.text, c.n_output_tokens, c.finish_reason) == reference(script, req, decode, n_vocab)
 
 
 def test_a_stop_spanning_tokens_cuts_at_its_start():
@@ -251,7 +258,7 @@ def test_byte_fallback_runs_made_invalid_read_as_a_whole_decode():
     for script in ([*cafe, *emoji, 8, 9], [*cafe, *emoji, 8, 9, 2, 3], [*cafe, *emoji, *emoji, 2]):
         req = GenerationRequest("p", max_tokens=len(script))
         c, _ = run(script, req, sentencepiece, n_vocab)
-        assert (c.text, c.n_output_tokens, c.finish_reason) == reference(script, req, sentencepiece)
+        assert (c.text, c.n_output_tokens, c.finish_reason) == reference(script, req, sentencepiece, n_vocab)
     assert run([*cafe, *emoji, 8, 9, 2], GenerationRequest("p", max_tokens=10), sentencepiece,
                n_vocab)[0].text == "caf" + "\ufffd" * 8 + " Hello"
 
@@ -286,3 +293,51 @@ def test_a_real_byte_level_tokenizer():
         for n, t in enumerate(ids, 1):
             detok.add(t)
             assert detok.text == decode(ids[:n])
+
+
+# Requests for the real models: accents, CJK and emoji (one output ends in mid-character), stop
+# sequences inside and across tokens, an end of text, a fixed length.
+MODEL_REQUESTS = [
+    GenerationRequest("The capital of France is", 8, ("\n",)),
+    GenerationRequest("Write a short poem about a café, crème brûlée and naïve dreams:", 24),
+    GenerationRequest("My favourite emoji are", 32),
+    GenerationRequest("Emoji story: 🐶🐱🐭🐹🐰", 24, ("🐵🐵", "\n")),
+    GenerationRequest("日本の首都は", 16),
+    GenerationRequest("Once upon a time", 40, ("a lit", "e, t")),
+    GenerationRequest("Question: How many legs does a spider have?\nAnswer:", 30, (" legs",)),
+    GenerationRequest("Thank you, goodbye.", 6, (), True),
+]
+
+
+@needs_models
+@pytest.mark.models
+@pytest.mark.skipif(not have_onnx_export(), reason="extras 'onnx' and 'hf' not installed")
+def test_transformers_and_onnx_generate_as_their_old_loops(monkeypatch):
+    """On the bundled SmolLM2, each backend's output through the shared loop is its old loop's
+    (re-run on the same model), and the two backends, running the same fp32 weights, agree."""
+    from smallfit.backends import greedy
+    from smallfit.backends.base import BackendConfig, load_backend
+    from smallfit.models import parse_model_ref, resolve_model
+
+    shared = greedy.generate
+    checked: list[Completion] = []
+
+    def checking(model: GreedyModel[Any], req: GenerationRequest, prompt: Sequence[int], t0: float) -> Completion:
+        got = shared(model, req, prompt, t0)
+        assert (got.text, got.n_output_tokens, got.finish_reason) == old_loop(model, req, prompt), req
+        checked.append(got)
+        return got
+
+    monkeypatch.setattr(greedy, "generate", checking)
+    path = resolve_model(parse_model_ref("smollm2-135m"))
+    outcomes = {}
+    for name in ("transformers", "onnx"):
+        backend = load_backend(name, BackendConfig(path, threads=1, context_size=512))
+        try:
+            outcomes[name] = [(c.text, c.n_output_tokens, c.finish_reason) for c in backend.generate(MODEL_REQUESTS)]
+        finally:
+            backend.close()
+    assert len(checked) == 2 * len(MODEL_REQUESTS)
+    assert outcomes["transformers"] == outcomes["onnx"]
+    assert {finish for _, _, finish in outcomes["onnx"]} == {"stop", "length", "eos"}
+    assert any(text.endswith("\ufffd") for text, _, _ in outcomes["onnx"])  # ended mid-character
