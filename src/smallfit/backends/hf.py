@@ -24,9 +24,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from smallfit.backends import greedy
 from smallfit.backends.base import BackendConfig, Capabilities
+from smallfit.backends.hf_common import import_torch_transformers, weights_bytes
 from smallfit.backends.hf_tokens import HFTokenScoring, TokenPair, special_tokens
-from smallfit.errors import MissingExtraError, SmallfitError
+from smallfit.errors import SmallfitError
 from smallfit.models import cache_dir
 from smallfit.records import (
     Completion,
@@ -47,22 +49,13 @@ class HFOptions(BaseModel):
     quantize: Literal["int8"] | None = Field(default=None, description="int8: torch dynamic quantization (CPU)")
 
 
-def _import() -> tuple[Any, Any]:
-    try:
-        import torch
-        import transformers
-    except ImportError:
-        raise MissingExtraError("torch/transformers", "hf") from None
-    return torch, transformers
-
-
 def gguf_to_safetensors(path: Path) -> Path:
     """Dequantise a GGUF file through transformers once and cache it as a safetensors folder.
 
     transformers refuses to save a GGUF-loaded model, so the weights are moved into a model
     built from the same config without its quantization settings, then saved.
     """
-    torch, tf = _import()
+    torch, tf = import_torch_transformers()
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_dir() / "hf" / f"{path.stem}-{key}"
@@ -85,18 +78,13 @@ def gguf_to_safetensors(path: Path) -> Path:
     return target
 
 
-def _weights_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.glob("*.safetensors")) or sum(
-        p.stat().st_size for p in folder.glob("*.bin"))
-
-
 class TransformersBackend(HFTokenScoring):
     """A causal LM loaded through transformers, on CPU or CUDA."""
 
     capabilities = Capabilities(loglikelihood=True, generation=True, streaming=True, device_memory=True)
 
     def __init__(self, config: BackendConfig) -> None:
-        self._torch, tf = _import()
+        self._torch, tf = import_torch_transformers()
         torch = self._torch
         try:
             self.opts = HFOptions.model_validate(config.options)
@@ -331,47 +319,33 @@ class TransformersBackend(HFTokenScoring):
     # -- generation ------------------------------------------------------------------------
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
-        """Greedy generation, one request at a time, timestamps after the device finished."""
-        return [self._generate_one(r) for r in requests]
+        """Greedy generation (:mod:`smallfit.backends.greedy`), one request at a time, each from
+        an empty cache; each token timestamped once the device has finished it."""
+        model = greedy.GreedyModel(prefill=self._prefill, step=self._step, decode=self.detokenize,
+                                   eos_ids=frozenset(self.eos_ids), context_size=self.max_length,
+                                   sync=self._sync)
+        out = []
+        for req in requests:
+            t0 = time.perf_counter()  # the request starts before tokenisation
+            prompt = self.tokenize(req.prompt) or [self.prefix_token]
+            with self._torch.inference_mode():
+                out.append(greedy.generate(model, req, prompt, t0))
+        return out
+
+    def _prefill(self, ids: Sequence[int]) -> tuple[Any, Any]:
+        """The prompt through the model: its KV cache and the next token's logits."""
+        result = self.model(self._torch.tensor([list(ids)], device=self.device), use_cache=True, logits_to_keep=1)
+        return _cache_of(result), result.logits[0, -1]
+
+    def _step(self, cache: Any, token: int, position: int) -> tuple[Any, Any]:
+        """One token on top of ``cache`` (it is at ``position``; the cache knows that already)."""
+        result = self.model(self._torch.tensor([[token]], device=self.device), use_cache=True,
+                            **{self._cache_kw: cache})
+        return _cache_of(result), result.logits[0, -1]
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             self._torch.cuda.synchronize(self.device)
-
-    def _generate_one(self, req: GenerationRequest) -> Completion:
-        torch = self._torch
-        t0 = time.perf_counter()
-        prompt = self.tokenize(req.prompt) or [self.prefix_token]
-        room = self.max_length - len(prompt)
-        if room <= 0:
-            raise SmallfitError(f"prompt of {len(prompt)} tokens leaves no room in the {self.max_length}-token context")
-        out: list[int] = []
-        times: list[float] = []
-        finish, text = "length", ""
-        with torch.inference_mode():
-            result = self.model(torch.tensor([prompt], device=self.device), use_cache=True, logits_to_keep=1)
-            for _ in range(min(req.max_tokens, room)):
-                logits = result.logits[0, -1]
-                if req.ignore_eos and self.eos_ids:
-                    logits = logits.clone()
-                    logits[list(self.eos_ids)] = -float("inf")
-                tok = int(logits.argmax())
-                self._sync()
-                if tok in self.eos_ids:
-                    finish = "eos"
-                    break
-                out.append(tok)
-                times.append(time.perf_counter() - t0)
-                text, stopped = self._decoded(out, req.stop)
-                if stopped:
-                    finish = "stop"
-                    break
-                result = self.model(torch.tensor([[tok]], device=self.device), use_cache=True,
-                                    **{self._cache_kw: _cache_of(result)})
-        latency = times[-1] if times else time.perf_counter() - t0
-        return Completion(text=text, n_prompt_tokens=len(prompt), n_output_tokens=len(out),
-                          ttft_s=times[0] if times else None, latency_s=latency,
-                          token_times_s=tuple(times), finish_reason=finish)
 
     def reset_peak_device_memory(self) -> None:
         """Start a new peak-VRAM window (CUDA only)."""
@@ -397,9 +371,9 @@ class TransformersBackend(HFTokenScoring):
             "batch_size": self.opts.batch_size, "source": self.source, "weights": str(self.folder),
             "trust_remote_code": self.opts.trust_remote_code, "prefix_cache": False,
             "shared_context": "packed (tree attention mask)" if self._packing_ok else "KV cache reuse",
-            "decoding": "greedy (argmax)", "weights_on_disk_bytes": _weights_bytes(self.folder),
+            "decoding": "greedy (argmax)", "weights_on_disk_bytes": weights_bytes(self.folder),
             # an int8 model has no file: its size is its quantized weights' (torch.save of the state dict)
-            "model_size_bytes": self._quant.get("weights_in_memory_bytes", _weights_bytes(self.folder)),
+            "model_size_bytes": self._quant.get("weights_in_memory_bytes", weights_bytes(self.folder)),
             "quantize": self.opts.quantize, **self._quant,
         }
         if self.device.type == "cuda":

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from smallfit.backends.base import Backend, BackendConfig, Capabilities
 from smallfit.backends.encoder import is_encoder_folder, max_length, pool, read_pooling
+from smallfit.backends.hf_common import import_torch_transformers, weights_bytes
 from smallfit.backends.registry import BackendSpec
 from smallfit.errors import SmallfitError
 
@@ -54,9 +55,7 @@ class TransformersEncoder:
     capabilities = Capabilities(loglikelihood=False, generation=False, streaming=False, embedding=True)
 
     def __init__(self, config: BackendConfig) -> None:
-        from smallfit.backends.hf import _import
-
-        self._torch, tf = _import()
+        self._torch, tf = import_torch_transformers()
         torch = self._torch
         try:
             self.opts = EncoderOptions.model_validate(config.options)
@@ -113,8 +112,6 @@ class TransformersEncoder:
         """Settings recorded with every result of this candidate."""
         import transformers
 
-        from smallfit.backends.hf import _weights_bytes
-
         torch = self._torch
         return {
             "library": "transformers", "library_version": transformers.__version__,
@@ -122,9 +119,9 @@ class TransformersEncoder:
             "dtype": self.opts.dtype, "threads": torch.get_num_threads(), "batch_size": self.opts.batch_size,
             "max_length": self.max_length, "pooling": self.pooling.mode, "normalize": self.pooling.normalize,
             "pooling_source": self.pooling.source, "source": "safetensors", "weights": str(self.folder),
-            "trust_remote_code": False, "quantize": None, "weights_on_disk_bytes": _weights_bytes(self.folder),
+            "trust_remote_code": False, "quantize": None, "weights_on_disk_bytes": weights_bytes(self.folder),
             # an int8 model has no file: its size is its quantized weights' (torch.save of the state dict)
-            "model_size_bytes": self._quant.get("weights_in_memory_bytes", _weights_bytes(self.folder)),
+            "model_size_bytes": self._quant.get("weights_in_memory_bytes", weights_bytes(self.folder)),
             **self._quant,
         }
 

@@ -34,9 +34,9 @@ def special_tokens(tokenizer: Any) -> tuple[bool, int]:
 
 
 class HFTokenScoring:
-    """Mixin: ``tokenize``, ``chat_prompt``, ``loglikelihood`` and ``loglikelihood_rolling`` over
-    the class's ``_score(pairs) -> [(logprob, is_greedy)]``. The class sets ``tokenizer``,
-    ``add_bos``, ``prefix_token`` and ``max_length``."""
+    """Mixin: ``tokenize``, ``detokenize``, ``chat_prompt``, ``loglikelihood`` and
+    ``loglikelihood_rolling`` over the class's ``_score(pairs) -> [(logprob, is_greedy)]``. The
+    class sets ``tokenizer``, ``add_bos``, ``prefix_token`` and ``max_length``."""
 
     tokenizer: Any
     add_bos: bool
@@ -65,12 +65,10 @@ class HFTokenScoring:
         except Exception as exc:  # noqa: BLE001 - a template is a program of its own
             raise SmallfitError(f"the model's chat template failed to render: {exc}") from None
 
-    def _decoded(self, out: list[int], stop: Sequence[str]) -> tuple[str, bool]:
-        """The text of the tokens generated so far, cut before the first stop sequence in it,
-        and whether one was found."""
-        text: str = self.tokenizer.decode(out, skip_special_tokens=True)
-        hits = [text.find(s) for s in stop if s and s in text]
-        return (text[: min(hits)], True) if hits else (text, False)
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """The text of token ids as generation reports it: special tokens left out."""
+        text: str = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return text
 
     def _last_positions(self, text: str, last_n: int) -> tuple[list[int], int]:
         """For ``next_token_logprobs``: the text's tokens (its end, if longer than the context)

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from smallfit.backends import greedy
 from smallfit.backends.base import Backend, BackendConfig, Capabilities, EmbeddingBackend
 from smallfit.backends.hf_tokens import HFTokenScoring, TokenPair, special_tokens
 from smallfit.backends.onnx_export import (
@@ -259,22 +260,22 @@ class OnnxCausalLM(HFTokenScoring):
     def _step_width(self, rows: int) -> int:
         return max(1, _LOGIT_BUFFER_BYTES // (rows * self.n_vocab * 4))
 
-    def _prefill(self, tokens: Sequence[int]) -> tuple[Any, list[Any]]:
-        """Evaluate ``tokens`` from an empty past: the last position's logits and the past."""
+    def _prefill(self, tokens: Sequence[int]) -> tuple[list[Any], Any]:
+        """Evaluate ``tokens`` from an empty past: the past and the last position's logits."""
         np = self._np
         past, logits = self._empty_past(1), None
         step = self._step_width(1)
         for lo in range(0, len(tokens), step):
             logits, past = self._run(np.array([tokens[lo : lo + step]]), past, lo)
         assert logits is not None
-        return logits[0, -1], past
+        return past, logits[0, -1]
 
     def next_token_logprobs(self, text: str, last_n: int) -> Any:
         """Next-token log-probabilities over the vocabulary at the last ``last_n`` positions of
         ``text``: float32 (rows, vocab), as the llama.cpp backend's (for the sweep's KL)."""
         np = self._np
         tokens, n = self._last_positions(text, last_n)
-        past = self._prefill(tokens[:-n])[1] if len(tokens) > n else self._empty_past(1)
+        past = self._prefill(tokens[:-n])[0] if len(tokens) > n else self._empty_past(1)
         logits, _ = self._run(np.array([tokens[len(tokens) - n :]]), past, len(tokens) - n)
         rows = logits[0].astype(np.float64)
         peak = rows.max(axis=1, keepdims=True)
@@ -344,7 +345,7 @@ class OnnxCausalLM(HFTokenScoring):
     def _score_shared(self, ctx: list[int], conts: Sequence[list[int]]) -> list[tuple[float, bool]]:
         """The context once through the graph, then the continuations in batches on top of its
         past key values."""
-        past = self._prefill(ctx[:-1])[1] if len(ctx) > 1 else None
+        past = self._prefill(ctx[:-1])[0] if len(ctx) > 1 else None
         results: list[tuple[float, bool]] = []
         for lo in range(0, len(conts), self.opts.batch_size):
             chunk = conts[lo : lo + self.opts.batch_size]
@@ -356,43 +357,21 @@ class OnnxCausalLM(HFTokenScoring):
     # -- generation -------------------------------------------------------------------------------
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
-        """Greedy generation, one request at a time, each from an empty past."""
-        return [self._generate_one(r) for r in requests]
+        """Greedy generation (:mod:`smallfit.backends.greedy`), one request at a time, each from
+        an empty past."""
+        model = greedy.GreedyModel(prefill=self._prefill, step=self._step, decode=self.detokenize,
+                                   eos_ids=frozenset(self.eos_ids), context_size=self.max_length)
+        out = []
+        for req in requests:
+            t0 = time.perf_counter()  # the request starts before tokenisation
+            prompt = self.tokenize(req.prompt) or [self.prefix_token]
+            out.append(greedy.generate(model, req, prompt, t0))
+        return out
 
-    def _generate_one(self, req: GenerationRequest) -> Completion:
-        np = self._np
-        t0 = time.perf_counter()  # the request starts before tokenisation
-        prompt = self.tokenize(req.prompt) or [self.prefix_token]
-        room = self.max_length - len(prompt)
-        if room <= 0:
-            raise SmallfitError(f"prompt of {len(prompt)} tokens leaves no room in the {self.max_length}-token context")
-        out: list[int] = []
-        times: list[float] = []
-        finish, text = "length", ""
-        banned = sorted(self.eos_ids) if req.ignore_eos else []
-        logits, past = self._prefill(prompt)
-        for _ in range(min(req.max_tokens, room)):
-            if banned:
-                logits = logits.copy()
-                logits[banned] = -np.inf
-            tok = int(logits.argmax())
-            if tok in self.eos_ids:
-                finish = "eos"
-                break
-            out.append(tok)
-            times.append(time.perf_counter() - t0)
-            text, stopped = self._decoded(out, req.stop)
-            if stopped:
-                finish = "stop"
-                break
-            if len(out) == min(req.max_tokens, room):
-                break  # no run for a token that will not be used
-            step, past = self._run(np.array([[tok]]), past, len(prompt) + len(out) - 1)
-            logits = step[0, -1]
-        latency = times[-1] if times else time.perf_counter() - t0
-        return Completion(text=text, n_prompt_tokens=len(prompt), n_output_tokens=len(out),
-                          ttft_s=times[0] if times else None, latency_s=latency,
-                          token_times_s=tuple(times), finish_reason=finish)
+    def _step(self, past: list[Any], token: int, position: int) -> tuple[list[Any], Any]:
+        """One token at ``position`` on top of ``past``: the new past and the next logits."""
+        logits, past = self._run(self._np.array([[token]]), past, position)
+        return past, logits[0, -1]
 
     # -- bookkeeping ------------------------------------------------------------------------------
 

@@ -131,9 +131,9 @@ def export_onnx(folder: Path) -> Path:
     target = cache_dir() / "onnx" / f"{folder.name}-{_content_key(weights)}"
     if (target / "model.onnx").is_file():
         return target
-    from smallfit.backends.hf import _import
+    from smallfit.backends.hf_common import import_torch_transformers
 
-    torch, tf = _import()
+    torch, tf = import_torch_transformers()
     tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
