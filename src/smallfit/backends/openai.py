@@ -25,9 +25,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +37,7 @@ from smallfit.backends.base import BackendConfig, Capabilities
 from smallfit.backends.llamacpp import split_pair
 from smallfit.backends.registry import BackendSpec
 from smallfit.errors import MissingExtraError, SmallfitError
+from smallfit.probes.concurrency import measure_concurrency
 from smallfit.records import (
     Completion,
     GenerationRequest,
@@ -46,7 +46,6 @@ from smallfit.records import (
     RollingLoglikelihood,
     RollingRequest,
 )
-from smallfit.scoring import percentile
 
 NO_SCORING = "this server cannot score multiple-choice tasks; use generation tasks"
 # A greedy token's echoed log-probability equals the best one at its position, up to float noise.
@@ -67,21 +66,6 @@ class OpenAIOptions(BaseModel):
     backoff_s: float = Field(default=0.5, ge=0, le=60, description="wait before the first retry; doubles each time")
     concurrency: list[int] = Field(default=[1, 2, 4], max_length=8,
                                    description="requests in flight at each level of the concurrency pass")
-
-
-@dataclass(frozen=True)
-class ConcurrencyLevel:
-    """The same requests run with ``concurrency`` of them in flight at a time."""
-
-    concurrency: int
-    n_requests: int
-    wall_s: float
-    requests_per_s: float
-    output_tok_s: float  # Σ output tokens (counted as info's output_tokens_counted_by says) / wall time
-    latency_s: float
-    latency_s_p95: float
-    ttft_s: float | None
-    ttft_s_p95: float | None
 
 
 def _import() -> Any:
@@ -374,28 +358,6 @@ def _counts(usage: dict[str, Any] | None) -> tuple[int | None, int | None, str]:
         return None, None, ""
     prompt = usage.get("prompt_tokens")
     return (prompt if isinstance(prompt, int) else None), int(usage["completion_tokens"]), "usage"
-
-
-def measure_concurrency(generate_one: Callable[[GenerationRequest], Completion],
-                        requests: Sequence[GenerationRequest], levels: Sequence[int]) -> list[ConcurrencyLevel]:
-    """Run ``requests`` once per level with ``level`` of them in flight (threads); per-level
-    throughput (requests and output tokens per wall second) and latency percentiles."""
-    if not requests:
-        raise SmallfitError("the concurrency pass needs at least one request")
-    out = []
-    for level in levels:
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=level, thread_name_prefix=f"smallfit-c{level}") as pool:
-            done = list(pool.map(generate_one, requests))
-        wall = time.perf_counter() - t0
-        ttfts = [c.ttft_s for c in done if c.ttft_s is not None]
-        out.append(ConcurrencyLevel(
-            concurrency=level, n_requests=len(done), wall_s=wall, requests_per_s=len(done) / wall,
-            output_tok_s=sum(c.n_output_tokens for c in done) / wall,
-            latency_s=percentile([c.latency_s for c in done], 50),
-            latency_s_p95=percentile([c.latency_s for c in done], 95),
-            ttft_s=percentile(ttfts, 50) if ttfts else None, ttft_s_p95=percentile(ttfts, 95) if ttfts else None))
-    return out
 
 
 def check_server(location: str, options: Mapping[str, Any]) -> None:
