@@ -8,7 +8,6 @@ in a few tokens coarsen everyone's scale). The check is ``INT8_NATS_PER_TOKEN`` 
 same greedy answer to the capital of France and the same ranking of the brick/feather answers.
 """
 
-import importlib.util
 import json
 import sqlite3
 from pathlib import Path
@@ -210,17 +209,9 @@ def test_graphs_are_told_apart_by_their_outputs(tmp_path):
     with pytest.raises(SmallfitError, match="neither a logits output .* nor a last_hidden_state"):
         _load(odd)
     encoder = _tiny_graph(tmp_path / "encoder.onnx", "last_hidden_state")
-    if importlib.util.find_spec("smallfit.backends.onnx_encoder") is None:
-        with pytest.raises(SmallfitError, match="is an encoder .* no ONNX encoder backend"):
-            _load(encoder)
-    else:  # dispatched to the encoder backend, which this one-node graph does not satisfy either way
-        try:
-            backend = _load(encoder)
-        except SmallfitError as exc:
-            assert "no ONNX encoder backend" not in str(exc) and "neither a logits" not in str(exc)
-            return
-        assert type(backend).__name__ == "OnnxEncoderBackend"
-        backend.close()
+    # dispatched to the encoder backend, which looks for the encoder's tokenizer beside the graph
+    with pytest.raises(SmallfitError, match=r"no tokenizer next to .*encoder\.onnx .*options = \{tokenizer"):
+        _load(encoder)
 
 
 def test_next_token_distributions_for_the_sweeps_kl_divergence(gguf, fp32, int8):

@@ -85,10 +85,12 @@ def test_run_prints_table_and_verdict_and_exports_json(cli, tmp_path):
     assert len(per_task) == 6 and all(n >= 3 and total >= 1.0 for _, _, n, total in per_task)
     info = json.loads(conn.execute("SELECT info_json FROM task_results WHERE task = 'quartz'").fetchone()[0])
     assert info["labels"]["energy_j"].startswith(("estimated", "measured"))
-    assert info["contention"]["noisy"] in (True, False) and info["timing_rule"] == {"min_requests": 3, "min_s": 1.0}
+    contention = info["contention"]
+    assert info["noisy"] is contention["noisy"] and isinstance(contention["others_busy_cpus"], float)
+    assert (info["timing_min_requests"], info["timing_min_s"]) == (3, 1.0)
     info = json.loads(conn.execute("SELECT backend_info_json FROM candidates LIMIT 1").fetchone()[0])
     assert info["threads"] == 1 and info["context_size"] == 2048 and info["batch_size"] == 512
-    assert "smallfit" in cli("runs", check=True).stdout or "finished" in cli("runs", check=True).stdout
+    assert "finished" in cli("runs", check=True).stdout
 
 
 def _children(pid: int) -> list[int]:
