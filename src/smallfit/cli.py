@@ -62,7 +62,7 @@ class _ProgressView:
         elif ev.kind == "candidate_started":
             self.bars[name] = p.add_task(f"{name}: loading", total=None)
         elif ev.kind == "preparing":
-            p.update(self.bars[name], description=f"{name}: building {ev.message}")
+            p.update(self.bars[name], description=f"{name}: preparing: {ev.message}")
         elif ev.kind == "task_started":
             p.update(self.bars[name], description=f"{name} · {ev.task}", total=ev.total, completed=0)
         elif ev.kind == "progress":

@@ -237,5 +237,5 @@ def prepare_build(resolved: ResolvedModel, options: dict[str, Any], threads: int
     spec = get_backend(resolved.backend)
     if spec.needs_preparing is None or resolved.serves or not spec.needs_preparing(Path(resolved.location), options):
         return None
-    on_step(f"building its {spec.name} preparation")
+    on_step(f"building what {spec.name} loads (an export), in its own process")
     return prepare(resolved.backend, Path(resolved.location), threads, options)
