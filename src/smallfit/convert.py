@@ -27,8 +27,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from smallfit.cache import cache_dir
 from smallfit.errors import SmallfitError
-from smallfit.models import cache_dir
 
 SCRIPT = "convert_hf_to_gguf.py"
 _PARTS = (SCRIPT, "conversion/", "gguf-py/")  # what the converter imports, relative to llama.cpp/

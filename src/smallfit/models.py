@@ -28,17 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from smallfit.cache import cache_dir
 from smallfit.errors import MissingExtraError, SmallfitError
-
-
-def cache_dir() -> Path:
-    """Where smallfit keeps files it builds (assembled models): ``$SMALLFIT_CACHE`` or
-    ``$XDG_CACHE_HOME/smallfit`` (default ``~/.cache/smallfit``)."""
-    env = os.environ.get("SMALLFIT_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "smallfit"
 
 
 def _package_dir(module: str, install: str) -> Path:

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smallfit.cache import cache_dir
 from smallfit.childjob import run_child, serve_child
 from smallfit.errors import SmallfitError
-from smallfit.models import cache_dir
 
 REFERENCE = "f32"
 

@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from smallfit.backends.base import BackendConfig, Capabilities
 from smallfit.backends.hf_tokens import HFTokenScoring, TokenPair, special_tokens
+from smallfit.cache import cache_dir
 from smallfit.errors import MissingExtraError, SmallfitError
-from smallfit.models import cache_dir
 from smallfit.records import (
     Completion,
     GenerationRequest,

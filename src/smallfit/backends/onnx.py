@@ -37,8 +37,8 @@ from smallfit.backends.onnx_export import (
     onnx_files_bytes,
 )
 from smallfit.backends.onnx_graph import read_graph
+from smallfit.cache import cache_dir
 from smallfit.errors import MissingExtraError, SmallfitError
-from smallfit.models import cache_dir
 from smallfit.records import (
     Completion,
     GenerationRequest,

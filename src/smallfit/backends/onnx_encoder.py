@@ -40,8 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from smallfit.backends.base import BackendConfig, Capabilities
 from smallfit.backends.encoder import Pooling, is_encoder_folder, max_length, pool, read_pooling
+from smallfit.cache import cache_dir
 from smallfit.errors import MissingExtraError, SmallfitError
-from smallfit.models import cache_dir
 
 OPSET = 17
 _FEEDS = ("input_ids", "attention_mask", "token_type_ids")

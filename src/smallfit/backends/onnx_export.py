@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from smallfit.cache import cache_dir
 from smallfit.errors import MissingExtraError, SmallfitError
-from smallfit.models import cache_dir
 
 EXPORT_FORMAT = 1  # bump when the exported graph changes, so old caches are not reused
 OPSET = 17

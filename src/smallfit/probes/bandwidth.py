@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from smallfit.models import cache_dir
+from smallfit.cache import cache_dir
 
 
 def copy_bandwidth_bytes_s(threads: int = 1, size: int = 128 * 2**20, repeats: int = 5) -> float:
