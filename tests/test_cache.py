@@ -1,5 +1,5 @@
 """The cache layer with real files and real processes: content keys, one build per entry across
-processes, nothing that looks finished after a failure or a kill."""
+processes, nothing that looks finished after a failure or a kill, one child-process protocol."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from smallfit import cache
+from smallfit.childjob import child_builder, run_child
+from smallfit.errors import SmallfitError
 
 # A process that builds entry "entry" of kind "demo" under KEY: its builder logs its pid, writes a
 # partial file, waits for GATE to exist, then finishes. It prints the entry's path.
@@ -204,6 +206,31 @@ def test_cache_location_follows_the_environment(monkeypatch: pytest.MonkeyPatch,
     assert cache.cache_dir() == tmp_path / "xdg" / "smallfit"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert cache.cache_dir() == Path.home() / ".cache" / "smallfit"
+
+
+def test_a_build_in_a_child_process_fails_in_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    bad_type = child_builder("smallfit.quantize:build_job", {"source": "x.gguf", "variant": "q9_9", "file": "x.gguf",
+                                                             "reference": "x.gguf"}, "building the q9_9 variant")
+    with pytest.raises(SmallfitError, match=r"^unknown quantization type 'q9_9'") as raised:
+        cache.build("demo", KEY, "entry", bad_type)
+    missing = child_builder("smallfit.quantize:build_job", {"source": str(tmp_path / "none.gguf"), "variant": "f32",
+                                                            "file": "x.gguf"}, "building the f32 variant")
+    with pytest.raises(SmallfitError, match=r"^building the f32 variant failed: \w+") as other:
+        cache.build("demo", KEY, "entry", missing)
+    for exc in (raised, other):
+        assert "\n" not in str(exc.value) and "Traceback" not in str(exc.value)
+    assert cache.find("demo", KEY, "entry") is None and _leftovers("demo") == []
+
+
+def test_the_child_protocol_answers_and_refuses_modules_outside_smallfit(tmp_path: Path) -> None:
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    answer = run_child("smallfit.prepare:needs_preparing", {"backend": "llamacpp", "model_path": None,
+                                                            "options": {}}, "asking")
+    assert answer == {}  # a non-dict answer (False) comes back as an empty answer
+    with pytest.raises(SmallfitError, match="os is not a smallfit module"):
+        run_child("os:remove", {"path": str(folder)}, "removing")
+    assert folder.is_dir()
 
 
 def test_a_build_run_twice_returns_the_finished_entry_without_building() -> None:
