@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -47,9 +47,31 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
-def _builder_process(tmp_path: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", BUILD, KEY, str(tmp_path / "log"), str(tmp_path / "gate")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+Spawn = Callable[..., "subprocess.Popen[str]"]
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """Start ``python -c CODE ARGS...``; whatever is still running at the end is killed."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(code: str, *args: str) -> subprocess.Popen[str]:
+        started.append(subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def _builder_process(spawn: Spawn, tmp_path: Path) -> subprocess.Popen[str]:
+    return spawn(BUILD, KEY, str(tmp_path / "log"), str(tmp_path / "gate"))
 
 
 def _wait_for(condition: Callable[[], bool], what: str, proc: subprocess.Popen[str] | None = None) -> None:
@@ -80,10 +102,10 @@ def _blocked_on_flock(pid: int, lock: Path) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/locks").is_file(), reason="needs Linux's /proc/locks to see a waiting process")
-def test_two_processes_building_one_entry_run_the_builder_once(tmp_path: Path) -> None:
-    first = _builder_process(tmp_path)
+def test_two_processes_building_one_entry_run_the_builder_once(spawn: Spawn, tmp_path: Path) -> None:
+    first = _builder_process(spawn, tmp_path)
     _wait_for(lambda: len(_builders_logged(tmp_path)) == 1, "the first builder to start", first)
-    second = _builder_process(tmp_path)
+    second = _builder_process(spawn, tmp_path)
     lock = cache.entry("demo", KEY, "entry").with_name(f".entry-{KEY[:16]}.lock")
     _wait_for(lambda: _blocked_on_flock(second.pid, lock), "the second process to wait for the lock", second)
     (tmp_path / "gate").touch()
@@ -111,8 +133,9 @@ def test_a_builder_that_raises_leaves_no_entry_and_no_temporary_folder() -> None
     assert _leftovers("demo") == []
 
 
-def test_a_killed_builder_leaves_nothing_finished_and_the_next_build_succeeds(tmp_path: Path) -> None:
-    proc = _builder_process(tmp_path)  # its gate never opens
+def test_a_killed_builder_leaves_nothing_finished_and_the_next_build_succeeds(spawn: Spawn,
+                                                                              tmp_path: Path) -> None:
+    proc = _builder_process(spawn, tmp_path)  # its gate never opens
     _wait_for(lambda: len(_builders_logged(tmp_path)) == 1, "the builder to start", proc)
     stale = cache.entry("demo", KEY, "entry").with_name(f".entry-{KEY[:16]}.{proc.pid}.tmp")
     _wait_for(lambda: (stale / "part").is_file(), "the partial file", proc)
@@ -125,8 +148,9 @@ def test_a_killed_builder_leaves_nothing_finished_and_the_next_build_succeeds(tm
     assert _leftovers("demo") == [path.name]  # the dead process's temporary folder is gone
 
 
-def test_stale_temporary_folders_of_other_entries_go_unless_their_build_is_alive(tmp_path: Path) -> None:
-    proc = _builder_process(tmp_path)  # builds "entry" and waits: its lock is held, its folder alive
+def test_stale_temporary_folders_of_other_entries_go_unless_their_build_is_alive(spawn: Spawn,
+                                                                                tmp_path: Path) -> None:
+    proc = _builder_process(spawn, tmp_path)  # builds "entry" and waits: its lock is held, its folder alive
     _wait_for(lambda: len(_builders_logged(tmp_path)) == 1, "the builder to start", proc)
     live = cache.entry("demo", KEY, "entry").with_name(f".entry-{KEY[:16]}.{proc.pid}.tmp")
     dead = cache.entry("demo", KEY, "other").with_name(f".other-{KEY[:16]}.999999.tmp")
@@ -244,3 +268,48 @@ def test_a_build_run_twice_returns_the_finished_entry_without_building() -> None
     assert cache.build("demo", KEY, "entry", builder) == first and len(calls) == 1
     shutil.rmtree(first)
     assert cache.build("demo", KEY, "entry", builder) == first and len(calls) == 2
+
+
+# A parent that runs one child job through the protocol: llama.cpp's converter entry point, given
+# a script that records its pid in FOLDER and waits for a file that never comes.
+PARENT = r"""
+import sys
+from smallfit.childjob import run_child
+
+run_child("smallfit.convert:convert_job", {"script": sys.argv[1], "folder": sys.argv[2], "outfile": "-",
+                                           "allow_remote_code": True}, "waiting")
+"""
+WAITING_SCRIPT = r"""
+import os, sys, time
+from pathlib import Path
+
+folder = Path(sys.argv[1])
+(folder / "pid").write_text(str(os.getpid()))
+while not (folder / "never").exists():
+    time.sleep(0.01)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has ended; only its parent has not reaped it
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_child_job_ends_when_its_parent_is_killed(spawn: Spawn, tmp_path: Path) -> None:
+    script = tmp_path / "wait.py"
+    script.write_text(WAITING_SCRIPT)
+    parent = spawn(PARENT, str(script), str(tmp_path))
+    _wait_for(lambda: (tmp_path / "pid").is_file() and (tmp_path / "pid").read_text() != "", "the child", parent)
+    child = int((tmp_path / "pid").read_text())
+    try:
+        assert _alive(child)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=HANG_GUARD_S)
+        _wait_for(lambda: not _alive(child), "the orphaned child to end")
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)

@@ -154,7 +154,7 @@ def find(kind: str, key: str, name: str) -> Path | None:
     return path if path.is_dir() else None
 
 
-def build(kind: str, key: str, name: str, builder: Callable[[Path], None]) -> Path:
+def build(kind: str, key: str, name: str, builder: Callable[[Path], object]) -> Path:
     """The finished entry, made first if missing by ``builder(temporary folder)`` (see the module
     docstring). The builder's exceptions propagate, with its temporary folder removed."""
     final = entry(kind, key, name)

@@ -27,7 +27,7 @@ from smallfit.errors import SmallfitError
 def run_child(call: str, args: dict[str, Any], what: str) -> dict[str, Any]:
     """Run ``call`` (``"smallfit.MODULE:FUNCTION"``) on ``args`` in a new process; its answer, or
     a one-line error (``what`` names the work: "WHAT failed ...")."""
-    job = {"call": call, "args": args, "what": what}
+    job = {"call": call, "args": args, "what": what, "parent": os.getpid()}
     proc = subprocess.run([sys.executable, "-m", "smallfit.childjob"], input=json.dumps(job), capture_output=True,
                           text=True, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -55,12 +55,26 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else ""
 
 
+def _end_with_parent(parent: int | None) -> None:
+    """On Linux, have the kernel end this process when its parent dies: a run killed with
+    SIGKILL leaves no build writing on into a temporary folder that the next build removes."""
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
+
+
 def serve_child() -> int:
     """The child's side: read the job, run it, write its answer (or the error) as one line.
 
     fd 1 is kept for the answer and everything else printed goes to stderr (native libraries
     such as llama.cpp log to stdout)."""
     job = json.loads(sys.stdin.read())
+    _end_with_parent(job.get("parent"))
     what = str(job.get("what") or job.get("call"))
     fd = os.dup(1)
     os.dup2(2, 1)
