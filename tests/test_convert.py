@@ -2,12 +2,11 @@
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
+from smallfit.childjob import run_child
+from smallfit.errors import SmallfitError
 from smallfit.sweep.convert import is_causal_lm
 
 needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
@@ -34,13 +33,18 @@ def _evil_repo(tmp_path):
 @pytest.mark.models
 @needs_transformers
 @pytest.mark.parametrize("allowed", [False, True])
-def test_converter_process_runs_repository_code_only_when_allowed(tmp_path, allowed):
+def test_converter_process_runs_repository_code_only_when_allowed(tmp_path, monkeypatch, allowed):
     repo, marker, script = _evil_repo(tmp_path)
-    env = {**os.environ, "SMALLFIT_ALLOW_REMOTE_CODE": "1" if allowed else "0", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "smallfit.sweep.convert", str(script), str(repo)], env=env,
-                          capture_output=True, text=True, check=False, timeout=120)
-    assert marker.exists() == allowed, proc.stderr[-2000:]
-    assert (proc.returncode == 0) == allowed
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    job = {"script": str(script), "folder": str(repo), "outfile": str(tmp_path / "out.gguf"),
+           "allow_remote_code": allowed}
+    if allowed:
+        assert run_child("smallfit.sweep.convert:convert_job", job, "converting") == {}
+    else:
+        with pytest.raises(SmallfitError, match="^converting failed: ") as refused:
+            run_child("smallfit.sweep.convert:convert_job", job, "converting")
+        assert "\n" not in str(refused.value)
+    assert marker.exists() == allowed
 
 
 def test_causal_lm_detection(tmp_path):

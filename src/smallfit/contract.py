@@ -79,8 +79,6 @@ class SweepSettings:
     reference_path: str
     reference_options: dict[str, Any] = field(default_factory=dict)
     source: str = ""
-    dir: str = ""
-    """The sweep's cache folder (reference distributions)."""
 
 
 @dataclass(frozen=True)

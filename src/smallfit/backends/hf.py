@@ -12,10 +12,7 @@ safetensors weights load unless ``allow_pickle`` is set.
 from __future__ import annotations
 
 import copy
-import hashlib
 import inspect
-import os
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -24,12 +21,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from smallfit import cache
 from smallfit.backends import greedy
 from smallfit.backends.base import BackendConfig, Capabilities
 from smallfit.backends.hf_common import import_torch_transformers, weights_bytes
 from smallfit.backends.hf_tokens import HFTokenScoring, TokenPair, special_tokens
+from smallfit.childjob import child_builder
 from smallfit.errors import SmallfitError
-from smallfit.models import cache_dir
 from smallfit.records import (
     Completion,
     GenerationRequest,
@@ -50,32 +48,30 @@ class HFOptions(BaseModel):
 
 
 def gguf_to_safetensors(path: Path) -> Path:
-    """Dequantise a GGUF file through transformers once and cache it as a safetensors folder.
+    """Dequantise a GGUF file through transformers once and cache it as a safetensors folder (a
+    cache entry keyed by the file's content, built in a child process: see :mod:`smallfit.cache`
+    and :mod:`smallfit.childjob`)."""
+    key = cache.key(inputs=[path], version="gguf-to-safetensors-1")
+    return cache.build("hf", key, path.stem, child_builder(
+        "smallfit.backends.hf:dequantise_job", {"path": str(path)}, f"dequantising {path.name} through transformers"))
+
+
+def dequantise_job(out: str, path: str) -> None:
+    """Child side: write the GGUF file ``path`` dequantised as a safetensors model folder ``out``.
 
     transformers refuses to save a GGUF-loaded model, so the weights are moved into a model
-    built from the same config without its quantization settings, then saved.
-    """
+    built from the same config without its quantization settings, then saved."""
     torch, tf = import_torch_transformers()
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_dir() / "hf" / f"{path.stem}-{key}"
-    if (target / "smallfit-converted").is_file():
-        return target
-    tokenizer = tf.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    loaded = tf.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    gguf = Path(path)
+    tokenizer = tf.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = tf.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     clean = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     clean.load_state_dict(loaded.state_dict())
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    clean.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "smallfit-converted").write_text(f"{path.resolve()}\n")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target
+    clean.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
 
 
 class TransformersBackend(HFTokenScoring):

@@ -32,7 +32,6 @@ from smallfit.backends.hf_tokens import HFTokenScoring, TokenPair, special_token
 from smallfit.backends.onnx_export import (
     INT8_RECIPE,
     MARKER,
-    content_sha256,
     export_cached,
     int8_cached,
     onnx_files_bytes,
@@ -40,7 +39,6 @@ from smallfit.backends.onnx_export import (
 from smallfit.backends.onnx_graph import read_graph
 from smallfit.backends.registry import BackendSpec
 from smallfit.errors import MissingExtraError, SmallfitError
-from smallfit.models import cache_dir
 from smallfit.records import (
     Completion,
     GenerationRequest,
@@ -149,8 +147,7 @@ class OnnxCausalLM(HFTokenScoring):
         self.config, self.origin = config, dict(origin)
         self.fp32_path = model
         if self.opts.quantize == "int8":
-            folder = Path(origin["export"]) if "export" in origin else self._int8_folder(model)
-            model, self.origin["quantize_s"] = int8_cached(model, folder)
+            model, self.origin["quantize_s"] = int8_cached(model, f"{model.stem}.int8.onnx")
         self.path, self.graph = model, read_graph(model)
         # dynamic quantization scales activations per graph run: a request scored with others
         # (or after its context's cached run) would score differently than alone, so each request
@@ -160,13 +157,6 @@ class OnnxCausalLM(HFTokenScoring):
         self.session = self._session(model)
         self._bind_graph()
         self._load_tokenizer(_tokenizer_dir(self.fp32_path))
-
-    @staticmethod
-    def _int8_folder(model: Path) -> Path:
-        if (model.parent / MARKER).is_file():  # smallfit's own export, run as a file
-            return model.parent
-        stem = model.parent.name if model.stem == "model" else model.stem
-        return cache_dir() / "onnx" / f"{stem}-{content_sha256(model)[:16]}"
 
     def _session(self, model: Path) -> Any:
         ort = self._ort

@@ -6,14 +6,15 @@ The model is one of:
   inputs are read from the graph (``input_ids``, ``attention_mask``, optional
   ``token_type_ids``) and its token vectors (``last_hidden_state``) are pooled here;
 * a transformers encoder folder (safetensors): exported once to ONNX fp32 with
-  ``torch.onnx.export`` (needs the ``hf`` extra) and cached under
-  ``cache_dir()/onnx/<folder>-<sha256 of the weights, 16 hex>/`` with its tokenizer and pooling
-  files, so the cached folder is self-contained.
+  ``torch.onnx.export`` (needs the ``hf`` extra), in a child process, into a cache entry keyed
+  by the folder's content (``cache_dir()/onnx/<folder>-<key, 16 hex>/``, see
+  :mod:`smallfit.cache`) with its tokenizer and pooling files, so the cached folder is
+  self-contained.
 
 ``options = {quantize = "int8"}`` runs an int8 copy made by
 ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, activations quantized at run time:
-int8 matrix products), cached next to the exported model, or for a given ``.onnx`` file under
-``cache_dir()/onnx/<stem>-<sha256 of the file, 16 hex>/``. Weight scales are per output channel
+int8 matrix products), a cache entry of its own keyed by the fp32 file's content (see
+:func:`smallfit.backends.onnx_export.int8_cached`). Weight scales are per output channel
 unless ``per_channel = false``: on all-MiniLM-L6-v2 that keeps sentence vectors at a mean cosine
 of 0.993 to float32 (examples/tickets.jsonl), against about 0.97 with one scale per tensor.
 
@@ -26,10 +27,7 @@ has to be exported.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
-import os
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -38,10 +36,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from smallfit import cache
 from smallfit.backends.base import BackendConfig, Capabilities
 from smallfit.backends.encoder import Pooling, is_encoder_folder, max_length, pool, read_pooling
+from smallfit.backends.onnx_export import int8_cached
+from smallfit.childjob import child_builder
 from smallfit.errors import MissingExtraError, SmallfitError
-from smallfit.models import cache_dir
 
 OPSET = 17
 _FEEDS = ("input_ids", "attention_mask", "token_type_ids")
@@ -90,25 +90,6 @@ def is_encoder_model(path: Path) -> bool:
 
 # -- export and quantization (cached) -----------------------------------------------------------
 
-def _content_key(files: Sequence[Path]) -> str:
-    digest = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Move a finished temporary folder into place; another process may have got there first."""
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        if not (target / "model.onnx").is_file():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _copy_companions(source: Path, dest: Path) -> None:
     """The tokenizer, config and sentence-transformers module files, without the weights."""
     for item in source.iterdir():
@@ -123,24 +104,26 @@ def _copy_companions(source: Path, dest: Path) -> None:
 
 
 def export_onnx(folder: Path) -> Path:
-    """Export a transformers encoder folder to ONNX fp32 once; the cached folder (``model.onnx``
-    plus tokenizer and pooling files). Dynamic batch and sequence axes, opset 17."""
-    weights = sorted(folder.glob("*.safetensors"))
-    if not weights:
+    """Export a transformers encoder folder to ONNX fp32 once, in a child process; the cached
+    folder (``model.onnx`` plus tokenizer and pooling files). Dynamic batch and sequence axes,
+    opset 17."""
+    if not any(folder.glob("*.safetensors")):
         raise SmallfitError(f"{folder} has no safetensors weights to export to ONNX")
-    target = cache_dir() / "onnx" / f"{folder.name}-{_content_key(weights)}"
-    if (target / "model.onnx").is_file():
-        return target
+    key = cache.key(inputs=[folder], version="onnx-encoder-export-1", params={"opset": OPSET})
+    return cache.build("onnx", key, folder.name, child_builder(
+        "smallfit.backends.onnx_encoder:export_job", {"folder": str(folder)}, f"ONNX export of {folder}"))
+
+
+def export_job(out: str, folder: str) -> None:
+    """Child side (see :mod:`smallfit.childjob`): export the encoder ``folder`` into ``out``."""
     from smallfit.backends.hf_common import import_torch_transformers
 
     torch, tf = import_torch_transformers()
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    source, tmp = Path(folder), Path(out)
     try:
-        model = tf.AutoModel.from_pretrained(folder, dtype=torch.float32, use_safetensors=True,
+        model = tf.AutoModel.from_pretrained(source, dtype=torch.float32, use_safetensors=True,
                                              trust_remote_code=False).eval()
-        enc = tf.AutoTokenizer.from_pretrained(folder)(["an example sentence", "two"], padding=True,
+        enc = tf.AutoTokenizer.from_pretrained(source)(["an example sentence", "two"], padding=True,
                                                         return_tensors="pt")
         names = [k for k in _FEEDS if k in enc]
         # Traced through a wrapper with positional inputs: BertModel's own forward, traced
@@ -153,13 +136,10 @@ def export_onnx(folder: Path) -> Path:
                               output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=OPSET,
                               dynamo=False)
     except (OSError, ValueError, RuntimeError, TypeError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise SmallfitError(f"could not export {folder} to ONNX: {str(exc).splitlines()[0]}") from None
-    _copy_companions(folder, tmp)
+        raise SmallfitError(f"could not export {source} to ONNX: {str(exc).splitlines()[0]}") from None
+    _copy_companions(source, tmp)
     (tmp / "smallfit-export.json").write_text(json.dumps(
-        {"source": str(folder), "opset": OPSET, "torch": torch.__version__, "method": "torch.onnx.export (dynamo=False)"}))
-    _publish(tmp, target)
-    return target
+        {"source": str(source), "opset": OPSET, "torch": torch.__version__, "method": "torch.onnx.export (dynamo=False)"}))
 
 
 def _last_hidden(torch: Any, model: Any, names: Sequence[str]) -> Any:
@@ -174,34 +154,11 @@ def _last_hidden(torch: Any, model: Any, names: Sequence[str]) -> Any:
     return LastHidden()
 
 
-def quantize_onnx(source: Path, folder: Path | None = None, per_channel: bool = True) -> Path:
+def quantize_onnx(source: Path, per_channel: bool = True) -> Path:
     """An int8 copy of an ONNX model by ``onnxruntime.quantization.quantize_dynamic`` (QInt8
     weights, scales per output channel unless ``per_channel`` is false), made once:
-    ``folder/model_int8_per_channel.onnx`` (``..._per_tensor.onnx``), by default in
-    ``cache_dir()/onnx/<stem>-<sha256 of the file>/``."""
-    if folder is None:
-        folder = cache_dir() / "onnx" / f"{source.stem}-{_content_key([source])}"
-    target = folder / f"model_int8_per_{'channel' if per_channel else 'tensor'}.onnx"
-    if target.is_file():
-        return target
-    try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError:
-        raise MissingExtraError("onnxruntime", "onnx") from None
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{target.name}.{os.getpid()}.tmp"
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # its advice to pre-process the graph goes to the root logger
-    try:
-        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel)
-    except Exception as exc:  # noqa: BLE001 - onnx and onnxruntime raise many types for a graph they cannot handle
-        tmp.unlink(missing_ok=True)
-        raise SmallfitError(f"could not quantize {source} to int8: {type(exc).__name__}: {exc}") from None
-    finally:
-        root.setLevel(level)
-    os.replace(tmp, target)
-    return target
+    ``model_int8_per_channel.onnx`` (``..._per_tensor.onnx``) in a cache entry of its own."""
+    return int8_cached(source, f"model_int8_per_{'channel' if per_channel else 'tensor'}.onnx", per_channel)[0]
 
 
 # -- the backend --------------------------------------------------------------------------------
@@ -306,10 +263,10 @@ class OnnxEncoderBackend:
             err = exc.errors()[0]
             raise SmallfitError(f"onnx encoder option {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
         self.threads = config.threads
-        fp32_file, self.folder, self.source, exported = self._locate(config.model_path)
+        fp32_file, self.folder, self.source = self._locate(config.model_path)
         self.model_file = fp32_file
-        if self.opts.quantize == "int8":  # an exported model's int8 copy lives in its cached folder
-            self.model_file = quantize_onnx(fp32_file, self.folder if exported else None, self.opts.per_channel)
+        if self.opts.quantize == "int8":  # tokenizer and pooling still come from the fp32 model's folder
+            self.model_file = quantize_onnx(fp32_file, self.opts.per_channel)
             scales = "per output channel" if self.opts.per_channel else "per tensor"
             self.source += f"; int8 by onnxruntime.quantization.quantize_dynamic (QInt8 weights, scales {scales})"
         tok_folder = Path(self.opts.tokenizer).expanduser().resolve() if self.opts.tokenizer else self.folder
@@ -334,22 +291,22 @@ class OnnxEncoderBackend:
             raise SmallfitError(f"{self.model_file} has no token-vector output (last_hidden_state) to pool")
         self.output = (named or ranked)[0]
 
-    def _locate(self, path: Path) -> tuple[Path, Path, str, bool]:
-        """(the .onnx file, its folder, where it came from, whether smallfit exported it)."""
+    def _locate(self, path: Path) -> tuple[Path, Path, str]:
+        """(the .onnx file, its folder, where it came from)."""
         if path.is_file():
             if path.suffix.lower() != ".onnx":
                 raise SmallfitError(f"{path} is not an .onnx file; the onnx encoder backend runs .onnx files and "
                                     "exports transformers encoder folders")
-            return path, path.parent, "onnx file", False
+            return path, path.parent, "onnx file"
         if not path.is_dir():
             raise SmallfitError(f"model not found: {path}")
         found = onnx_in(path)
         if found is not None:
-            return found, path, "onnx file", False
+            return found, path, "onnx file"
         if not is_encoder_folder(path):
             raise SmallfitError(f"{path} holds neither an .onnx file nor a transformers encoder to export")
         target = export_onnx(path)
-        return target / "model.onnx", target, f"exported from {path} (torch.onnx.export, opset {OPSET}, fp32)", True
+        return target / "model.onnx", target, f"exported from {path} (torch.onnx.export, opset {OPSET}, fp32)"
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Pooled sentence vectors, ``batch_size`` texts per run of the graph."""

@@ -1,11 +1,11 @@
 """Export a transformers causal LM (a model folder, or a GGUF file dequantised through
 transformers) to ONNX with past key values, and build its int8 copy; both cached on disk.
 
-The export runs in a child process (``python -m smallfit.backends.onnx_export SOURCE OUT``):
-torch and the fp32 model never enter the process whose memory and time are measured, and the
-candidate's worker needs only onnxruntime. An export is cached under
-``cache_dir()/onnx/<stem>-<sha256 of the source files' content>/`` and is written to a temporary
-folder that is renamed when complete, so an interrupted export never looks finished.
+The export and the int8 copy run in child processes (:mod:`smallfit.childjob`): torch and the
+fp32 model never enter the process whose memory and time are measured, and the candidate's
+worker needs only onnxruntime. Each is a cache entry (:mod:`smallfit.cache`, kind ``onnx``)
+keyed by the content of what it is made from, built in a temporary folder renamed when
+complete, so an interrupted export never looks finished.
 
 Graph interface (the one optimum's ``text-generation-with-past`` exports have): inputs
 ``input_ids``, ``attention_mask`` (batch, past + new), ``position_ids`` and
@@ -15,147 +15,85 @@ Graph interface (the one optimum's ``text-generation-with-past`` exports have): 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import subprocess
-import sys
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from smallfit import cache
+from smallfit.childjob import child_builder
 from smallfit.errors import MissingExtraError, SmallfitError
-from smallfit.models import cache_dir
 
 EXPORT_FORMAT = 1  # bump when the exported graph changes, so old caches are not reused
 OPSET = 17
-MARKER = "smallfit-export.json"
-# the files of a transformers folder that shape an export (weights, config, tokenizer, template)
-_SOURCE_GLOBS = ("*.safetensors", "*.json", "*.jinja", "*.model", "*.txt")
+MARKER = "smallfit-export.json"  # the export's record: source, opset, verification
 _VERIFY_MAX_ABS_LOGIT_DIFF = 1e-2
-
-
-# -- content hashes (memoised by path, size and mtime) ------------------------------------
-
-def _hash_files(files: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.name.encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def content_sha256(source: Path) -> str:
-    """sha256 of the content of a file, or of a folder's model files (name and content, sorted).
-
-    Remembered in ``cache_dir()/onnx/hashes.json`` under each file's path, size and mtime, so
-    an unchanged source is not read again."""
-    files = [source] if source.is_file() else sorted({f for g in _SOURCE_GLOBS for f in source.glob(g)})
-    stamp = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
-    memo_file = cache_dir() / "onnx" / "hashes.json"
-    try:
-        memo: dict[str, str] = json.loads(memo_file.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    if stamp in memo:
-        return memo[stamp]
-    sha = _hash_files(files)
-    memo[stamp] = sha
-    memo_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo_file.with_name(f"hashes.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(memo, indent=0))
-    os.replace(tmp, memo_file)
-    return sha
-
-
-def cached_folder(source: Path) -> Path:
-    """Where the export of ``source`` (a GGUF file or transformers folder) is cached."""
-    stem = source.stem if source.is_file() else source.resolve().name
-    return cache_dir() / "onnx" / f"{stem}-{content_sha256(source)[:16]}"
 
 
 # -- the parent's side: find or build ---------------------------------------------------
 
 def export_cached(source: Path) -> tuple[Path, float | None]:
-    """The cached export folder of ``source``, exporting it first if needed (in a child
-    process); also the seconds the export took in this call (None when it was cached)."""
-    target = cached_folder(source)
-    if _complete(target):
-        return target, None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "smallfit.backends.onnx_export", str(source), str(tmp)],
-                          capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0 or not (tmp / MARKER).is_file():
-        shutil.rmtree(tmp, ignore_errors=True)
-        lines = [ln.strip() for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        why = lines[-1] if lines else f"exit code {proc.returncode}"
-        raise SmallfitError(f"ONNX export of {source} failed: {why}")
-    if _complete(target):  # another process finished the same export first
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        shutil.rmtree(target, ignore_errors=True)  # a leftover without its marker
-        os.replace(tmp, target)
-    return target, seconds
+    """The cached export folder of ``source`` (a GGUF file or transformers folder), exporting it
+    first if needed (in a child process); also the seconds the export took in this call (None
+    when it was cached)."""
+    key = cache.key(inputs=[source], version=f"onnx-export-{EXPORT_FORMAT}", params={"opset": OPSET})
+    return _timed_build(key, source.stem if source.is_file() else source.resolve().name, child_builder(
+        "smallfit.backends.onnx_export:export_job", {"source": str(source)}, f"ONNX export of {source}"))
 
 
-def _complete(folder: Path) -> bool:
-    """A finished export of the current format."""
-    try:
-        return int(json.loads((folder / MARKER).read_text()).get("format", 0)) == EXPORT_FORMAT
-    except (OSError, ValueError):
-        return False
+def _timed_build(key: str, name: str, builder: Callable[[Path], None]) -> tuple[Path, float | None]:
+    took: list[float] = []
+
+    def timed(out: Path) -> None:
+        t0 = time.perf_counter()
+        builder(out)
+        took.append(time.perf_counter() - t0)
+
+    return cache.build("onnx", key, name, timed), (took[0] if took else None)
 
 
 INT8_RECIPE = ("onnxruntime.quantization.quantize_dynamic: QInt8 weights per channel, activations "
                "quantized at run time (uint8); MatMul with constant weights and Gather (embeddings)")
 
 
-def int8_cached(fp32: Path, folder: Path) -> tuple[Path, float | None]:
-    """The int8 dynamic-quantized copy of ``fp32`` as ``folder/<stem>.int8.onnx``, made first
-    if needed; also the seconds that took (None when cached)."""
-    target = folder / f"{fp32.stem}.int8.onnx"
-    if target.is_file():
-        return target, None
+def int8_cached(fp32: Path, filename: str, per_channel: bool = True) -> tuple[Path, float | None]:
+    """The int8 dynamic-quantized copy of the ONNX model ``fp32`` (QInt8 weights, scales per
+    output channel unless ``per_channel`` is false), as ``filename`` in its own cache entry, made
+    first if needed (in a child process); also the seconds that took (None when cached)."""
+    params = {"per_channel": per_channel, "filename": filename}
+    key = cache.key(inputs=onnx_files(fp32), version="onnx-int8-1", params=params)
+    stem = fp32.parent.name if fp32.stem == "model" else fp32.stem
+    folder, seconds = _timed_build(key, f"{stem}-int8", child_builder(
+        "smallfit.backends.onnx_export:int8_job", {"source": str(fp32), **params}, f"int8 quantization of {fp32}"))
+    return folder / filename, seconds
+
+
+def int8_job(out: str, source: str, filename: str, per_channel: bool) -> None:
+    """Child side: ``quantize_dynamic`` of ``source`` into ``out/filename`` (and its external
+    data file, for a model over protobuf's 2 GiB limit). Only MatMuls with a constant weight are
+    quantized (``MatMulConstBOnly``, onnxruntime's default for dynamic quantization)."""
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError:
         raise MissingExtraError("onnxruntime", "onnx") from None
-    # built in a temporary folder under its final name (an external-data file is named after
-    # it), then moved: the model file last, as its presence means "done"
-    tmp = folder / f".int8.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    large = onnx_files_bytes(fp32) > 2**31 - 2**24  # protobuf's 2 GiB limit, with room
-    t0 = time.perf_counter()
-    try:
-        quantize_dynamic(fp32, tmp / target.name, weight_type=QuantType.QInt8, per_channel=True,
-                         use_external_data_format=large, extra_options={"MatMulConstBOnly": True})
-    except Exception as exc:  # noqa: BLE001 - the quantizer raises many types; all mean "failed"
-        shutil.rmtree(tmp, ignore_errors=True)
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SmallfitError(f"int8 quantization of {fp32} failed: {why}") from None
-    for f in sorted(tmp.iterdir(), key=lambda f: f.name == target.name):
-        os.replace(f, folder / f.name)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return target, time.perf_counter() - t0
+    large = onnx_files_bytes(Path(source)) > 2**31 - 2**24  # protobuf's 2 GiB limit, with room
+    logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process the graph goes to the root logger
+    quantize_dynamic(source, Path(out) / filename, weight_type=QuantType.QInt8, per_channel=per_channel,
+                     use_external_data_format=large, extra_options={"MatMulConstBOnly": True})
+
+
+def onnx_files(model: Path) -> list[Path]:
+    """An .onnx file and its external-data file, if it has one under one of the usual names
+    (``model.onnx_data``, ``model.onnx.data``, ``model.data``)."""
+    extra = [model.with_name(n) for n in (model.name + "_data", model.name + ".data", model.stem + ".data")]
+    return [model, *(f for f in extra if f.is_file())]
 
 
 def onnx_files_bytes(model: Path) -> int:
-    """Bytes on disk of an .onnx file and its external-data file, if it has one under one of
-    the usual names (``model.onnx_data``, ``model.onnx.data``, ``model.data``)."""
-    total = model.stat().st_size
-    for name in (model.name + "_data", model.name + ".data", model.stem + ".data"):
-        extra = model.with_name(name)
-        if extra.is_file():
-            total += extra.stat().st_size
-    return total
+    """Bytes on disk of an .onnx file and its external-data file (see :func:`onnx_files`)."""
+    return sum(f.stat().st_size for f in onnx_files(model))
 
 
 # -- the child's side: the export itself -------------------------------------------------
@@ -168,6 +106,14 @@ def _libraries() -> tuple[Any, Any, Any]:
     except ImportError:
         raise MissingExtraError("torch/transformers", "hf") from None
     return numpy, torch, transformers
+
+
+def export_job(out: str, source: str) -> None:
+    """Child side (see :mod:`smallfit.childjob`): export ``source`` into the folder ``out``."""
+    try:
+        _export(Path(source), Path(out))
+    except SmallfitError as exc:
+        raise SmallfitError(f"ONNX export of {source} failed: {exc}") from None
 
 
 def _export(source: Path, out: Path) -> None:
@@ -205,7 +151,6 @@ def _export(source: Path, out: Path) -> None:
     args = (torch.randint(0, 100, (batch, new)), torch.ones(batch, cached + new, dtype=torch.long),
             torch.arange(cached, cached + new).expand(batch, new),
             *[torch.randn(batch, heads, cached, dim) for _ in names_past])
-    out.mkdir(parents=True)
     with torch.no_grad():
         torch.onnx.export(wrapper, args, str(out / "model.onnx"), dynamo=False, opset_version=OPSET,
                           input_names=["input_ids", "attention_mask", "position_ids", *names_past],
@@ -219,11 +164,11 @@ def _export(source: Path, out: Path) -> None:
     model.config.save_pretrained(out)
     if model.generation_config is not None:
         model.generation_config.save_pretrained(out)
-    meta = {"source": str(source.resolve()), "weights": str(folder), "sha256": content_sha256(source),
+    meta = {"source": str(source.resolve()), "weights": str(folder), "sha256": cache.content_sha256(source),
             "format": EXPORT_FORMAT, "opset": OPSET, "export_s": round(export_s, 3),
             "verify_max_abs_logit_diff": diff, "torch_version": torch.__version__,
             "transformers_version": tf.__version__}
-    (out / MARKER).write_text(json.dumps(meta, indent=1) + "\n")  # last: marks the folder complete
+    (out / MARKER).write_text(json.dumps(meta, indent=1) + "\n")
 
 
 def _flat_module(model: Any, torch: Any, tf: Any) -> Any:
@@ -279,21 +224,3 @@ def _verify(path: Path, model: Any, names_past: list[str], kv: tuple[int, int], 
     first = run(0, 8, [empty] * len(names_past))
     rest = run(8, 12, first[1:])
     return float(max(np.abs(whole[0] - want).max(), np.abs(rest[0] - want[:, 8:]).max()))
-
-
-def main() -> int:
-    """Child entry point: ``python -m smallfit.backends.onnx_export SOURCE OUT``."""
-    source, out = Path(sys.argv[1]), Path(sys.argv[2])
-    try:
-        _export(source, out)
-    except SmallfitError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - the exporter raises many types; report one line
-        print(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from smallfit.models import cache_dir
+from smallfit import cache
 
 
 def copy_bandwidth_bytes_s(threads: int = 1, size: int = 128 * 2**20, repeats: int = 5) -> float:
@@ -40,28 +40,23 @@ def copy_bandwidth_bytes_s(threads: int = 1, size: int = 128 * 2**20, repeats: i
     return best
 
 
-def machine_bandwidth(threads: int, cpu_model: str, refresh: bool = False) -> dict[str, Any]:
+def _measure(threads: int) -> dict[str, Any]:
+    return {"bytes_per_s": copy_bandwidth_bytes_s(threads), "threads": threads, "measured_at": time.time(),
+            "method": f"best of 5 memmove copies of 128 MiB per thread, {threads} thread(s)"}
+
+
+def machine_bandwidth(threads: int, cpu_model: str) -> dict[str, Any]:
     """The cached figure for this machine and thread count, measured when missing."""
-    path = cache_dir() / "bandwidth.json"
-    key = f"{platform.node()}|{cpu_model}|{threads}"
-    cache: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            cache = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            cache = {}
-    if key in cache and not refresh:
-        return dict(cache[key])
-    figure = {"bytes_per_s": copy_bandwidth_bytes_s(threads), "threads": threads, "measured_at": time.time(),
-              "method": f"best of 5 memmove copies of 128 MiB per thread, {threads} thread(s)"}
-    cache[key] = figure
+
+    def measure(out: Path) -> None:
+        (out / "bandwidth.json").write_text(json.dumps(_measure(threads), indent=1))
+
+    key = cache.key(version="bandwidth-1", params={"node": platform.node(), "cpu": cpu_model, "threads": threads})
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Path(str(path) + ".tmp").write_text(json.dumps(cache, indent=1))
-        Path(str(path) + ".tmp").replace(path)
-    except OSError:
-        pass  # an unwritable cache only means measuring again next time
-    return figure
+        entry = cache.build("bandwidth", key, f"{threads}-threads", measure)
+        return dict(json.loads((entry / "bandwidth.json").read_text()))
+    except (OSError, ValueError):
+        return _measure(threads)  # an unwritable cache only means measuring again next time
 
 
 def decode_roofline_tok_s(bandwidth_bytes_s: float, weight_bytes: float) -> float:

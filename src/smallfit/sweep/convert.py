@@ -6,13 +6,15 @@ architecture llama.cpp runs; smallfit uses the copy in the source distribution o
 llama-cpp-python it runs (so converter and runtime agree), found in this order:
 
 1. ``$SMALLFIT_LLAMA_CPP``: a llama.cpp checkout (the folder holding ``convert_hf_to_gguf.py``);
-2. ``cache_dir()/llama.cpp-convert/<version>/``, extracted earlier;
+2. a cache entry (:mod:`smallfit.cache`, kind ``llama.cpp-convert``) keyed by that version,
+   extracted earlier;
 3. the sdist ``llama-cpp-python==<installed version>``, fetched from the package index with pip
-   (about 75 MB, once) and the converter's files extracted to (2).
+   (about 75 MB, once) and the converter's files extracted into (2).
 
-Safety: the converter runs in its own process through :func:`main`, which makes transformers
-refuse ``trust_remote_code`` (some converter paths ask for it) unless the candidate allows it,
-and the folder must hold safetensors weights (the converter would otherwise read pickle files).
+Safety: the converter runs in its own process (:func:`convert_job`, through
+:mod:`smallfit.childjob`), which makes transformers refuse ``trust_remote_code`` (some converter
+paths ask for it) unless the candidate allows it, and the folder must hold safetensors weights
+(the converter would otherwise read pickle files).
 """
 
 from __future__ import annotations
@@ -24,17 +26,18 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
+from smallfit import cache
+from smallfit.childjob import run_child
 from smallfit.errors import SmallfitError
-from smallfit.models import cache_dir
 
 SCRIPT = "convert_hf_to_gguf.py"
 _PARTS = (SCRIPT, "conversion/", "gguf-py/")  # what the converter imports, relative to llama.cpp/
 
 
-def _version() -> str:
+def llama_cpp_python_version() -> str:
+    """The installed llama-cpp-python's version, or a one-line error naming the extra."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -51,34 +54,32 @@ def converter_dir() -> Path:
         if not (folder / SCRIPT).is_file():
             raise SmallfitError(f"SMALLFIT_LLAMA_CPP={env} has no {SCRIPT}: point it at a llama.cpp checkout")
         return folder
-    ver = _version()
-    folder = cache_dir() / "llama.cpp-convert" / ver
-    if (folder / SCRIPT).is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                               "--dest", tmp, f"llama-cpp-python=={ver}"], capture_output=True, text=True, check=False)
-        archives = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-        if proc.returncode != 0 or not archives:
-            why = (proc.stderr.strip().splitlines() or ["no archive"])[-1][:200]
-            raise SmallfitError(f"could not fetch llama.cpp's converter (the llama-cpp-python=={ver} source "
-                                f"distribution): {why}; set SMALLFIT_LLAMA_CPP to a llama.cpp checkout instead")
-        staged = Path(tmp) / "llama.cpp"
-        with tarfile.open(archives[0]) as tar:
-            for member in tar.getmembers():
-                _, _, rel = member.name.partition("/vendor/llama.cpp/")
-                if rel and rel.startswith(_PARTS) and (member.isfile() or member.isdir()):
-                    member.name = rel
-                    tar.extract(member, staged, filter="data")
-        if not (staged / SCRIPT).is_file():
-            raise SmallfitError(f"llama-cpp-python=={ver}'s source distribution has no {SCRIPT}; "
-                                "set SMALLFIT_LLAMA_CPP to a llama.cpp checkout")
-        try:
-            staged.rename(folder)
-        except OSError:  # another process extracted it first
-            shutil.rmtree(staged, ignore_errors=True)
-    return folder
+    ver = llama_cpp_python_version()
+    key = cache.key(version="llama-cpp-convert-1", params={"llama_cpp_python": ver})
+    return cache.build("llama.cpp-convert", key, f"llama-cpp-python-{ver}", lambda out: _fetch_converter(ver, out))
+
+
+def _fetch_converter(ver: str, out: Path) -> None:
+    """Download llama-cpp-python's sdist with pip and extract the converter's files into ``out``."""
+    download = out / ".download"
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                           "--dest", str(download), f"llama-cpp-python=={ver}"], capture_output=True, text=True,
+                          check=False)
+    archives = list(download.glob("llama_cpp_python-*.tar.gz"))
+    if proc.returncode != 0 or not archives:
+        why = (proc.stderr.strip().splitlines() or ["no archive"])[-1][:200]
+        raise SmallfitError(f"could not fetch llama.cpp's converter (the llama-cpp-python=={ver} source "
+                            f"distribution): {why}; set SMALLFIT_LLAMA_CPP to a llama.cpp checkout instead")
+    with tarfile.open(archives[0]) as tar:
+        for member in tar.getmembers():
+            _, _, rel = member.name.partition("/vendor/llama.cpp/")
+            if rel and rel.startswith(_PARTS) and (member.isfile() or member.isdir()):
+                member.name = rel
+                tar.extract(member, out, filter="data")
+    shutil.rmtree(download)
+    if not (out / SCRIPT).is_file():
+        raise SmallfitError(f"llama-cpp-python=={ver}'s source distribution has no {SCRIPT}; "
+                            "set SMALLFIT_LLAMA_CPP to a llama.cpp checkout")
 
 
 def is_causal_lm(folder: Path) -> bool:
@@ -92,8 +93,8 @@ def is_causal_lm(folder: Path) -> bool:
 
 
 def hf_to_gguf(folder: Path, target: Path, allow_remote_code: bool = False) -> None:
-    """Convert a transformers folder to an F32 GGUF at ``target`` (a temporary name, renamed
-    when complete); one-line errors for a folder that cannot be converted."""
+    """Convert a transformers folder to an F32 GGUF at ``target`` (in a cache entry's temporary
+    folder), in a child process; one-line errors for a folder that cannot be converted."""
     if not (folder / "config.json").is_file():
         raise SmallfitError(f"{folder} is not a transformers model folder (no config.json)")
     if not any(folder.glob("*.safetensors")):
@@ -102,16 +103,11 @@ def hf_to_gguf(folder: Path, target: Path, allow_remote_code: bool = False) -> N
         raise SmallfitError(f"{folder.name} is not a causal LM: GGUF variants are for causal LMs "
                             "(sweep an encoder with torch-int8, onnx-f32, onnx-int8)")
     script = converter_dir() / SCRIPT
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    env = {**os.environ, "SMALLFIT_ALLOW_REMOTE_CODE": "1" if allow_remote_code else "0"}
-    proc = subprocess.run([sys.executable, "-m", "smallfit.sweep.convert", str(script), str(folder),
-                           "--outtype", "f32", "--outfile", str(tmp)], capture_output=True, text=True, env=env,
-                          check=False)
-    if proc.returncode != 0 or not tmp.is_file():
-        tmp.unlink(missing_ok=True)
-        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        raise SmallfitError(f"llama.cpp's converter failed on {folder.name}: {(lines or ['no output'])[-1][:300]}")
-    os.replace(tmp, target)
+    run_child("smallfit.sweep.convert:convert_job", {"script": str(script), "folder": str(folder), "outfile": str(target),
+                                               "allow_remote_code": allow_remote_code},
+              f"llama.cpp's converter on {folder.name}")
+    if not target.is_file():
+        raise SmallfitError(f"llama.cpp's converter wrote no file for {folder.name}")
 
 
 def _refuse_remote_code() -> None:
@@ -131,17 +127,13 @@ def _refuse_remote_code() -> None:
         cls.from_pretrained = classmethod(safe)
 
 
-def main() -> int:
-    """``python -m smallfit.sweep.convert SCRIPT ARGS...``: run llama.cpp's converter, remote code refused."""
-    script, args = sys.argv[1], sys.argv[2:]
-    if os.environ.get("SMALLFIT_ALLOW_REMOTE_CODE") != "1":
+def convert_job(script: str, folder: str, outfile: str, allow_remote_code: bool = False) -> None:
+    """Child side (see :mod:`smallfit.childjob`): run llama.cpp's converter on ``folder`` to an
+    F32 GGUF ``outfile``, repository code refused unless allowed. The converter imports its own
+    ``gguf`` package (not the installed one), so this process is used for nothing else."""
+    if not allow_remote_code:
         _refuse_remote_code()
-    sys.path.insert(0, str(Path(script).parent / "gguf-py"))  # the converter's own gguf, not the installed one
+    sys.path.insert(0, str(Path(script).parent / "gguf-py"))
     sys.path.insert(0, str(Path(script).parent))
-    sys.argv = [script, *args]
+    sys.argv = [script, folder, "--outtype", "f32", "--outfile", outfile]
     runpy.run_path(script, run_name="__main__")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

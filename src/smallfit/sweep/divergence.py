@@ -14,20 +14,20 @@ similarity of its embedding and the reference's for each text, ``embedding_cosin
 lowest.
 
 Design: the reference variant's own worker, which has the reference model loaded anyway, saves
-its log-probabilities as a float32 ``.npy`` file in the sweep's cache folder, keyed by the
-reference file and a hash of the prompts; each variant's worker reads that file, so the
-reference is evaluated once per prompt set and no variant loads two models. When the file is
-missing (the reference failed, or the cache was cleared before a resume), the variant's worker
-loads the reference itself to make it, after the task's measurements are taken.
+its log-probabilities (float32) in a cache entry (:mod:`smallfit.cache`, kind ``fidelity``)
+keyed by the reference model's content, its backend and options, and the prompts; each
+variant's worker reads that entry, so the reference is evaluated once per prompt set and no
+variant loads two models. When the entry is missing (the reference failed, or the cache was
+cleared before a resume), the variant's worker loads the reference itself to make it, after the
+task's measurements are taken.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
+from smallfit import cache
 from smallfit.backends.base import Backend, BackendConfig, load_backend
 from smallfit.errors import SmallfitError
 from smallfit.scoring import percentile
@@ -96,23 +96,12 @@ def cosine_summary(ref: Any, mine: Any) -> dict[str, float | None]:
     return {"embedding_cosine": float(cos.mean()), "embedding_cosine_min": float(cos.min())}
 
 
-def reference_file(folder: Path, reference: Path, prompts: list[str], what: str = "logprobs") -> Path:
-    """Where the reference's distributions (or embeddings) for these prompts are cached."""
-    digest = hashlib.sha256()
-    size = reference.stat().st_size if reference.is_file() else 0
-    digest.update(f"{reference.name}:{size}:{KL_POSITIONS}".encode())
-    for p in prompts:
-        digest.update(hashlib.sha256(p.encode()).digest())
-    return folder / f"reference-{what}-{digest.hexdigest()[:16]}.npz"
-
-
-def _save(path: Path, **arrays: Any) -> None:
-    import numpy as np
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+def reference_key(sweep: dict[str, Any], prompts: list[str], what: str) -> str:
+    """The cache key of the reference's distributions (or embeddings) of these prompts: the
+    reference model's content, the backend and options it runs with, the prompts."""
+    params = {"what": what, "positions": KL_POSITIONS, "prompts": prompts,
+              "backend": sweep.get("reference_backend", "llamacpp"), "options": sweep.get("reference_options") or {}}
+    return cache.key(inputs=[Path(sweep["reference_path"])], version="reference-figures-1", params=params)
 
 
 def _measure(backend: Backend, prompts: list[str], encoder: bool) -> dict[str, Any]:
@@ -139,33 +128,36 @@ def kl_metrics(backend: Backend, sweep: dict[str, Any], config: BackendConfig, p
     """Fidelity figures of this candidate against the sweep's reference, and how they were obtained.
 
     ``sweep`` holds ``variant``, ``reference`` (the reference's variant name), ``reference_path``,
-    ``reference_backend``, ``reference_options`` and ``dir`` (the sweep's cache folder). Returns
-    the metrics plus a ``label``.
+    ``reference_backend`` and ``reference_options``. Returns the metrics plus a ``label``.
     """
     import numpy as np
 
     prompts = prompts[:KL_PROMPTS]
     encoder = bool(getattr(backend.capabilities, "embedding", False)) and not backend.capabilities.loglikelihood
-    ref_path, folder = Path(sweep["reference_path"]), Path(sweep["dir"])
-    cached = reference_file(folder, ref_path, prompts, "embeddings" if encoder else "logprobs")
+    what = "embeddings" if encoder else "logprobs"
     mine = _measure(backend, prompts, encoder)
     if encoder:
         label = f"measured: cosine similarity of {len(prompts)} embeddings"
     else:
         label = (f"measured: {len(mine['logprobs'])} next-token distributions (last {KL_POSITIONS} positions of "
                  f"{len(prompts)} prompts)")
-    if sweep["variant"] == sweep["reference"]:
-        if not cached.is_file():
-            _save(cached, **mine)
+    is_reference = sweep["variant"] == sweep["reference"]
+    computed: list[bool] = []
+
+    def save(out: Path) -> None:
+        figures = mine if is_reference else _reference(sweep, config, prompts, encoder)
+        np.savez(out / "figures.npz", **figures)
+        computed.append(True)
+
+    entry = cache.build("fidelity", reference_key(sweep, prompts, what), f"{Path(sweep['reference_path']).stem}-{what}",
+                        save)
+    if is_reference:
         ref = mine
         label += "; this is the reference"
     else:
-        if cached.is_file():
-            with np.load(cached) as data:
-                ref = {k: data[k] for k in data.files}
-        else:
-            ref = _reference(sweep, config, prompts, encoder)
-            _save(cached, **ref)
+        with np.load(entry / "figures.npz") as data:
+            ref = {k: data[k] for k in data.files}
+        if computed:
             label += "; reference computed in this process"
         label += f" against {sweep['reference']}"
     if encoder:

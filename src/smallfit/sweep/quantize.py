@@ -15,27 +15,23 @@ reference by llama.cpp's quantizer (``llama_model_quantize``), so they are what
 encoder (a folder whose config is not a causal LM) has no GGUF variants: its reference is
 ``torch-f32``.
 
-GGUF files go to ``cache_dir()/quant/<source stem>-<key>/<stem>.<variant>.gguf``, the key hashing
-the source's path, size and modification time; each is written to a temporary name and
-renamed, so an interrupted build leaves nothing that looks finished.
-
-The runner builds each GGUF variant in its own process (``python -m smallfit.sweep.quantize``, a JSON
-job on stdin, one JSON line on stdout): a slow or crashing conversion stays out of the
-candidate's measured process and cannot take the run down.
+Each GGUF variant is a cache entry (:mod:`smallfit.cache`, kind ``quant``) holding
+``<stem>.<variant>.gguf``, keyed by the source's content, the variant and (for what llama.cpp
+makes) the llama-cpp-python version. Each is built in its own process through
+:mod:`smallfit.childjob`: a slow or crashing conversion stays out of the candidate's measured
+process and cannot take the run down.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from smallfit.childjob import run_child, serve_child
+from smallfit import cache
+from smallfit.childjob import child_builder
 from smallfit.errors import SmallfitError
-from smallfit.models import cache_dir
 
 REFERENCE = "f32"
 
@@ -95,8 +91,8 @@ def sweep_settings(source: Path, variant: str) -> dict[str, Any]:
         ref_backend, ref_path, ref_options = default_backend("gguf").name, variant_path(source, REFERENCE), {}
     else:
         ref_backend, ref_path, ref_options = found[0].name, source, dict(found[1])
-    return {"variant": variant, "reference": reference, "dir": str(sweep_dir(source)),
-            "reference_path": str(ref_path), "reference_backend": ref_backend, "reference_options": ref_options}
+    return {"variant": variant, "reference": reference, "reference_path": str(ref_path),
+            "reference_backend": ref_backend, "reference_options": ref_options}
 
 
 def ftype_name(variant: str) -> str:
@@ -107,22 +103,26 @@ def ftype_name(variant: str) -> str:
     return "LLAMA_FTYPE_" + FTYPES[variant]
 
 
-def sweep_dir(source: Path) -> Path:
-    """The cache folder of one source's variants (and reference distributions). A folder is
-    keyed by its files' names, sizes and modification times."""
-    stats = [source] if source.is_file() else sorted(p for p in source.iterdir() if p.is_file())
-    text = ";".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in stats)
-    key = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return cache_dir() / "quant" / f"{_stem(source)}-{key}"
+VARIANT_FORMAT = "gguf-variant-1"  # bump when a variant's file changes for the same inputs
 
 
 def _stem(source: Path) -> str:
     return source.stem if source.is_file() else source.name
 
 
+def _variant_key(source: Path, variant: str) -> str:
+    params = {"variant": variant}
+    if variant != REFERENCE or source.is_dir():  # llama.cpp's quantizer or converter made it
+        from smallfit.sweep.convert import llama_cpp_python_version
+
+        params["llama_cpp_python"] = llama_cpp_python_version()
+    return cache.key(inputs=[source], version=VARIANT_FORMAT, params=params)
+
+
 def variant_path(source: Path, variant: str) -> Path:
     """Where a variant of ``source`` is cached (it may not be built yet)."""
-    return sweep_dir(source) / f"{_stem(source)}.{variant}.gguf"
+    name = f"{_stem(source)}.{variant}"
+    return cache.entry("quant", _variant_key(source, variant), name) / f"{name}.gguf"
 
 
 def _check_source(source: Path) -> None:
@@ -143,8 +143,7 @@ def build_reference(source: Path, target: Path) -> None:
         raise SmallfitError("--quantize needs the gguf package: pip install 'smallfit[quantize]'") from None
     reader = gguf.GGUFReader(source)
     arch = reader.fields["general.architecture"].contents()
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    writer = gguf.GGUFWriter(tmp, arch)
+    writer = gguf.GGUFWriter(target, arch)
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type"):
             continue
@@ -165,7 +164,6 @@ def build_reference(source: Path, target: Path) -> None:
         data = gguf.quants.dequantize(t.data, t.tensor_type)  # F32 tensors come back as they are
         writer.write_tensor_data(np.ascontiguousarray(data, dtype=np.float32).reshape(shape))
     writer.close()
-    os.replace(tmp, target)
 
 
 def quantize_file(source: Path, target: Path, variant: str, threads: int) -> None:
@@ -182,52 +180,48 @@ def quantize_file(source: Path, target: Path, variant: str, threads: int) -> Non
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
-    if rc != 0 or not tmp.is_file():
-        tmp.unlink(missing_ok=True)
+    rc = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
+    if rc != 0 or not target.is_file():
         raise SmallfitError(f"llama.cpp could not quantize to {variant} (code {rc}); see its message above, "
                             "or choose another type")
-    os.replace(tmp, target)
 
 
-def build_variant(source: Path, variant: str, threads: int = 1) -> Path:
-    """The cached file of ``variant``, built (with the reference first) if missing."""
-    ftype_name(variant)  # an unknown type fails before any work
-    _check_source(source)
-    folder = sweep_dir(source)
-    folder.mkdir(parents=True, exist_ok=True)
-    reference = variant_path(source, REFERENCE)
-    if not reference.is_file():
-        if source.is_dir():
-            from smallfit.sweep.convert import hf_to_gguf
+def build_job(out: str, source: str, variant: str, file: str, reference: str = "", threads: int = 1) -> None:
+    """Child side (see :mod:`smallfit.childjob`): write ``variant`` of ``source`` as ``out/file``,
+    the reference by dequantising the GGUF source, the others by quantizing ``reference``."""
+    target = Path(out) / file
+    if variant == REFERENCE:
+        build_reference(Path(source), target)
+    else:
+        quantize_file(Path(reference), target, variant, threads)
 
-            hf_to_gguf(source, reference)
-        else:
-            build_reference(source, reference)
-    target = variant_path(source, variant)
-    if not target.is_file():
-        quantize_file(reference, target, variant, threads)
-    return target
+
+def _build(source: Path, variant: str, threads: int) -> Path:
+    """The cached file of ``variant`` (for a quantized one, the reference must be built)."""
+    name = f"{_stem(source)}.{variant}"
+    builder: Callable[[Path], None]
+    if variant == REFERENCE and source.is_dir():
+        from smallfit.sweep.convert import hf_to_gguf
+
+        def convert(out: Path) -> None:
+            hf_to_gguf(source, out / f"{name}.gguf")  # llama.cpp's converter, in its own process
+
+        builder = convert
+    else:
+        reference = str(variant_path(source, REFERENCE)) if variant != REFERENCE else ""
+        builder = child_builder("smallfit.sweep.quantize:build_job", {
+            "source": str(source), "variant": variant, "file": f"{name}.gguf", "reference": reference,
+            "threads": threads}, f"building the {variant} variant")
+    return cache.build("quant", _variant_key(source, variant), name, builder) / f"{name}.gguf"
 
 
 def prepare_variant(source: Path, variant: str, threads: int) -> Path:
-    """Build a variant in a child process (see the module docstring); a failure is one line."""
+    """The cached file of ``variant``, built if missing (the reference first), each in a child
+    process (see the module docstring); a failure is one line."""
     ftype_name(variant)  # an unknown type is this variant's error, without starting a process
     target = variant_path(source, variant)
     if target.is_file():
         return target
-    answer = run_child("smallfit.sweep.quantize", {"source": str(source), "variant": variant, "threads": threads},
-                       f"building the {variant} variant")
-    return Path(answer["path"])
-
-
-def main() -> int:
-    """Entry point of the build process (see :mod:`smallfit.childjob`)."""
-    return serve_child(
-        lambda job: {"path": str(build_variant(Path(job["source"]), job["variant"], int(job.get("threads") or 1)))},
-        lambda job: f"building the {job.get('variant')} variant")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    _check_source(source)
+    reference = _build(source, REFERENCE, threads)
+    return reference if variant == REFERENCE else _build(source, variant, threads)
