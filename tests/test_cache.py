@@ -249,9 +249,8 @@ def test_a_build_in_a_child_process_fails_in_one_line_and_leaves_nothing(tmp_pat
 def test_the_child_protocol_answers_and_refuses_modules_outside_smallfit(tmp_path: Path) -> None:
     folder = tmp_path / "empty"
     folder.mkdir()
-    answer = run_child("smallfit.prepare:needs_preparing", {"backend": "llamacpp", "model_path": None,
-                                                            "options": {}}, "asking")
-    assert answer == {}  # a non-dict answer (False) comes back as an empty answer
+    answer = run_child("smallfit.sweep.quantize:is_gguf_variant", {"variant": "q8_0"}, "asking")
+    assert answer == {}  # a non-dict answer (True) comes back as an empty answer
     with pytest.raises(SmallfitError, match="os is not a smallfit module"):
         run_child("os:remove", {"path": str(folder)}, "removing")
     assert folder.is_dir()
