@@ -67,9 +67,10 @@ def main() -> None:
             print(f"{r['candidate']:<13} {r['task']:<10} error: {r['error']}")
             continue
         metric = "acc" if m.get("acc") is not None else "exact_match"
-        quality = f"{metric} {m[metric]:.3f} ({m.get(metric + '_ci_low') or 0:.3f}-{m.get(metric + '_ci_high') or 0:.3f})"
+        low, high = m.get(metric + "_ci_low") or 0, m.get(metric + "_ci_high") or 0
+        quality = f"{metric} {m[metric]:.3f} ({low:.3f}-{high:.3f})"
 
-        def fmt(name: str, scale: float = 1.0, digits: int = 3) -> str:
+        def fmt(name: str, scale: float = 1.0, digits: int = 3, m: dict[str, float | None] = m) -> str:
             value = m.get(name)
             return "-" if value is None else f"{value / scale:.{digits}f}"
 

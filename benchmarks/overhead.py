@@ -58,7 +58,8 @@ def minimal_decode_tok_s(llm: object, prompts: list[str], max_tokens: int) -> fl
                     last = time.perf_counter()
                     break
                 batch.n_tokens = 1
-                batch.token[0], batch.pos[0], batch.n_seq_id[0], batch.seq_id[0][0], batch.logits[0] = tok, pos, 1, 0, True
+                batch.token[0], batch.pos[0], batch.n_seq_id[0] = tok, pos, 1
+                batch.seq_id[0][0], batch.logits[0] = 0, True
                 llama_cpp.llama_decode(ctx, batch)
                 pos += 1
             tokens_out += max_tokens - 1

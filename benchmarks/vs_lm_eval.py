@@ -112,7 +112,8 @@ def run_smallfit(spec: Path, db: Path) -> float:
     db.unlink(missing_ok=True)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "smallfit", "run", str(spec), "--db", str(db)],
-                          capture_output=True, text=True, check=False, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                          capture_output=True, text=True, check=False, env={**os.environ,
+                                                                            "TOKENIZERS_PARALLELISM": "false"})
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"smallfit failed:\n{proc.stderr[-3000:]}")
@@ -168,7 +169,8 @@ def main() -> None:
     load_after = os.getloadavg()
     sf, sf_acc, sf_scoring = smallfit_scores(OUT / "smallfit.db")
     sf_med = statistics.median(sf_walls)
-    print(f"\ntask {args.task}, questions {len(sf)}, threads {args.threads}, loadavg before {load_before[0]:.2f} after {load_after[0]:.2f}, "
+    print(f"\ntask {args.task}, questions {len(sf)}, threads {args.threads}, "
+          f"loadavg before {load_before[0]:.2f} after {load_after[0]:.2f}, "
           f"cpus {os.cpu_count()}")
     for b in lm_batches:
         lm, lm_acc = lm_eval_scores(OUT / f"lm_eval_out_b{b}")
@@ -176,7 +178,8 @@ def main() -> None:
         lm_med = statistics.median(lm_walls[b])
         print(f"lm-eval batch {b}: {len(diffs)} requests; |log-likelihood difference| max {max(diffs):.2e}, "
               f"mean {statistics.fmean(diffs):.2e} (target <= 1e-3: {'MET' if max(diffs) <= 1e-3 else 'NOT MET'}); "
-              f"accuracy lm-eval {lm_acc:.4f} vs smallfit {sf_acc:.4f} ({'identical' if lm_acc == sf_acc else 'DIFFERENT'}); "
+              f"accuracy lm-eval {lm_acc:.4f} vs smallfit {sf_acc:.4f} "
+              f"({'identical' if lm_acc == sf_acc else 'DIFFERENT'}); "
               f"wall median {lm_med:.1f} s vs smallfit {sf_med:.1f} s -> smallfit {lm_med / sf_med:.2f}x faster "
               f"(target >= 3x: {'MET' if lm_med / sf_med >= 3 else 'NOT MET'})")
     print(f"wall time = process start to results, model load included; smallfit's own scoring time "

@@ -56,13 +56,15 @@ def test_values_that_do_not_fit_the_metrics_unit(text, message):
     ("ttft_s_p95<=200", "more than the 10 s it takes without a unit; did you mean ttft_s_p95<=200ms?"),
     ("load_s<=1000", "more than the 600 s"),
     ("latency_s<=-1s", "latency_s cannot be negative"),
-    ("peak_rss_bytes<=512", ("a bare 512 is under the 1 MB it takes without a unit; did you mean peak_rss_bytes<=512MB? "
+    ("peak_rss_bytes<=512",
+     ("a bare 512 is under the 1 MB it takes without a unit; did you mean peak_rss_bytes<=512MB? "
                             "(write 512B if you mean bytes)")),
     ("model_size_bytes<=2", "did you mean model_size_bytes<=2GB?"),
     ("peak_vram_bytes<=0.5B", "0.5 is not a whole number of bytes"),
     ("memory_bandwidth_bytes_s>=20", "memory_bandwidth_bytes_s is in bytes/s, and a bare 20 is under the 1 MB"),
     ("latency_s<=3GB", "GB is a unit of bytes, but latency_s is in seconds: use s or ms"),
-    ("peak_rss_bytes<=300ms", "ms is a unit of time, but peak_rss_bytes is in bytes: use B, KB, MB, GB, KiB, MiB or GiB"),
+    ("peak_rss_bytes<=300ms",
+     "ms is a unit of time, but peak_rss_bytes is in bytes: use B, KB, MB, GB, KiB, MiB or GiB"),
     ("acc>=0.5s", "s is a unit of time, but acc is a proportion, written without a unit"),
     ("decode_tok_s>=20s", "s is a unit of time, but decode_tok_s is in tokens/s, written without a unit"),
     ("bits_per_byte<=1GB", "GB is a unit of bytes, but bits_per_byte is in bits/byte, written without a unit"),

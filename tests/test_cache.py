@@ -233,11 +233,13 @@ def test_cache_location_follows_the_environment(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_a_build_in_a_child_process_fails_in_one_line_and_leaves_nothing(tmp_path: Path) -> None:
-    bad_type = child_builder("smallfit.sweep.quantize:build_job", {"source": "x.gguf", "variant": "q9_9", "file": "x.gguf",
+    bad_type = child_builder("smallfit.sweep.quantize:build_job", {"source": "x.gguf", "variant": "q9_9",
+                                                                   "file": "x.gguf",
                                                              "reference": "x.gguf"}, "building the q9_9 variant")
     with pytest.raises(SmallfitError, match=r"^unknown quantization type 'q9_9'") as raised:
         cache.build("demo", KEY, "entry", bad_type)
-    missing = child_builder("smallfit.sweep.quantize:build_job", {"source": str(tmp_path / "none.gguf"), "variant": "f32",
+    missing = child_builder("smallfit.sweep.quantize:build_job", {"source": str(tmp_path / "none.gguf"),
+                                                                  "variant": "f32",
                                                             "file": "x.gguf"}, "building the f32 variant")
     with pytest.raises(SmallfitError, match=r"^building the f32 variant failed: \w+") as other:
         cache.build("demo", KEY, "entry", missing)

@@ -49,7 +49,8 @@ def test_csv_exports(two_runs, tmp_path):
     assert export(store, a, "candidates", "csv", out) == 4  # two candidates x two tasks
     rows = list(csv.DictReader(out.open()))
     stored = store.metrics(a, "m", "words")["acc"]
-    assert rows[0]["candidate"] == "m" and float(rows[0]["acc"]) == pytest.approx(stored) and rows[0]["verdict"] == "none"
+    assert rows[0]["candidate"] == "m" and float(rows[0]["acc"]) == pytest.approx(stored)
+    assert rows[0]["verdict"] == "none"
     assert export(store, a, "samples", "csv", out) == 2 * (40 + 28)  # words and capitals (30 rows, 2 few-shot)
     rows = list(csv.DictReader(out.open()))
     assert set(rows[0]) >= {"candidate", "task", "prompt", "prediction", "acc", "acc_norm"}

@@ -131,7 +131,8 @@ def test_probes_end_to_end(cli):
     assert "Load curve" in proc.stdout and "Context scaling" in proc.stdout and "(est.)" in proc.stdout
     rows = {r["task"]: r for r in json.loads(cli("results", "--format", "json", check=True).stdout)}
     assert set(rows) == {"quartz", "probe:load-curve", "probe:context", "probe:energy"}
-    curve, ctx, energy = rows["probe:load-curve"]["metrics"], rows["probe:context"]["metrics"], rows["probe:energy"]["metrics"]
+    curve, ctx = rows["probe:load-curve"]["metrics"], rows["probe:context"]["metrics"]
+    energy = rows["probe:energy"]["metrics"]
     assert all(curve[f"throughput_tok_s_at_{n}"] > 0 for n in (1, 2, 4, 8)) and curve["knee_batch_size"] in (1, 2, 4, 8)
     assert ctx["ttft_s_at_128"] > 0 and ctx["ttft_s_at_512"] > 0 and ctx["max_context_within_memory_budget"] == 512
     assert "ttft_s_at_2048" not in ctx  # beyond --max-context: skipped with its reason

@@ -87,7 +87,8 @@ class _AxisEncoder:
     """Texts become fixed vectors: a fault-free stand-in to check the kind's own arithmetic."""
 
     capabilities = Capabilities(loglikelihood=False, generation=False, streaming=False, embedding=True)
-    VECTORS: ClassVar[dict[str, list[float]]] = {"a1": [1.0, 0.0], "a2": [1.0, 0.2], "b": [0.0, 1.0], "x": [0.9, 0.5], "y": [0.45, 0.55]}
+    VECTORS: ClassVar[dict[str, list[float]]] = {"a1": [1.0, 0.0], "a2": [1.0, 0.2], "b": [0.0, 1.0], "x": [0.9, 0.5],
+                                                 "y": [0.45, 0.55]}
 
     def embed(self, texts):
         return [self.VECTORS[t] for t in texts]
@@ -150,7 +151,8 @@ BASE = 'kind = "embedding_classification"\ndata = "d.jsonl"\ntemplate = "{t}"\na
     (BASE + 'train_data = "nowhere.jsonl"\n', "train_data file not found"),
     (BASE + 'labels = ["a", "b"]\ntrain_data = "train.jsonl"\n', "train.jsonl:2: the answer 'c' is not among"),
     (BASE + 'labels = ["a", "b", "c", "d"]\ntrain_data = "train.jsonl"\n', "label 'd' has no rows in"),
-    (BASE.replace('"{t}"', '"{text}"') + 'train_data = "train.jsonl"\n', "train.jsonl:1: the template names field {text}"),
+    (BASE.replace('"{t}"', '"{text}"') + 'train_data = "train.jsonl"\n',
+     "train.jsonl:1: the template names field {text}"),
     (BASE.replace('"y"', '"z"') + 'train_data = "train.jsonl"\n', "train.jsonl:1: field 'z' is missing"),
 ])
 def test_bad_task_files_give_one_line_with_file_line_and_field(tmp_path, toml, fragment):

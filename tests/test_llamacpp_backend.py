@@ -47,7 +47,7 @@ def test_shared_context_scores_equal_separate_scores(backend):
             LoglikelihoodRequest("Unrelated context.", " yes")]
     together = backend.loglikelihood(reqs)
     alone = [backend.loglikelihood([r])[0] for r in reqs]
-    for a, b in zip(together, alone):
+    for a, b in zip(together, alone, strict=True):
         assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
         assert a.n_tokens == b.n_tokens and a.logprob < 0
 

@@ -15,7 +15,8 @@ def test_alias_file_and_hub(tmp_path):
     ref = parse_model_ref(str(f))
     assert (ref.kind, ref.name) == ("file", "m")
     hub = parse_model_ref("hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2-135m-instruct-q8_0.gguf")
-    assert (hub.kind, hub.location) == ("hub", "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2-135m-instruct-q8_0.gguf")
+    assert (hub.kind, hub.location) == ("hub",
+                                        "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2-135m-instruct-q8_0.gguf")
 
 
 @pytest.mark.parametrize("ref, fragment", [
@@ -54,7 +55,8 @@ def test_backend_suffix_folder_and_hub_repo(tmp_path):
     (tmp_path / "exported" / "model.onnx").write_bytes(b"")
     assert parse_model_ref(str(tmp_path / "exported")).backend == "onnx"  # optimum's export folder
     repo = parse_model_ref("hf:HuggingFaceTB/SmolLM2-135M-Instruct")
-    assert (repo.kind, repo.location, repo.backend) == ("hub-repo", "HuggingFaceTB/SmolLM2-135M-Instruct", "transformers")
+    assert (repo.kind, repo.location, repo.backend) == ("hub-repo", "HuggingFaceTB/SmolLM2-135M-Instruct",
+                                                        "transformers")
     with pytest.raises(SmallfitError, match="unknown backend 'onnx2'"):
         parse_model_ref("smollm2-135m@onnx2")
 

@@ -12,7 +12,8 @@ from smallfit.store import SCHEMA_VERSION, Store
 def _result(task="t"):
     return TaskResult(
         task=task, metrics={"acc": 0.5, "acc_stderr": 0.1, "ttft_s": None},
-        samples=[SampleResult(0, "s0", "Q?", "A", "A", {"acc": 1.0}), SampleResult(1, "s1", "Q2?", "B", "A", {"acc": 0.0})],
+        samples=[SampleResult(0, "s0", "Q?", "A", "A", {"acc": 1.0}), SampleResult(1, "s1", "Q2?", "B", "A",
+                                                                                   {"acc": 0.0})],
         timings=[RequestTiming(0, "latency", 7, 3, 0.1, 0.3, (0.1, 0.2, 0.3))], info=TaskInfo(n_samples=2))
 
 

@@ -139,7 +139,8 @@ def test_answers_that_are_no_index_and_no_text(tmp_path):
     assert "is a number but not a whole one" in _gold_error(tmp_path, 0.8)
     assert "is neither text nor a number" in _gold_error(tmp_path, True)
     assert "is neither text nor a number" in _gold_error(tmp_path, None)
-    assert "not a letter of the 2 choices (A to B)" in _gold_error(tmp_path, "C", choices=["x", "y"], answer_type="letter")
+    assert "not a letter of the 2 choices (A to B)" in _gold_error(tmp_path, "C", choices=["x", "y"],
+                                                                   answer_type="letter")
 
 
 def test_csv_answers_are_strings_read_the_same_way(tmp_path):
@@ -229,8 +230,10 @@ def test_bad_task_files(tmp_path, toml, data, fragment):
 @pytest.mark.parametrize("data, fragment", [
     (b"", "has no rows"),
     (b'{"text": "ok", "label": "bug"}\n{"text": "caf\xe9", "label": "bug"}\n', "not UTF-8"),
-    (b'{"text": "ok", "label": "bug"}\n{"text": "x", "label": "refund"}\n', "d.jsonl:2: the answer 'refund' is not among"),
-    (b'{"body": "no text field", "label": "bug"}\n', "d.jsonl:1: the template names field {text}, which this row lacks"),
+    (b'{"text": "ok", "label": "bug"}\n{"text": "x", "label": "refund"}\n',
+     "d.jsonl:2: the answer 'refund' is not among"),
+    (b'{"body": "no text field", "label": "bug"}\n',
+     "d.jsonl:1: the template names field {text}, which this row lacks"),
     (b'{"text": "x", "label": "bug"}\nnot json\n', "d.jsonl:2: not valid JSON"),
 ])
 def test_bad_data_names_file_line_and_field(tmp_path, data, fragment):

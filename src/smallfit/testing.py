@@ -105,7 +105,8 @@ def _check_generation(backend: Any, max_tokens: int) -> None:
         stop = first.text.strip()[:2]
         (cut,) = backend.generate([GenerationRequest(PROMPTS[0], max_tokens, stop=(stop,))])
         assert stop not in cut.text, f"the stop sequence {stop!r} must be cut from the text"
-        assert cut.finish_reason == "stop", f"a request cut by a stop sequence ends by 'stop', not {cut.finish_reason!r}"
+        assert cut.finish_reason == "stop", \
+            f"a request cut by a stop sequence ends by 'stop', not {cut.finish_reason!r}"
 
 
 def _check_timings(c: Any) -> None:

@@ -187,7 +187,8 @@ def sse_events(response: Any, what: str) -> Iterator[dict[str, Any]]:
             if not isinstance(payload, dict):
                 raise SmallfitError(f"{what}: the server sent an event that is not a JSON object: {_snippet(value)}")
             if "error" in payload:
-                raise SmallfitError(f"{what}: the server reported an error mid-stream: {_snippet(str(payload['error']))}")
+                detail = _snippet(str(payload["error"]))
+                raise SmallfitError(f"{what}: the server reported an error mid-stream: {detail}")
             yield payload
     except SmallfitError:
         raise

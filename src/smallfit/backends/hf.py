@@ -133,7 +133,8 @@ class TransformersBackend(HFTokenScoring):
             if any(path.glob("*.bin")) or any(path.glob("*.pt")):
                 if not self.opts.allow_pickle:
                     raise SmallfitError(f"{path} has only pickle checkpoints, which can run code when loaded; "
-                                        "use a safetensors copy, or set options = {allow_pickle = true} if you trust it")
+                                        "use a safetensors copy, or set options = {allow_pickle = true} "
+                                        "if you trust it")
             else:
                 raise SmallfitError(f"{path} has no model weights (*.safetensors)")
         return path, "safetensors" if any(path.glob("*.safetensors")) else "pickle (allowed by the user)"

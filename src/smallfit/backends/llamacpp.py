@@ -173,7 +173,8 @@ class LlamaCppBackend:
             ctx_tokens = self.tokenize(ctx) if ctx else []
             if not ctx_tokens:
                 ctx_tokens = [self._prefix_token]
-            conts = [self.tokenize(ctx + pairs[i][1])[len(ctx_tokens):] if ctx else self.tokenize(pairs[i][1], add_bos=False) for i in idxs]
+            conts = [self.tokenize(ctx + pairs[i][1])[len(ctx_tokens):] if ctx
+                     else self.tokenize(pairs[i][1], add_bos=False) for i in idxs]
             longest = max(len(c) for c in conts)
             keep = max(1, self.n_ctx - longest)
             ctx_tokens = ctx_tokens[-keep:]  # left-truncate a context that would not fit

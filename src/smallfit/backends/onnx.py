@@ -189,7 +189,8 @@ class OnnxCausalLM(HFTokenScoring):
         self._types = {n: np.dtype(_NUMPY_TYPES.get(i.type, "float32")) for n, i in inputs.items()}
         shape = inputs[self._past_names[0]].shape
         cfg = self._model_config()
-        heads = shape[1] if isinstance(shape[1], int) else cfg.get("num_key_value_heads") or cfg.get("num_attention_heads")
+        heads = shape[1] if isinstance(shape[1],
+                                       int) else cfg.get("num_key_value_heads") or cfg.get("num_attention_heads")
         dim = shape[3] if isinstance(shape[3], int) else cfg.get("head_dim") or (
             cfg["hidden_size"] // cfg["num_attention_heads"] if "hidden_size" in cfg else None)
         if not heads or not dim:
@@ -373,7 +374,8 @@ class OnnxCausalLM(HFTokenScoring):
             "library": "onnxruntime", "library_version": self._ort.__version__, "provider": provider,
             "device": "cuda:0" if provider == "CUDAExecutionProvider" else "cpu",
             "threads": self.threads, "inter_op_threads": 1, "context_size": self.max_length,
-            "batch_size": 1 if self._alone else self.opts.batch_size, "model_file": str(self.path), "opset": self.graph.opset,
+            "batch_size": 1 if self._alone else self.opts.batch_size, "model_file": str(self.path),
+            "opset": self.graph.opset,
             "quantization": INT8_RECIPE if self.opts.quantize == "int8" else "none (as stored)",
             "export": self.origin.get("export"), "source": self.origin.get("source"),
             "export_s": self.origin.get("export_s"), "quantize_s": self.origin.get("quantize_s"),

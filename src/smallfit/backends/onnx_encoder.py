@@ -139,7 +139,8 @@ def export_job(out: str, folder: str) -> None:
         raise SmallfitError(f"could not export {source} to ONNX: {str(exc).splitlines()[0]}") from None
     _copy_companions(source, tmp)
     (tmp / "smallfit-export.json").write_text(json.dumps(
-        {"source": str(source), "opset": OPSET, "torch": torch.__version__, "method": "torch.onnx.export (dynamo=False)"}))
+        {"source": str(source), "opset": OPSET, "torch": torch.__version__,
+         "method": "torch.onnx.export (dynamo=False)"}))
 
 
 def _last_hidden(torch: Any, model: Any, names: Sequence[str]) -> Any:
@@ -282,7 +283,7 @@ class OnnxEncoderBackend:
         unknown = [k for k in inputs if k not in _FEEDS]
         if missing or unknown:
             raise SmallfitError(f"{self.model_file}: an encoder graph takes input_ids, attention_mask and optionally "
-                                f"token_type_ids; this one {'lacks ' + ', '.join(missing) if missing else 'also needs ' + ', '.join(unknown)}")
+                                f"token_type_ids; this one {_which(missing, unknown)}")
         self._inputs = {k: ("int32" if "int32" in t else "int64") for k, t in inputs.items()}
         outputs = list(self.session.get_outputs())
         named = [o.name for o in outputs if o.name in ("last_hidden_state", "token_embeddings")]
@@ -345,3 +346,7 @@ class OnnxEncoderBackend:
     def close(self) -> None:
         """Release the session."""
         self.session = None
+
+
+def _which(missing: list[str], unknown: list[str]) -> str:
+    return "lacks " + ", ".join(missing) if missing else "also needs " + ", ".join(unknown)

@@ -161,10 +161,12 @@ def _sweep(res: RunResults) -> str:
             rows.append(f"<tr><td>{escape(r.candidate)}</td><td>{escape(variants[r.candidate][1])}</td>"
                         f'<td>{escape(r.task)}</td><td colspan="6" class="missing">error: {escape(r.error)}</td></tr>')
             continue
-        cells = [fmt_bytes(m.get("model_size_bytes")), quality_text(m), fidelity_text(m), fmt_seconds(m.get("latency_s")),
+        cells = [fmt_bytes(m.get("model_size_bytes")), quality_text(m), fidelity_text(m),
+                 fmt_seconds(m.get("latency_s")),
                  fmt_rate(m.get("decode_tok_s")), fmt_bytes(m.get("peak_rss_bytes"))]
         rows.append(f"<tr><td>{escape(r.candidate)}</td><td>{escape(variants[r.candidate][1])}</td>"
-                    f"<td>{escape(r.task)}</td>" + "".join(f'<td class="num">{escape(c)}</td>' for c in cells) + "</tr>")
+                    f"<td>{escape(r.task)}</td>" + "".join(f'<td class="num">{escape(c)}</td>' for c in cells)
+                    + "</tr>")
     if not rows:
         return ""
     return ("<h2>Quantization sweep</h2><p class='sub'>Fidelity to the sweep's reference on the task's prompts: KL "
@@ -188,7 +190,8 @@ def _efficiency(res: RunResults) -> str:
         noisy = r.info.noisy
         cells = ["-" if e_tok is None else f"{e_tok * 1000:.1f} mJ ({kind})",
                  "-" if m.get("power_w") is None else f"{m['power_w']:.1f} W",
-                 "-" if cost_out is None else f"${cost_out:.3f} (est.)", "-" if cost_in is None else f"${cost_in:.3f} (est.)",
+                 "-" if cost_out is None else f"${cost_out:.3f} (est.)",
+                 "-" if cost_in is None else f"${cost_in:.3f} (est.)",
                  f"{fmt_seconds(m.get('itl_s'))} / {fmt_seconds(m.get('itl_s_p99'))}",
                  "-" if roof is None else f"{roof:.0f} %", "noisy" if noisy else "quiet" if noisy is False else "-"]
         rows.append(f"<tr><td>{escape(r.candidate)}</td><td>{escape(r.task)}</td>"

@@ -145,8 +145,9 @@ def sweep_table(results: RunResults) -> Table | None:
             table.add_row(r.candidate, backend, r.task, Text(f"error: {r.error}", style="magenta", overflow="fold"),
                           "", "", "", "", "")
             continue
-        table.add_row(r.candidate, backend, r.task, fmt_bytes(m.get("model_size_bytes")), quality_text(m), fidelity_text(m),
-                      fmt_seconds(m.get("latency_s")), fmt_rate(m.get("decode_tok_s")), fmt_bytes(m.get("peak_rss_bytes")))
+        table.add_row(r.candidate, backend, r.task, fmt_bytes(m.get("model_size_bytes")), quality_text(m),
+                      fidelity_text(m), fmt_seconds(m.get("latency_s")), fmt_rate(m.get("decode_tok_s")),
+                      fmt_bytes(m.get("peak_rss_bytes")))
     table.columns[3].no_wrap = False
     return table
 

@@ -103,7 +103,8 @@ def hf_to_gguf(folder: Path, target: Path, allow_remote_code: bool = False) -> N
         raise SmallfitError(f"{folder.name} is not a causal LM: GGUF variants are for causal LMs "
                             "(sweep an encoder with torch-int8, onnx-f32, onnx-int8)")
     script = converter_dir() / SCRIPT
-    run_child("smallfit.sweep.convert:convert_job", {"script": str(script), "folder": str(folder), "outfile": str(target),
+    run_child("smallfit.sweep.convert:convert_job", {"script": str(script), "folder": str(folder),
+                                                     "outfile": str(target),
                                                "allow_remote_code": allow_remote_code},
               f"llama.cpp's converter on {folder.name}")
     if not target.is_file():

@@ -37,7 +37,8 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise SmallfitError(f"{path}:{lineno}: not valid JSON ({exc.msg}); fix or remove the line") from None
+                    raise SmallfitError(f"{path}:{lineno}: not valid JSON ({exc.msg}); fix or remove the line") \
+                        from None
                 if not isinstance(obj, dict):
                     raise SmallfitError(f"{path}:{lineno}: expected a JSON object per line")
                 yield lineno, obj

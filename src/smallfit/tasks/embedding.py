@@ -89,7 +89,8 @@ class EmbeddingClassification:
         vectors = iter(_timed_embed(backend, flat, timings))
         return ls, [scoring.mean_vector([next(vectors) for _ in texts]) for texts in ls.texts]
 
-    def run(self, backend: Backend, samples: Sequence[EmbeddingSample], progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
+    def run(self, backend: Backend, samples: Sequence[EmbeddingSample],
+            progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
         enc = encoder(backend)
         timings: list[RequestTiming] = []
         ls, protos = self.prototypes(enc, timings)
@@ -116,7 +117,8 @@ class EmbeddingClassification:
         draws = scoring.bootstrap_replicates(pairs, stat)
         out["macro_f1"] = stat(pairs)
         out["macro_f1_stderr"] = scoring.sample_stdev(draws)  # bootstrap standard error
-        out["macro_f1_ci_low"], out["macro_f1_ci_high"] = scoring.percentile(draws, 2.5), scoring.percentile(draws, 97.5)
+        out["macro_f1_ci_low"], out["macro_f1_ci_high"] = scoring.percentile(draws, 2.5), scoring.percentile(draws,
+                                                                                                             97.5)
         return out
 
     def prompt_of(self, sample: EmbeddingSample) -> str:

@@ -223,7 +223,8 @@ def _from_local(path: Path, split: str) -> list[Row]:
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise SmallfitError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or convert to JSONL") from None
+            raise SmallfitError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or convert to "
+                                "JSONL") from None
         return [dict(r) for r in pq.read_table(path).to_pylist()]
     if not path.is_file():
         raise SmallfitError(f"data file not found: {path}")

@@ -313,7 +313,8 @@ def _samples(spec: TaskFile, path: Path, data: Path) -> list[Any]:
     shots_source = read_rows((path.parent / spec.fewshot_data).resolve()) if spec.fewshot_data else rows
     if spec.fewshot > len(shots_source) - (0 if spec.fewshot_data else 1):
         raise SmallfitError(f"{path}: fewshot = {spec.fewshot} but the few-shot source has only "
-                            f"{len(shots_source)} rows{'' if spec.fewshot_data else ' (and needs one left to evaluate)'}")
+                            f"{len(shots_source)} rows"
+                            f"{'' if spec.fewshot_data else ' (and needs one left to evaluate)'}")
     shots = shots_source[: spec.fewshot]
     if not spec.fewshot_data:
         rows = rows[spec.fewshot :]  # the shots are not evaluated too

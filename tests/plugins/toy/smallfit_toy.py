@@ -6,8 +6,9 @@ P(next byte | previous byte) comes from the corpus's bigram counts with additive
 every score is exact, deterministic arithmetic and generation is the greedy argmax. A fact makes
 the model know an answer: after a context ending in its suffix, the answer's log-likelihood gains
 ``FACT_BONUS`` nats and generation writes the answer first. ``delay_ms`` sleeps per generated
-token, so timings are real and of a known size. Its ``options`` can make it fail at load (``{"fail": "load"}``) or kill its
-own process on the first generation (``{"crash": "generate"}``): faults the runner must survive.
+token, so timings are real and of a known size. Its ``options`` can make it fail at load
+(``{"fail": "load"}``) or kill its own process on the first generation (``{"crash": "generate"}``):
+faults the runner must survive.
 
 smallfit finds it through the ``smallfit.backends`` entry point in this folder's pyproject.toml.
 """
