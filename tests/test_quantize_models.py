@@ -107,7 +107,7 @@ def test_run_with_quantize_compares_variants_and_records_a_bad_type(cli):
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs the hf extra (torch)")
 def test_a_transformers_folder_is_converted_by_llama_cpp_and_swept(sweep):
-    from smallfit.backends.hf import gguf_to_safetensors
+    from smallfit.backends.hf_common import gguf_to_safetensors
 
     folder = gguf_to_safetensors(sweep["source"])  # the same weights as a safetensors folder
     q8 = prepare_variant(folder, "q8_0", 1)  # llama.cpp's converter makes the f32 reference first

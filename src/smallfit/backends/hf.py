@@ -21,13 +21,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from smallfit import cache
 from smallfit.backends import greedy
 from smallfit.backends.base import BackendConfig, Capabilities
-from smallfit.backends.hf_common import import_torch_transformers, weights_bytes
+from smallfit.backends.hf_common import gguf_to_safetensors, import_torch_transformers
 from smallfit.backends.hf_tokens import HFTokenScoring, TokenPair, special_tokens
-from smallfit.childjob import child_builder
 from smallfit.errors import SmallfitError
+from smallfit.models import weights_size
 from smallfit.records import (
     Completion,
     GenerationRequest,
@@ -45,33 +44,6 @@ class HFOptions(BaseModel):
     trust_remote_code: bool = False
     allow_pickle: bool = False
     quantize: Literal["int8"] | None = Field(default=None, description="int8: torch dynamic quantization (CPU)")
-
-
-def gguf_to_safetensors(path: Path) -> Path:
-    """Dequantise a GGUF file through transformers once and cache it as a safetensors folder (a
-    cache entry keyed by the file's content, built in a child process: see :mod:`smallfit.cache`
-    and :mod:`smallfit.childjob`)."""
-    key = cache.key(inputs=[path], version="gguf-to-safetensors-1")
-    return cache.build("hf", key, path.stem, child_builder(
-        "smallfit.backends.hf:dequantise_job", {"path": str(path)}, f"dequantising {path.name} through transformers"))
-
-
-def dequantise_job(out: str, path: str) -> None:
-    """Child side: write the GGUF file ``path`` dequantised as a safetensors model folder ``out``.
-
-    transformers refuses to save a GGUF-loaded model, so the weights are moved into a model
-    built from the same config without its quantization settings, then saved."""
-    torch, tf = import_torch_transformers()
-    gguf = Path(path)
-    tokenizer = tf.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = tf.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    clean = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    clean.load_state_dict(loaded.state_dict())
-    clean.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
 
 
 class TransformersBackend(HFTokenScoring):
@@ -368,9 +340,9 @@ class TransformersBackend(HFTokenScoring):
             "batch_size": self.opts.batch_size, "source": self.source, "weights": str(self.folder),
             "trust_remote_code": self.opts.trust_remote_code, "prefix_cache": False,
             "shared_context": "packed (tree attention mask)" if self._packing_ok else "KV cache reuse",
-            "decoding": "greedy (argmax)", "weights_on_disk_bytes": weights_bytes(self.folder),
+            "decoding": "greedy (argmax)", "weights_on_disk_bytes": weights_size(self.folder),
             # an int8 model has no file: its size is its quantized weights' (torch.save of the state dict)
-            "model_size_bytes": self._quant.get("weights_in_memory_bytes", weights_bytes(self.folder)),
+            "model_size_bytes": self._quant.get("weights_in_memory_bytes", weights_size(self.folder)),
             "quantize": self.opts.quantize, **self._quant,
         }
         if self.device.type == "cuda":

@@ -21,9 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from smallfit.backends.base import Backend, BackendConfig, Capabilities
 from smallfit.backends.encoder import is_encoder_folder, max_length, pool, read_pooling
-from smallfit.backends.hf_common import import_torch_transformers, weights_bytes
+from smallfit.backends.hf_common import import_torch_transformers
 from smallfit.backends.registry import BackendSpec
 from smallfit.errors import SmallfitError
+from smallfit.models import weights_size
 
 
 def load_transformers(config: BackendConfig) -> Any:
@@ -119,9 +120,9 @@ class TransformersEncoder:
             "dtype": self.opts.dtype, "threads": torch.get_num_threads(), "batch_size": self.opts.batch_size,
             "max_length": self.max_length, "pooling": self.pooling.mode, "normalize": self.pooling.normalize,
             "pooling_source": self.pooling.source, "source": "safetensors", "weights": str(self.folder),
-            "trust_remote_code": False, "quantize": None, "weights_on_disk_bytes": weights_bytes(self.folder),
+            "trust_remote_code": False, "quantize": None, "weights_on_disk_bytes": weights_size(self.folder),
             # an int8 model has no file: its size is its quantized weights' (torch.save of the state dict)
-            "model_size_bytes": self._quant.get("weights_in_memory_bytes", weights_bytes(self.folder)),
+            "model_size_bytes": self._quant.get("weights_in_memory_bytes", weights_size(self.folder)),
             **self._quant,
         }
 

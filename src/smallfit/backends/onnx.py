@@ -31,10 +31,10 @@ from smallfit.backends.base import Backend, BackendConfig, Capabilities, Embeddi
 from smallfit.backends.hf_tokens import HFTokenScoring, TokenPair, special_tokens
 from smallfit.backends.onnx_export import (
     INT8_RECIPE,
-    MARKER,
-    export_cached,
     int8_cached,
+    locate_graph,
     onnx_files_bytes,
+    tokenizer_dir,
 )
 from smallfit.backends.onnx_graph import read_graph
 from smallfit.backends.registry import BackendSpec
@@ -90,7 +90,7 @@ def load_onnx(config: BackendConfig) -> Backend | EmbeddingBackend:
             from smallfit.backends.onnx_encoder import OnnxEncoderBackend
 
             return OnnxEncoderBackend(config)
-    model, origin = _locate(path, config.options)
+    model, origin = locate_graph(path, config.options, _options)
     graph = read_graph(model)
     if "logits" not in graph.outputs:
         if "last_hidden_state" in graph.outputs:
@@ -99,41 +99,6 @@ def load_onnx(config: BackendConfig) -> Backend | EmbeddingBackend:
         raise SmallfitError(f"{model} has neither a logits output (a causal LM) nor a last_hidden_state output "
                             f"(an encoder); its outputs: {', '.join(graph.outputs[:5])}")
     return OnnxCausalLM(config, model, origin)
-
-
-def _locate(path: Path, options: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-    """The .onnx file to run and where it came from (exported now, from cache, or given); the
-    options are checked before an export (an .onnx graph may be an encoder, with its own)."""
-    if not path.exists():
-        raise SmallfitError(f"model not found: {path}")
-    if path.is_dir():
-        for candidate in (path / "model.onnx", path / "onnx" / "model.onnx"):
-            if candidate.is_file():
-                return candidate, {"source": "onnx file"}
-        if not any(path.glob("*.safetensors")):
-            raise SmallfitError(f"{path} has no model.onnx and no safetensors weights to export")
-    elif path.suffix.lower() == ".onnx":
-        return path, {"source": "onnx file"}
-    else:
-        with open(path, "rb") as fh:
-            if fh.read(4) != b"GGUF":
-                raise SmallfitError(f"{path} is not an .onnx, GGUF file or model folder; the onnx backend runs "
-                                    ".onnx models and exports GGUF files and transformers folders")
-    _options(options)
-    folder, export_s = export_cached(path)
-    meta = json.loads((folder / MARKER).read_text())
-    kind = "gguf (dequantised by transformers)" if path.is_file() else "transformers folder"
-    return folder / "model.onnx", {"source": f"exported from {kind} by torch.onnx", "export": str(folder),
-                                   "export_s": export_s, "opset": meta.get("opset"),
-                                   "export_max_abs_logit_diff": meta.get("verify_max_abs_logit_diff")}
-
-
-def _tokenizer_dir(model: Path) -> Path:
-    for folder in (model.parent, model.parent.parent):
-        if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
-            return folder
-    raise SmallfitError(f"no tokenizer files (tokenizer.json) next to {model}; save the model's tokenizer "
-                        "beside it (optimum-cli export onnx does)")
 
 
 class OnnxCausalLM(HFTokenScoring):
@@ -156,7 +121,7 @@ class OnnxCausalLM(HFTokenScoring):
         self.threads = config.threads or os.cpu_count() or 1
         self.session = self._session(model)
         self._bind_graph()
-        self._load_tokenizer(_tokenizer_dir(self.fp32_path))
+        self._load_tokenizer(tokenizer_dir(self.fp32_path))
 
     def _session(self, model: Path) -> Any:
         ort = self._ort

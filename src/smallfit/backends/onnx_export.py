@@ -96,6 +96,45 @@ def onnx_files_bytes(model: Path) -> int:
     return sum(f.stat().st_size for f in onnx_files(model))
 
 
+# -- which graph a candidate runs ----------------------------------------------------------
+
+def locate_graph(path: Path, options: dict[str, Any], check_options: Callable[[dict[str, Any]], object]
+                 ) -> tuple[Path, dict[str, Any]]:
+    """The .onnx file to run and where it came from (exported now, from cache, or given); the
+    options are checked before an export (an .onnx graph may be an encoder, with its own)."""
+    if not path.exists():
+        raise SmallfitError(f"model not found: {path}")
+    if path.is_dir():
+        for candidate in (path / "model.onnx", path / "onnx" / "model.onnx"):
+            if candidate.is_file():
+                return candidate, {"source": "onnx file"}
+        if not any(path.glob("*.safetensors")):
+            raise SmallfitError(f"{path} has no model.onnx and no safetensors weights to export")
+    elif path.suffix.lower() == ".onnx":
+        return path, {"source": "onnx file"}
+    else:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise SmallfitError(f"{path} is not an .onnx, GGUF file or model folder; the onnx backend runs "
+                                    ".onnx models and exports GGUF files and transformers folders")
+    check_options(options)
+    folder, export_s = export_cached(path)
+    meta = json.loads((folder / MARKER).read_text())
+    kind = "gguf (dequantised by transformers)" if path.is_file() else "transformers folder"
+    return folder / "model.onnx", {"source": f"exported from {kind} by torch.onnx", "export": str(folder),
+                                   "export_s": export_s, "opset": meta.get("opset"),
+                                   "export_max_abs_logit_diff": meta.get("verify_max_abs_logit_diff")}
+
+
+def tokenizer_dir(model: Path) -> Path:
+    """The folder of an .onnx graph's tokenizer: beside it, or one folder up (optimum's layout)."""
+    for folder in (model.parent, model.parent.parent):
+        if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
+            return folder
+    raise SmallfitError(f"no tokenizer files (tokenizer.json) next to {model}; save the model's tokenizer "
+                        "beside it (optimum-cli export onnx does)")
+
+
 # -- the child's side: the export itself -------------------------------------------------
 
 def _libraries() -> tuple[Any, Any, Any]:
@@ -118,7 +157,7 @@ def export_job(out: str, source: str) -> None:
 
 def _export(source: Path, out: Path) -> None:
     np, torch, tf = _libraries()
-    from smallfit.backends.hf import gguf_to_safetensors
+    from smallfit.backends.hf_common import gguf_to_safetensors
 
     t0 = time.perf_counter()
     if source.is_file():
