@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -150,6 +151,27 @@ class ModelRef:
     location: str  # alias name, file or folder path, "OWNER/REPO/FILE", "OWNER/REPO" or a URL[#MODEL]
     backend: str
     format: str = "gguf"
+
+
+_GENERATIVE_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def folder_kind(folder: Path) -> str:
+    """What a transformers model folder holds, the one answer every part uses: ``encoder`` (a
+    sentence-transformers folder, with ``modules.json``, or a ``config.json`` whose architectures
+    have no generative head), ``causal-lm`` (an architecture with a generative head
+    ``...ForCausalLM``, ``...LMHeadModel``, ``...ForConditionalGeneration``, or ``is_decoder``),
+    or ``unknown`` (no readable config, or one that names no architecture)."""
+    if (folder / "modules.json").is_file():
+        return "encoder"
+    try:
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "unknown"
+    archs = [str(a) for a in data.get("architectures") or []] if isinstance(data, dict) else []
+    if data.get("is_decoder") or any(a.endswith(_GENERATIVE_HEADS) for a in archs):
+        return "causal-lm"
+    return "encoder" if archs else "unknown"
 
 
 def _onnx_folder(folder: Path) -> bool:

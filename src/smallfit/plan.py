@@ -105,13 +105,13 @@ def _expand(cand: CandidateSpec, types: list[str]) -> list[PlannedCandidate]:
 
 
 def _is_encoder(ref: ModelRef) -> bool:
-    """A local transformers folder that is not a causal LM (read from its config.json only)."""
-    from smallfit.sweep.convert import is_causal_lm
+    """A local transformers folder that holds an encoder (read from its config files only)."""
+    from smallfit.models import folder_kind
 
     if ref.kind == "folder":
-        return not is_causal_lm(Path(ref.location))
+        return folder_kind(Path(ref.location)) == "encoder"
     if ref.kind == "alias":  # a bundled folder: locating it builds nothing
-        return not is_causal_lm(ALIASES[ref.location].locate())
+        return folder_kind(ALIASES[ref.location].locate()) == "encoder"
     return False
 
 

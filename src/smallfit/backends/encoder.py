@@ -90,22 +90,10 @@ def pool(hidden: Any, mask: Any, pooling: Pooling) -> list[list[float]]:
 
 
 def is_encoder_folder(folder: Path) -> bool:
-    """A transformers folder holds an encoder when it is a sentence-transformers model
-    (``modules.json``) or its ``config.json`` names architectures and none has a generative head
-    (``...ForCausalLM``, ``...LMHeadModel``, ``...ForConditionalGeneration``)."""
-    if (folder / "modules.json").is_file():
-        return True
-    config = folder / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    archs = [str(a) for a in data.get("architectures") or []]
-    if not archs or data.get("is_decoder"):
-        return False
-    return not any(a.endswith(_GENERATIVE_HEADS) for a in archs)
+    """A transformers folder that holds an encoder (see :func:`smallfit.models.folder_kind`)."""
+    from smallfit.models import folder_kind
+
+    return folder_kind(folder) == "encoder"
 
 
 def max_length(pooling: Pooling, model_limit: int | None, context_size: int) -> int:

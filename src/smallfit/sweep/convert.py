@@ -19,7 +19,6 @@ paths ask for it) unless the candidate allows it, and the folder must hold safet
 
 from __future__ import annotations
 
-import json
 import os
 import runpy
 import shutil
@@ -83,13 +82,10 @@ def _fetch_converter(ver: str, out: Path) -> None:
 
 
 def is_causal_lm(folder: Path) -> bool:
-    """Whether a transformers folder holds a causal LM (its config names a *ForCausalLM class)."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration"))
-               for a in config.get("architectures") or [])
+    """Whether a transformers folder holds a causal LM (see :func:`smallfit.models.folder_kind`)."""
+    from smallfit.models import folder_kind
+
+    return folder_kind(folder) == "causal-lm"
 
 
 def hf_to_gguf(folder: Path, target: Path, allow_remote_code: bool = False) -> None:

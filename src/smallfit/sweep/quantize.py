@@ -76,9 +76,9 @@ def sweep_variants(types: list[str], reference: str = REFERENCE) -> list[str]:
 
 def reference_for(source: Path) -> str:
     """The reference variant of a source: ``f32`` (GGUF), or ``torch-f32`` for an encoder folder."""
-    from smallfit.sweep.convert import is_causal_lm
+    from smallfit.models import folder_kind
 
-    return TORCH_REFERENCE if source.is_dir() and not is_causal_lm(source) else REFERENCE
+    return TORCH_REFERENCE if source.is_dir() and folder_kind(source) == "encoder" else REFERENCE
 
 
 def sweep_settings(source: Path, variant: str) -> dict[str, Any]:
