@@ -190,7 +190,7 @@ def main() -> None:
         row("paired bootstrap, 0/1 scores", n, "diff +0.02, 80% agree", paired_coverage(rng, n, args.reps, True))
     for n in EXAMPLE_SIZES:
         row("paired bootstrap, partial credit", n, "diff ~ +0.04", paired_coverage(rng, n, args.reps, False))
-    print(f"\nrequests that bound a percentile from above at 95%: "
+    print("\nrequests that bound a percentile from above at 95%: "
           + ", ".join(f"p{round(100 * q)} {requests_to_bound(q)}" for q in (0.5, 0.9, 0.95, 0.99)))
     print(f"lowest coverage of a closed interval: {100 * min(worst):.1f}% (target {100 * TARGET:.0f}%); "
           f"{args.reps} simulated data sets per bootstrap cell (Monte Carlo s.e. about "

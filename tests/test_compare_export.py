@@ -7,8 +7,8 @@ import pytest
 
 from smallfit.errors import SmallfitError
 from smallfit.report.compare import MCNEMAR, PAIRED_TIMING, UNTESTED, Z_TEST, compare_runs, quality_test
-from smallfit.results import ResultRow
 from smallfit.report.export import export
+from smallfit.results import ResultRow
 from smallfit.store import Store
 from tests.toy_runs import Toy, make_run
 
