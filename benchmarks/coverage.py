@@ -187,7 +187,8 @@ def main() -> None:
     for n in REQUEST_SIZES:
         row("expanded bootstrap of a rate", n, "decode tok/s, lognormal", rate_coverage(rng, n, args.reps))
     for n in EXAMPLE_SIZES:
-        row("paired bootstrap, 0/1 scores", n, "diff +0.02, 80% agree", paired_coverage(rng, n, args.reps, True))
+        row("paired bootstrap, 0/1 (not used)", n, "diff +0.02, 80% agree", paired_coverage(rng, n, args.reps, True),
+            "   [why compare gives McNemar's p and no interval for 0/1]")
     for n in EXAMPLE_SIZES:
         row("paired bootstrap, partial credit", n, "diff ~ +0.04", paired_coverage(rng, n, args.reps, False))
     print("\nrequests that bound a percentile from above at 95%: "
