@@ -140,8 +140,9 @@ def test_interval_decides_pass_fail_or_uncertain():
         "sure": "pass", "close": "uncertain", "slow": "fail", "fat": "fail"}
     (acc,) = [c for c in v["close"].checks if c.metric == "acc"]
     assert (acc.outcome, acc.passed, acc.low, acc.high, acc.n) == ("uncertain", False, 0.42, 0.62, 100)
-    # se = 0.2 / (2 · 1.96); n_needed = 100 (1.96 se / 0.02)² = 100 · 5² = 2500: 2400 more
-    assert acc.needed == 2400 and "2400 more examples" in acc.reason
+    # se = 0.2 / (2 · 1.96); at 80% power n_needed = 100 ((1.96 + 0.8416) se / 0.02)²
+    # = 100 · (5 · 2.8016 / 1.96)² = 100 · 7.147² = 5108.2: 5009 more
+    assert acc.needed == 5009 and "5009 more examples would decide it with 80% power" in acc.reason
     (lat,) = [c for c in v["slow"].checks if c.metric == "latency_s_p95"]
     assert lat.outcome == "fail" and lat.needed is None
     (mem,) = [c for c in v["fat"].checks if c.metric == "peak_rss_bytes"]

@@ -6,8 +6,9 @@ import importlib.util
 import pytest
 
 from smallfit.errors import SmallfitError
-from smallfit.report.compare import BOOTSTRAP, UNTESTED, Z_TEST, compare_runs
+from smallfit.report.compare import MCNEMAR, PAIRED_TIMING, UNTESTED, Z_TEST, compare_runs, quality_test
 from smallfit.report.export import export
+from smallfit.results import ResultRow
 from smallfit.store import Store
 from tests.toy_runs import Toy, make_run
 
@@ -24,10 +25,11 @@ def two_runs(tmp_path_factory):
 def test_compare_tests_each_figure_with_the_right_test(two_runs):
     store, a, b = two_runs
     changes = {(c.candidate, c.task, c.metric): c for c in compare_runs(store, a, b)}
-    acc = changes[("m", "words", "acc")]
-    assert acc.test == Z_TEST and acc.b - acc.a > 0.5 and acc.p < 0.001 and acc.low > 0
-    lat = changes[("m", "words", "latency_s_p95")]
-    assert lat.test == BOOTSTRAP and lat.diff > 0 and lat.low > 0 and lat.p < 0.05  # three times slower per token
+    acc = changes[("m", "words", "acc")]  # the same 40 questions: paired; A right on 5 guesses, B on 38
+    assert acc.test.startswith(MCNEMAR) and "0 right only in A, 33 only in B" in acc.test
+    assert acc.b - acc.a > 0.5 and acc.p == pytest.approx(2 * 0.5**33) and acc.low is None
+    lat = changes[("m", "words", "latency_s_p95")]  # the same 4 latency prompts: paired by prompt
+    assert lat.test.startswith(PAIRED_TIMING) and lat.diff > 0 and lat.low > 0 and lat.p < 0.05
     mem = changes[("m", "words", "peak_rss_bytes")]
     assert mem.test == UNTESTED and mem.p is None
     assert {c.candidate for c in changes.values()} == {"m"}  # x is only in run A
@@ -41,6 +43,24 @@ def test_compare_one_candidate_across_names_and_bad_names(two_runs):
     other = make_run(store.path, store.path.parent / "z", [Toy("z", 1, 1.0)], n=4)
     with pytest.raises(SmallfitError, match="no candidate name in common.*--candidate-a"):
         compare_runs(store, a, other)
+    # 4 of run A's 40 questions: stated, and tested unpaired
+    mixed = {(c.task, c.metric): c for c in compare_runs(store, a, other, "x", "z")}
+    assert mixed[("words", "acc")].test == f"{Z_TEST}, unpaired: example sets differ, 4 shared of 40 and 4"
+
+
+def test_quality_test_needs_a_shared_example():
+    row = ResultRow("m", "t", {"acc": 0.5, "acc_stderr": 0.1}, "none", None)
+    one = [(("q1", "p1"), {"acc": 1.0}), (("q2", "p2"), {"acc": 0.0})]
+    other = [(("q3", "p3"), {"acc": 1.0}), (("q4", "p4"), {"acc": 0.0})]
+    with pytest.raises(SmallfitError, match="t: the two sides scored no example in common"):
+        quality_test("acc", 0.5, 0.5, row, row, one, other)
+    low, high, p, test = quality_test("acc", 0.5, 0.5, row, row, one, [(("q1", "p1"), {"acc": 0.0}),
+                                                                       (("q2", "p2"), {"acc": 1.0})])
+    assert (low, high, p) == (None, None, 1.0) and test.startswith(MCNEMAR)  # one discordant each way
+    f1 = [(("q1", "p1"), {"f1": 0.2}), (("q2", "p2"), {"f1": 0.4}), (("q3", "p3"), {"f1": 0.6})]
+    up = [(k, {"f1": v["f1"] + 0.1}) for k, v in f1]
+    low, high, p, test = quality_test("f1", 0.4, 0.5, row, row, f1, up)
+    assert test.startswith("paired bootstrap") and low == pytest.approx(0.1) == high  # every pair moved 0.1
 
 
 def test_csv_exports(two_runs, tmp_path):
@@ -80,7 +100,7 @@ def test_compare_and_export_commands(cli, tmp_path, two_runs):
     store, a, b = two_runs
     shutil.copy(store.path, cli.db)
     proc = cli("compare", a, b, check=True)
-    assert "z test" in proc.stdout and "bootstrap" in proc.stdout and "latency_s_p95" in proc.stdout
+    assert "McNemar" in proc.stdout and "bootstrap" in proc.stdout and "latency_s_p95" in proc.stdout
     cli("export", a, "--what", "samples", "-o", str(tmp_path / "s.csv"), check=True)
     assert (tmp_path / "s.csv").read_text().startswith("run_id,candidate,task,index")
     bad = cli("export", a, "--what", "everything", "-o", str(tmp_path / "s.csv"))

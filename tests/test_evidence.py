@@ -26,7 +26,11 @@ def test_timing_intervals_use_the_generation_requests_only():
     scoring_requests = [RequestTiming(i, "quality", None, 0, None, 9.0) for i in range(5)]
     generations = [RequestTiming(i, "latency", 10, 8, 0.1, 1.0) for i in range(6)]
     (iv,) = timing_intervals(scoring_requests + generations, ["latency_s_p95"]).values()
-    assert (iv.low, iv.high, iv.n, iv.unit) == (1.0, 1.0, 6, "requests")  # the 9 s requests are not in it
+    assert (iv.low, iv.n, iv.unit) == (1.0, 6, "requests")  # the 9 s requests are not in it
+    # 6 requests cannot bound a p95 from above (0.95^6 = 0.74 > 0.025): open, 72 would
+    assert iv.open_above and iv.bound_n == 72 and iv.method == "order statistic (requests), open above"
+    (median,) = timing_intervals(generations, ["latency_s"]).values()
+    assert (median.low, median.high) == (1.0, 1.0)  # ranks 1 and 6 of 6 bound a median (coverage 96.9%)
     assert timing_intervals(scoring_requests, ["latency_s_p95"]) == {}
     assert timing_intervals(generations, ["peak_rss_bytes"]) == {}  # a single measurement
 
@@ -35,8 +39,10 @@ def test_stored_run_gets_interval_verdicts_and_json_fields(tmp_path):
     cands = [Toy("weak", 0, 1.0, wrong=30), Toy("close", 23, 1.0, wrong=17), Toy("strong", 36, 1.0)]
     run_id = make_run(tmp_path / "r.db", tmp_path, cands, n=40, budget=["words:acc>=0.5", "latency_s_p95<=1"])
     res = collect(Store.open(tmp_path / "r.db"), run_id)
-    assert {k: v.verdict for k, v in res.verdicts.items()} == {"weak": "fail", "close": "uncertain", "strong": "pass"}
-    assert res.smallest_passing == "strong"
+    # the p95 of a handful of requests has no upper bound: every candidate's latency check is open
+    assert {k: v.verdict for k, v in res.verdicts.items()} == {"weak": "fail", "close": "uncertain",
+                                                               "strong": "uncertain"}
+    assert res.smallest_passing is None
     (acc,) = [c for c in res.verdicts["close"].checks if c.metric == "acc"]
     assert acc.n == 40 and acc.method == "wilson" and acc.low < 0.5 < acc.high and acc.needed > 0
     exported = json.loads(to_json(res))
@@ -45,4 +51,6 @@ def test_stored_run_gets_interval_verdicts_and_json_fields(tmp_path):
     check = next(c for c in row["checks"] if c["metric"] == "acc")
     assert {"low", "high", "n", "needed", "outcome"} <= check.keys() and check["needed"] == acc.needed
     lat = next(c for c in row["checks"] if c["metric"] == "latency_s_p95")
-    assert lat["n"] >= 5 and lat["unit"] == "requests" and lat["outcome"] == "pass"
+    assert lat["n"] >= 5 and lat["unit"] == "requests" and lat["outcome"] == "uncertain"
+    assert lat["high"] is None and lat["needed"] == 72 - lat["n"] and "at least 72" in lat["reason"]
+    assert lat["method"] == "order statistic (requests), open above"

@@ -25,7 +25,7 @@ def test_report_has_every_section_and_nothing_from_the_network(demo_run):
                     "Noise flags", "Definitions"):
         assert heading in html
     assert html.count("<svg") == 4  # quality against p95 latency and against peak memory, for 2 tasks
-    assert "slow (dominated)" in html and "uncertain" in html and "more examples would likely decide" in html
+    assert "slow (dominated)" in html and "uncertain" in html and "more examples would decide it with 80% power" in html
     assert "worker killed by SIGKILL" in html and "smallfit-toy" in html
     assert "<script" not in html and not re.search(r'(src|href)="', html) and "@import" not in html
     assert "https://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")

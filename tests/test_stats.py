@@ -7,11 +7,14 @@ import pytest
 from smallfit.judge.stats import (
     bootstrap_difference,
     difference_z_test,
+    mcnemar_exact_p,
     more_needed,
+    paired_bootstrap,
     two_sided_p,
     wilson_interval,
 )
 from smallfit.judge.verdict import dominated
+from smallfit.scoring import expanded_alpha, order_statistic_ranks, quantile_interval, requests_to_bound, t_quantile
 
 
 def test_wilson_interval_by_hand():
@@ -26,8 +29,11 @@ def test_wilson_interval_by_hand():
 
 
 def test_more_needed_scales_with_the_squared_ratio():
-    # n_needed = 100 (1.96 · 0.05 / 0.02)² = 100 · 4.9² = 2401 (2400.9 with the exact z): 2301 more
-    assert more_needed(100, 0.05, 0.52, 0.5) == 2301
+    # 80% power: n_needed = 100 ((1.96 + 0.8416) · 0.05 / 0.02)² = 100 · 7.004² = 4905.6: 4806 more
+    assert more_needed(100, 0.05, 0.52, 0.5) == 4806
+    # without the power term the interval only just reaches the threshold (a coin flip):
+    # 100 (1.96 · 0.05 / 0.02)² = 100 · 4.9² = 2401 (2400.9 with the exact z): 2301 more
+    assert more_needed(100, 0.05, 0.52, 0.5, power_z=0.0) == 2301
     assert more_needed(100, 0.05, 0.5, 0.5) is None  # on the threshold: no n decides it
     assert more_needed(100, 0.001, 0.52, 0.5) == 1  # already decided: at least one, never negative
 
@@ -55,3 +61,48 @@ def test_pareto_dominance():
     # both higher-better: (2, 0.6) and (3, 0.55) trade off; they dominate the rest
     assert dominated(points, True, True) == [True, False, False, True, True]
     assert dominated([], True, True) == []
+
+
+def test_order_statistic_ranks_match_the_binomial_tables():
+    # median of 10: ranks 2 and 9 (P(B <= 1) = 11/1024 = 0.0107 <= 0.025 < P(B <= 2) = 0.0547)
+    assert order_statistic_ranks(10, 0.5) == (2, 9)
+    # p95 of 10: the lower end is rank 8 (P(B <= 7) = 0.0115); nothing bounds it above (0.95^10 = 0.60)
+    assert order_statistic_ranks(10, 0.95) == (8, None)
+    # p95 of 72: 0.95^72 = 0.0249 <= 0.025, so the maximum bounds it; 71 do not (0.0262)
+    assert order_statistic_ranks(72, 0.95)[1] == 72 and order_statistic_ranks(71, 0.95)[1] is None
+    assert order_statistic_ranks(5, 0.5) == (None, None)  # 0.5^5 = 0.031 > 0.025 on both sides
+
+
+def test_requests_to_bound_is_the_first_n_with_a_finite_upper_end():
+    assert [requests_to_bound(q) for q in (0.5, 0.9, 0.95, 0.99)] == [6, 36, 72, 368]
+    for q in (0.5, 0.9, 0.95, 0.99):
+        n = requests_to_bound(q)
+        assert order_statistic_ranks(n, q)[1] is not None and order_statistic_ranks(n - 1, q)[1] is None
+
+
+def test_quantile_interval_takes_the_sorted_values_at_those_ranks():
+    values = [float(v) for v in (9, 1, 8, 2, 7, 3, 6, 4, 5, 10)]
+    assert quantile_interval(values, 0.5) == (2.0, 9.0)
+    assert quantile_interval(values, 0.95) == (8.0, None)
+
+
+def test_t_quantile_and_expanded_bootstrap_tails():
+    assert t_quantile(0.975, 9) == pytest.approx(2.262157, abs=1e-5)
+    assert t_quantile(0.975, 1) == pytest.approx(12.7062, abs=1e-3)
+    assert t_quantile(0.025, 24) == pytest.approx(-2.063899, abs=1e-5)
+    # Φ(−√(10/9) · 2.2622) = Φ(−2.3845) = 0.00855: a wider tail cut than 0.025 at n = 10
+    assert expanded_alpha(10) == pytest.approx(0.00855, abs=2e-5)
+    assert 0.0247 < expanded_alpha(1000) < 0.025
+
+
+def test_mcnemar_exact_by_hand():
+    assert mcnemar_exact_p(0, 5) == pytest.approx(2 / 32)  # 2 · 0.5^5
+    assert mcnemar_exact_p(1, 9) == pytest.approx(2 * 11 / 1024)  # 2 · (1 + 10) / 2^10
+    assert mcnemar_exact_p(3, 3) == 1.0 and mcnemar_exact_p(0, 0) == 1.0
+
+
+def test_paired_bootstrap_of_differences():
+    diff, low, high, p = paired_bootstrap([1.0] * 20 + [0.0] * 20)
+    assert diff == 0.5 and 0.25 < low < 0.5 < high < 0.75 and p == pytest.approx(0.001)
+    same = paired_bootstrap([0.0] * 30)
+    assert same == (0.0, 0.0, 0.0, 1.0)

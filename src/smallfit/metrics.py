@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from smallfit.records import RequestTiming
-from smallfit.scoring import percentile
+from smallfit.scoring import expanded_alpha, percentile, quantile_interval
 
 
 @dataclass(frozen=True)
@@ -122,10 +122,19 @@ def is_timed(t: RequestTiming) -> bool:
 def timed_requests(timings: Sequence[RequestTiming]) -> list[RequestTiming]:
     """The requests the latency figures are computed from (see :func:`is_timed`)."""
     return [t for t in timings if is_timed(t)]
-# Figures whose 95% interval is stored with them (the verdict, the report and the exports read it).
-_CI_KEYS = ("ttft_s", "ttft_s_p95", "tpot_s", "tpot_s_p95", "latency_s", "latency_s_p95", "decode_tok_s",
-            "prefill_tok_s", "input_tok_s")
+# Figures whose 95% interval is stored with them (the verdict, the report and the exports read it):
+# percentiles by order statistics, rates by an expanded percentile bootstrap over requests.
+PERCENTILE_CI_KEYS = tuple(f"{key}{suffix}" for key in ("ttft_s", "tpot_s", "latency_s")
+                           for suffix in ("", "_p90", "_p95", "_p99"))
+RATE_CI_KEYS = ("decode_tok_s", "prefill_tok_s", "input_tok_s")
 TIMING_RESAMPLES = 1000
+
+
+def quantile_of(metric: str) -> float | None:
+    """The quantile a percentile figure is (``latency_s`` 0.5, ``latency_s_p95`` 0.95), None for others."""
+    if metric not in PERCENTILE_CI_KEYS:
+        return None
+    return int(metric.rsplit("_p", 1)[1]) / 100 if "_p" in metric.removesuffix("_s") else 0.5
 
 
 def _percentiles(out: dict[str, float | None], name: str, values: Sequence[float]) -> None:
@@ -157,10 +166,51 @@ def _latency_figures(gen: Sequence[RequestTiming]) -> dict[str, float | None]:
     return out
 
 
+def _series(gen: Sequence[RequestTiming], base: str) -> list[float]:
+    """The per-request values a latency percentile is taken over (as :func:`_latency_figures`)."""
+    if base == "ttft_s":
+        return [t.ttft_s for t in gen if t.ttft_s is not None]
+    if base == "latency_s":
+        return [t.latency_s for t in gen]
+    return [(t.latency_s - (t.ttft_s or 0.0)) / (t.n_output_tokens - 1)
+            for t in gen if t.n_output_tokens >= 2 and t.ttft_s is not None]
+
+
+def timing_intervals(gen: Sequence[RequestTiming], figures: dict[str, float | None],
+                     resamples: int = TIMING_RESAMPLES) -> dict[str, float | None]:
+    """95% intervals of the timing figures, as ``<metric>_ci_low/_ci_high``, from timed requests.
+
+    - p50/p90/p95/p99 of TTFT, TPOT and latency: distribution-free order statistics over the
+      requests (:func:`smallfit.scoring.quantile_interval`). Where too few requests exist to
+      bound the percentile from above (p95: fewer than 72), ``_ci_high`` is None (open); from
+      below, ``_ci_low`` is 0 (a time is never negative).
+    - decode, prefill and input rates: an expanded percentile bootstrap over requests (resampled
+      with replacement, the rate recomputed on each).
+    ITL percentiles pool gaps within requests, which are not independent: no interval (point checks).
+    """
+    out: dict[str, float | None] = {}
+    for key in PERCENTILE_CI_KEYS:
+        q = quantile_of(key)
+        values = _series(gen, key[: key.index("_s") + 2])
+        if figures.get(key) is None or q is None or not values:
+            continue
+        low, high = quantile_interval(values, q)
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = (0.0 if low is None else low), high
+    if len(gen) >= 2 and resamples:
+        rng = random.Random(0)
+        draws = [_latency_figures([gen[rng.randrange(len(gen))] for _ in gen]) for _ in range(resamples)]
+        tail = 100 * expanded_alpha(len(gen))
+        for key in RATE_CI_KEYS:
+            values = [v for d in draws if (v := d.get(key)) is not None]
+            if figures.get(key) is not None and values:
+                out[f"{key}_ci_low"], out[f"{key}_ci_high"] = percentile(values, tail), percentile(values, 100 - tail)
+    return out
+
+
 def efficiency_from_timings(timings: Sequence[RequestTiming],
                             resamples: int = TIMING_RESAMPLES) -> dict[str, float | None]:
     """Latency and throughput figures (p50 is the bare name) from raw generation timings, with
-    bootstrap 95% intervals of the main percentiles (requests resampled with replacement).
+    their 95% intervals (:func:`timing_intervals`; ``resamples=0``: the figures alone).
 
     Only generation requests with a first token, and single-text embedding requests, count
     (:func:`is_timed`). A figure that cannot be computed from what was measured is ``None``,
@@ -175,12 +225,6 @@ def efficiency_from_timings(timings: Sequence[RequestTiming],
     if not gen:
         return out
     out.update(_latency_figures(gen))
-    if len(gen) >= 2 and resamples:
-        rng = random.Random(0)
-        draws = [_latency_figures([gen[rng.randrange(len(gen))] for _ in gen]) for _ in range(resamples)]
-        for key in _CI_KEYS:
-            values = [d[key] for d in draws if d.get(key) is not None]
-            if out.get(key) is not None and values:
-                out[f"{key}_ci_low"] = percentile(values, 2.5)  # type: ignore[arg-type]
-                out[f"{key}_ci_high"] = percentile(values, 97.5)  # type: ignore[arg-type]
+    if resamples:
+        out.update(timing_intervals(gen, out, resamples))
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import re
@@ -230,14 +231,110 @@ def bootstrap_ci(
     seed: int = 0,
     level: float = 0.95,
 ) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of ``statistic`` over ``rows`` (examples).
+    """Expanded percentile bootstrap confidence interval of ``statistic`` over ``rows`` (examples).
 
     Rows are resampled with replacement ``resamples`` times with a seeded generator, so the
-    interval is reproducible; the bounds are the (1 - level)/2 and (1 + level)/2 percentiles.
+    interval is reproducible; the bounds are the ``a`` and ``1 - a`` percentiles of the
+    replicates, ``a = expanded_alpha(n, level)`` (0.0085 at n = 10, 0.0238 at n = 100).
     """
     stats = bootstrap_replicates(rows, statistic, resamples, seed)
-    alpha = (1.0 - level) / 2.0
+    alpha = expanded_alpha(len(rows), level)
     return percentile(stats, 100 * alpha), percentile(stats, 100 * (1 - alpha))
+
+
+@functools.lru_cache(maxsize=256)
+def t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on its CDF,
+    which is integrated by Simpson's rule: no third-party library; accurate to about 1e-6)."""
+    if df < 1 or not 0.0 < p < 1.0:
+        raise ValueError("t quantile needs df >= 1 and 0 < p < 1")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float) -> float:
+        steps = 400
+        h = x / steps
+        f = [math.exp(log_c - (df + 1) / 2 * math.log1p((i * h) ** 2 / df)) for i in range(steps + 1)]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        lo, hi = hi, hi * 2
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def expanded_alpha(n: int, level: float = 0.95) -> float:
+    """The tail share of an *expanded* percentile bootstrap (Hesterberg 2015, "What teachers
+    should know about the bootstrap", §5.1): ``Φ(−√(n/(n−1)) · t_{(1+level)/2, n−1})``.
+
+    A plain percentile bootstrap of a mean is too narrow at small n (its spread is the plug-in
+    ``√((n−1)/n)`` s.e. and it uses z where t is due: 91% rather than 95% at n = 10); widening
+    the tails this way restores the coverage that ``benchmarks/coverage.py`` checks.
+    """
+    tail = (1.0 - level) / 2.0
+    if n < 2:
+        return tail
+    z = math.sqrt(n / (n - 1)) * t_quantile(1.0 - tail, n - 1)
+    return 0.5 * (1.0 + math.erf(-z / math.sqrt(2.0)))
+
+
+def binomial_pmfs(n: int, p: float) -> list[float]:
+    """P(B = k) for k = 0..n, B ~ Binomial(n, p), in log space so large n does not overflow."""
+    if p <= 0.0 or p >= 1.0:
+        return [1.0 if k == (0 if p <= 0.0 else n) else 0.0 for k in range(n + 1)]
+    lp, lq = math.log(p), math.log1p(-p)
+    return [math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * lp + (n - k) * lq)
+            for k in range(n + 1)]
+
+
+def order_statistic_ranks(n: int, q: float, level: float = 0.95) -> tuple[int | None, int | None]:
+    """1-based ranks ``(l, u)`` of the sorted sample whose values bound the population
+    ``q``-quantile (``0 < q < 1``) with at least ``level`` confidence, each side missing with
+    probability at most ``(1 − level)/2``; no assumption on the distribution.
+
+    The number B of observations below the quantile is Binomial(n, q): ``x_(l) ≤ ξ_q`` unless
+    ``B < l`` and ``x_(u) ≥ ξ_q`` unless ``B ≥ u``. ``l`` is the largest rank with
+    ``P(B < l) ≤ tail``, ``u`` the smallest with ``P(B ≥ u) ≤ tail``; None where no rank
+    qualifies (too few observations: that side is open).
+    """
+    if n < 1 or not 0.0 < q < 1.0:
+        raise ValueError("order-statistic interval needs n >= 1 and 0 < q < 1")
+    tail = (1.0 - level) / 2.0
+    pmf = binomial_pmfs(n, q)
+    low: int | None = None
+    below = 0.0  # P(B < l)
+    for rank in range(1, n + 1):
+        below += pmf[rank - 1]
+        if below > tail:
+            break
+        low = rank
+    high: int | None = None
+    above = 0.0  # P(B >= u)
+    for rank in range(n, 0, -1):
+        above += pmf[rank]
+        if above > tail:
+            break
+        high = rank
+    return low, high
+
+
+def requests_to_bound(q: float, level: float = 0.95) -> int:
+    """The fewest observations for which the ``q``-quantile has a finite upper bound at
+    ``level``: the sample maximum bounds it once ``q^n ≤ (1 − level)/2`` (72 for the p95,
+    36 for the p90, 367 for the p99, 6 for the median at 95%)."""
+    return math.ceil(math.log((1.0 - level) / 2.0) / math.log(q) - 1e-12)
+
+
+def quantile_interval(values: Sequence[float], q: float, level: float = 0.95) -> tuple[float | None, float | None]:
+    """The distribution-free interval of the population ``q``-quantile from ``values``
+    (:func:`order_statistic_ranks`): ``(x_(l), x_(u))``, None on a side too few values bound."""
+    xs = sorted(values)
+    low, high = order_statistic_ranks(len(xs), q, level)
+    return (None if low is None else xs[low - 1]), (None if high is None else xs[high - 1])
 
 
 # --- perplexity ------------------------------------------------------------------------------

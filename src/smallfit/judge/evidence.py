@@ -3,26 +3,31 @@
 - ``acc``, ``acc_norm``, ``exact_match`` (shares of n examples): the Wilson score interval.
 - Other quality metrics: the stored 95% bootstrap interval (``<metric>_ci_low/_ci_high``), else
   ``value ± 1.96 stderr`` when only a standard error was stored (runs made before the intervals).
-- Latency and throughput figures: a 95% percentile bootstrap over the very requests the figure
-  was computed from (those with a time to first token), recomputing it on each resample.
-- Memory, size and load time are single measurements: no interval.
+- p50/p90/p95/p99 of TTFT, TPOT and latency: a distribution-free order-statistic interval over
+  the requests (open above where too few requests bound the percentile: p95 under 72).
+- Decode, prefill and input rates: an expanded percentile bootstrap over the requests.
+- ITL percentiles, memory, size, load time, energy, cost and KL: no interval (point checks).
+
+New runs store each interval when they are measured (:func:`smallfit.metrics.timing_intervals`);
+runs stored before that get the same intervals computed from their stored timings on read.
 """
 
 from __future__ import annotations
 
-import random
+import math
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from smallfit.judge.stats import Z95, wilson_interval
-from smallfit.metrics import efficiency_from_timings, timed_requests
+from smallfit.metrics import PERCENTILE_CI_KEYS, RATE_CI_KEYS, efficiency_from_timings, quantile_of, timed_requests
 from smallfit.records import RequestTiming
-from smallfit.scoring import percentile
+from smallfit.scoring import requests_to_bound
 
 WILSON_METRICS = ("acc", "acc_norm", "exact_match")
-TIMING_METRICS = ("ttft_s", "ttft_s_p95", "tpot_s", "tpot_s_p95", "latency_s", "latency_s_p95",
-                  "decode_tok_s", "prefill_tok_s", "input_tok_s")
+TIMING_METRICS = (*PERCENTILE_CI_KEYS, *RATE_CI_KEYS)
+ORDER_STATISTIC = "order statistic (requests)"
+OPEN_ABOVE = ", open above"
 
 
 @dataclass(frozen=True)
@@ -30,10 +35,18 @@ class Interval:
     """A 95% interval of a figure, over ``n`` examples or requests (``unit``), and how it was made."""
 
     low: float
-    high: float
+    high: float  # math.inf where too few requests bound a percentile from above (open)
     n: int
-    method: str  # "wilson", "bootstrap" (stored), "normal" (value ± 1.96 s.e.), "bootstrap (requests)"
+    method: str  # "wilson", "bootstrap" (stored), "normal" (value ± 1.96 s.e.), "bootstrap (requests)",
+    #              "order statistic (requests)"[", open above"]
     unit: str  # "examples" or "requests": what more of would narrow it
+    bound_n: int | None = None
+    """Percentiles: the fewest requests whose order statistics bound it from above at 95%."""
+
+    @property
+    def open_above(self) -> bool:
+        """No finite upper bound: too few requests for this percentile."""
+        return math.isinf(self.high)
 
     def se_toward(self, value: float, threshold: float) -> float:
         """The standard error the interval implies on the threshold's side of ``value``: that
@@ -49,19 +62,27 @@ def interval_methods(metrics: Mapping[str, float | None]) -> dict[str, str]:
         if not key.endswith("_ci_low") or value is None:
             continue
         metric = key.removesuffix("_ci_low")
-        out[metric] = ("bootstrap (requests)" if metric in TIMING_METRICS
-                       else "wilson" if metric in WILSON_METRICS else "bootstrap (examples)")
+        if metric in PERCENTILE_CI_KEYS:
+            out[metric] = ORDER_STATISTIC + (OPEN_ABOVE if metrics.get(f"{metric}_ci_high") is None else "")
+        else:
+            out[metric] = ("bootstrap (requests)" if metric in RATE_CI_KEYS
+                           else "wilson" if metric in WILSON_METRICS else "bootstrap (examples)")
     return out
 
 
 def stored_interval(metric: str, metrics: Mapping[str, float | None], method: str) -> Interval | None:
-    """The interval stored with a figure when it was measured: the one every reader uses."""
+    """The interval stored with a figure when it was measured: the one every reader uses. A
+    percentile's interval whose method says ``open above`` has ``high = inf``."""
     value, low, high = metrics.get(metric), metrics.get(f"{metric}_ci_low"), metrics.get(f"{metric}_ci_high")
+    if high is None and method.endswith(OPEN_ABOVE):
+        high = math.inf
     if value is None or low is None or high is None:
         return None
-    requests = method.endswith("(requests)")
+    requests = "(requests)" in method
     n = metrics.get("timed_requests") if requests else metrics.get("n_samples")
-    return Interval(min(low, value), max(high, value), int(n or 0), method, "requests" if requests else "examples")
+    q = quantile_of(metric)
+    return Interval(min(low, value), max(high, value), int(n or 0), method, "requests" if requests else "examples",
+                    requests_to_bound(q) if q is not None else None)
 
 
 def quality_interval(metric: str, metrics: Mapping[str, float | None], n: int | None) -> Interval | None:
@@ -82,25 +103,16 @@ def quality_interval(metric: str, metrics: Mapping[str, float | None], n: int | 
     return None
 
 
-def timing_intervals(timings: Sequence[RequestTiming], names: Sequence[str],
-                     resamples: int = 1000, seed: int = 0) -> dict[str, Interval]:
-    """Bootstrap intervals of the latency figures ``names`` from the raw requests, for runs stored
-    before intervals were stored once: the requests are resampled with replacement and every
-    figure recomputed as ``efficiency_from_timings`` computes it."""
-    wanted = [m for m in names if m in TIMING_METRICS]
+def timing_intervals(timings: Sequence[RequestTiming], names: Sequence[str]) -> dict[str, Interval]:
+    """Intervals of the timing figures ``names`` from the raw requests, for runs stored before
+    intervals were stored once: the very rule new runs store (:func:`smallfit.metrics.timing_intervals`)."""
     gen = timed_requests(timings)
-    if not wanted or len(gen) < 2:
+    if not any(m in TIMING_METRICS for m in names) or not gen:
         return {}
-    rng = random.Random(seed)
-    draws: dict[str, list[float]] = {m: [] for m in wanted}
-    for _ in range(resamples):
-        figures = efficiency_from_timings([gen[rng.randrange(len(gen))] for _ in gen], resamples=0)
-        for m in wanted:
-            value = figures.get(m)
-            if value is not None:
-                draws[m].append(value)
-    return {m: Interval(percentile(v, 2.5), percentile(v, 97.5), len(gen), "bootstrap (requests)", "requests")
-            for m, v in draws.items() if v}
+    figures = efficiency_from_timings(gen)
+    methods = interval_methods(figures)
+    found = {m: stored_interval(m, figures, methods[m]) for m in names if m in TIMING_METRICS and m in methods}
+    return {m: iv for m, iv in found.items() if iv is not None}
 
 
 def timings_from_rows(rows: Sequence[sqlite3.Row]) -> list[RequestTiming]:

@@ -10,10 +10,11 @@ import random
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from smallfit.scoring import percentile
+from smallfit.scoring import binomial_pmfs, expanded_alpha, percentile
 
 T = TypeVar("T")
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
+Z80 = 0.8416212335729143  # one-sided normal quantile of 80% power
 
 
 def normal_cdf(x: float) -> float:
@@ -43,18 +44,55 @@ def wilson_interval(p: float, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, (centre - half) / denom), min(1.0, (centre + half) / denom)
 
 
-def more_needed(n: int, se: float, value: float, threshold: float, z: float = Z95) -> int | None:
-    """About how many more examples would put the whole interval on one side of ``threshold``.
+def more_needed(n: int, se: float, value: float, threshold: float, z: float = Z95,
+                power_z: float = Z80) -> int | None:
+    """About how many more examples would decide a check with 80% power.
 
-    The standard error shrinks as 1/√n, so the interval half-width ``z·se`` reaches the distance
-    ``|value − threshold|`` at ``n_needed ≈ n (z·se / |value − threshold|)²``. Returns the extra
-    ``n_needed − n`` (at least 1), or None when the value sits on the threshold (no finite n).
+    The standard error shrinks as 1/√n. If the true value is the one observed, the interval
+    ``value ± z·se_N`` excludes ``threshold`` with probability ``power`` once
+    ``|value − threshold| = (z + z_power)·se_N``, that is at
+    ``n_needed ≈ n ((z + z_power)·se / |value − threshold|)²`` (``z_power`` = 0.84 for 80%;
+    with ``power_z=0`` this is the n whose interval just reaches the threshold, a coin flip).
+    Returns the extra ``n_needed − n`` (at least 1), or None when the value sits on the
+    threshold (no finite n).
     """
     gap = abs(value - threshold)
     if gap == 0 or se <= 0 or n < 1:
         return None
-    needed = math.ceil(n * (z * se / gap) ** 2)
+    needed = math.ceil(n * ((z + power_z) * se / gap) ** 2)
     return max(1, needed - n)
+
+
+def mcnemar_exact_p(only_a: int, only_b: int) -> float:
+    """Exact (binomial) McNemar test of paired 0/1 scores: ``only_a`` examples right only on side
+    A, ``only_b`` only on side B. Under no difference each discordant example is a fair coin, so
+    the two-sided p-value is ``min(1, 2 P(X ≤ min(only_a, only_b)))``, X ~ Binomial(discordant, ½);
+    1 when no example is discordant."""
+    total = only_a + only_b
+    if total == 0:
+        return 1.0
+    pmf = binomial_pmfs(total, 0.5)
+    return min(1.0, 2.0 * sum(pmf[: min(only_a, only_b) + 1]))
+
+
+def paired_bootstrap(diffs: Sequence[float], resamples: int = 1000, seed: int = 0) -> tuple[float, float, float, float]:
+    """Mean of paired differences ``b − a`` (one per example), its 95% expanded-percentile
+    bootstrap interval (pairs resampled together, :func:`smallfit.scoring.expanded_alpha`) and a
+    two-sided p-value: twice the smaller share of resampled means on either side of 0, at least
+    ``1 / resamples``."""
+    if not diffs:
+        raise ValueError("bootstrap of an empty sequence")
+    n = len(diffs)
+    rng = random.Random(seed)
+    means = [sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples)]
+    tail = expanded_alpha(n)
+    low, high = percentile(means, 100 * tail), percentile(means, 100 * (1 - tail))
+    observed = sum(diffs) / n
+    if all(d == 0 for d in diffs):
+        return observed, low, high, 1.0
+    below = sum(m <= 0 for m in means) / resamples
+    above = sum(m >= 0 for m in means) / resamples
+    return observed, low, high, min(1.0, max(1.0 / resamples, 2 * min(below, above)))
 
 
 def difference_z_test(mean_a: float, se_a: float, mean_b: float, se_b: float) -> tuple[float, float, float]:

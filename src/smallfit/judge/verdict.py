@@ -2,8 +2,11 @@
 
 A check with an interval passes when the whole 95% interval is on the right side of the
 threshold, fails when the whole interval is on the wrong side, and is ``uncertain`` otherwise,
-with about how many more examples (or requests) would likely decide it. A figure without an
-interval (memory, size, load time: single measurements) is a plain pass or fail.
+with about how many more examples (or requests) would decide it with 80% power (if the true
+value is the one measured). A percentile with too few requests to bound it from above has an
+open interval: an upper-bound check on it is ``uncertain`` until the requests reach the count
+that bounds it (72 for a p95). A figure without an interval (memory, size, load time, energy,
+cost, ITL, KL: single measurements or point figures) is a plain pass or fail.
 
 A candidate's verdict is ``error`` (it or one of its tasks failed to run), ``none`` (no budget),
 ``fail`` (a check failed), ``uncertain`` (none failed, some undecided) or ``pass`` (every check
@@ -39,8 +42,9 @@ class CheckResult:
 
     ``passed`` is true only for a pass with confidence; ``outcome`` is ``pass``, ``fail`` or
     ``uncertain``. ``low``/``high`` bound the 95% interval over ``n`` examples or requests
-    (None for a single measurement); ``needed`` is about how many more would decide an
-    uncertain check.
+    (both None for a single measurement; ``high`` alone None for a percentile too few requests
+    bound from above); ``needed`` is about how many more would decide an uncertain check with
+    80% power (for an open percentile: how many more reach the count that bounds it).
     """
 
     check: str
@@ -85,13 +89,18 @@ def apply_check(check: Check, task: str, value: float, interval: Interval | None
         outcome, reason = PASS, ""
     elif not ok_low and not ok_high:
         outcome, reason = FAIL, "the whole interval misses"
+    elif interval.open_above and not ok_high and interval.bound_n is not None:
+        outcome, needed = UNCERTAIN, max(1, interval.bound_n - interval.n)
+        reason = (f"{interval.n} requests cannot bound this percentile from above; it takes at least "
+                  f"{interval.bound_n} ({needed} more)")
     else:
         outcome = UNCERTAIN
         needed = more_needed(interval.n, interval.se_toward(value, check.threshold), value, check.threshold)
-        reason = (f"about {needed} more {interval.unit} would likely decide it" if needed is not None
+        reason = (f"about {needed} more {interval.unit} would decide it with 80% power" if needed is not None
                   else "the value sits on the threshold")
+    high = None if interval.open_above else interval.high
     return CheckResult(str(check), task, check.metric, value, outcome == PASS, reason, interval.low,
-                       interval.high, outcome, interval.n, needed, interval.method, interval.unit)
+                       high, outcome, interval.n, needed, interval.method, interval.unit)
 
 
 def check_row(checks: Sequence[Check], row: Row) -> list[CheckResult]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from smallfit.errors import SmallfitError
 from smallfit.metrics import EFFICIENCY_METRICS, QUALITY_METRICS
-from smallfit.report.table import fmt_metric
+from smallfit.report.table import fmt_metric, high_of
 from smallfit.results import RunResults
 
 _HF_TASK = {"multiple_choice": ("multiple-choice", "Multiple choice"),
@@ -97,8 +97,9 @@ def model_card(res: RunResults, candidate: str) -> str:
     else:
         body += [f"## Verdict: {verdict.verdict}", "", f"Budget `{', '.join(res.budget)}` (95% intervals):", ""]
         for c in verdict.checks:
-            interval = (f" [{fmt_metric(c.metric, c.low)}, {fmt_metric(c.metric, c.high)}], n={c.n}"
+            interval = (f" [{fmt_metric(c.metric, c.low)}, {high_of(c)}], n={c.n}"
                         if c.low is not None else "")
             note = f": {c.reason}" if c.reason else ""
             body.append(f"- `{c.check}` on {c.task}: {fmt_metric(c.metric, c.value)}{interval} — {c.outcome}{note}")
     return "\n".join(front + body) + "\n"
+

@@ -70,15 +70,18 @@ def _header(res: RunResults) -> str:
         undecided = [n for n, v in res.verdicts.items() if v.verdict == "uncertain"]
         answer = "No candidate passes the budget with confidence."
         if undecided:
-            answer += f" Undecided: <b>{escape(', '.join(undecided))}</b> (more examples would decide; see below)."
+            answer += (f" Undecided: <b>{escape(', '.join(undecided))}</b> "
+                       "(more examples or requests would decide; see below).")
     return (f"<h1>smallfit report · run {escape(run['id'])}</h1>"
             f'<p class="sub">Started {started} · status {escape(str(run["status"]))} · candidates: {names} · '
             f"tasks: {escape(tasks)}</p><div class=\"answer\">{answer}</div>")
 
 
 def _interval(c: CheckResult) -> str:
-    if c.low is None or c.high is None:
+    if c.low is None:
         return '<span class="muted">single measurement</span>'
+    if c.high is None:
+        return f"{fmt_metric(c.metric, c.low)} – open"
     return f"{fmt_metric(c.metric, c.low)} – {fmt_metric(c.metric, c.high)}"
 
 
@@ -281,12 +284,16 @@ def _definitions() -> str:
                    for m in METRICS.values())
     rows += ("<tr><td><code>&lt;metric&gt;_stderr</code>, <code>&lt;metric&gt;_ci_low</code>, "
              "<code>&lt;metric&gt;_ci_high</code></td><td>as the metric</td><td>–</td><td>A quality metric's "
-             "standard error and 95% percentile-bootstrap interval (1000 resamples of the examples, seed 0).</td></tr>")
+             "standard error and 95% interval (Wilson for shares of 0/1 scores, else an expanded percentile "
+             "bootstrap, 1000 resamples of the examples, seed 0).</td></tr>")
     return ("<h2>Definitions</h2><table><tr><th>metric</th><th>unit</th><th>better</th><th>definition</th></tr>"
             f"{rows}</table><p class=\"muted\">Intervals: Wilson score interval for acc, acc_norm and exact_match; "
-            "the stored 95% bootstrap interval (1000 resamples of the examples) for other quality metrics; a 95% "
-            "bootstrap over the raw requests for latency and throughput figures; none for memory, size and load "
-            "time (single measurements). 'About N more' is n × (1.96 se / |value − threshold|)² − n.</p>")
+            "an expanded percentile bootstrap (1000 resamples of the examples) for other quality metrics; "
+            "distribution-free order statistics of the requests for p50/p90/p95/p99 of TTFT, TPOT and latency "
+            "(open above where too few requests bound the percentile: 72 for a p95); an expanded bootstrap over "
+            "the requests for decode, prefill and input rates; none for ITL, memory, size, load time, energy, "
+            "cost and KL (point checks). 'About N more' is n × ((1.96 + 0.84) se / |value − threshold|)² − n: "
+            "the count that decides the check with 80% power.</p>")
 
 
 def render(res: RunResults) -> str:

@@ -248,14 +248,14 @@ def verdict_lines(results: RunResults) -> list[Text]:
         answer = f"Smallest candidate that passes with confidence: {best}"
     else:
         answer = "No candidate passes the budget with confidence"
-        answer += f"; undecided: {', '.join(undecided)} (more examples would decide)." if undecided else "."
+        answer += f"; undecided: {', '.join(undecided)} (more examples or requests would decide)." if undecided else "."
     lines.append(Text(answer, style="bold"))
     return lines
 
 
 def check_summary(c: CheckResult) -> str:
     """``task:metric=value [low, high] n=N (why)`` for a check that did not pass."""
-    interval = (f" [{fmt_metric(c.metric, c.low)}, {fmt_metric(c.metric, c.high)}] n={c.n}"
+    interval = (f" [{fmt_metric(c.metric, c.low)}, {high_of(c)}] n={c.n}"
                 if c.low is not None else "")
     why = c.reason if c.outcome == UNCERTAIN or c.value is None else f"needs {c.check}"
     if c.outcome == UNCERTAIN:
@@ -294,3 +294,8 @@ def runs_table(rows: Sequence[sqlite3.Row]) -> Table:
 def print_comparison(console: Console, results: RunResults) -> None:
     """Print the comparison and the verdict."""
     console.print(comparison(results))
+
+
+def high_of(c: CheckResult) -> str:
+    """The upper end of a check's interval, ``open`` for a percentile too few requests bound."""
+    return "open" if c.high is None else fmt_metric(c.metric, c.high)
