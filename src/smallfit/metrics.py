@@ -31,14 +31,20 @@ _QUALITY = [
                "choice in characters, without the target delimiter (lm-eval 0.4's len(choice))."),
     MetricInfo("acc_bytes", True, "fraction", "As acc, each choice's log-likelihood divided by the length of the "
                "choice in UTF-8 bytes, without the target delimiter (lm-eval 0.4's acc_bytes)."),
-    MetricInfo("exact_match", True, "fraction", "Share of generations whose extracted, normalised answer equals the target."),
-    MetricInfo("f1", True, "fraction", "Mean word-overlap F1 between the extracted, normalised answer and the target (SQuAD)."),
-    MetricInfo("bits_per_byte", False, "bits/byte", "-sum(log p(token)) / (UTF-8 bytes of the texts * ln 2), over all texts."),
-    MetricInfo("word_perplexity", False, "", "exp(-sum(log p(token)) / words), words = pieces of re.split(r\"\\s+\", text) as lm-eval counts them."),
-    MetricInfo("perplexity", False, "", "Continuation tasks (LAMBADA): exp(-mean log-likelihood of the expected continuation)."),
+    MetricInfo("exact_match", True, "fraction",
+               "Share of generations whose extracted, normalised answer equals the target."),
+    MetricInfo("f1", True, "fraction",
+               "Mean word-overlap F1 between the extracted, normalised answer and the target (SQuAD)."),
+    MetricInfo("bits_per_byte", False, "bits/byte",
+               "-sum(log p(token)) / (UTF-8 bytes of the texts * ln 2), over all texts."),
+    MetricInfo("word_perplexity", False, "",
+               "exp(-sum(log p(token)) / words), words = pieces of re.split(r\"\\s+\", text) as lm-eval counts them."),
+    MetricInfo("perplexity", False, "",
+               "Continuation tasks (LAMBADA): exp(-mean log-likelihood of the expected continuation)."),
     MetricInfo("byte_perplexity", False, "", "exp(-sum(log p(token)) / UTF-8 bytes), over all texts."),
     MetricInfo("macro_f1", True, "fraction", "Embedding classification: unweighted mean over labels of F1 = "
-               "2TP / (2TP + FP + FN), labels that occur as gold or predicted; s.e. and interval by bootstrap over texts."),
+               "2TP / (2TP + FP + FN), labels that occur as gold or predicted; s.e. and interval by bootstrap "
+               "over texts."),
 ]
 
 _EFFICIENCY = [
@@ -46,12 +52,14 @@ _EFFICIENCY = [
     MetricInfo("ttft_s", False, "s", "Median time to first token: request start to the first output token "
                "(None for encoders, which produce no tokens)."),
     MetricInfo("ttft_s_p95", False, "s", "95th percentile of time to first token."),
-    MetricInfo("tpot_s", False, "s", "Median time per output token, (latency - TTFT) / (output tokens - 1), requests with >= 2 tokens."),
+    MetricInfo("tpot_s", False, "s",
+               "Median time per output token, (latency - TTFT) / (output tokens - 1), requests with >= 2 tokens."),
     MetricInfo("tpot_s_p95", False, "s", "95th percentile of time per output token."),
     MetricInfo("latency_s", False, "s", "Median end-to-end latency: request start to the last output token "
                "(encoders: to the embedding of one text, one text per request)."),
     MetricInfo("latency_s_p95", False, "s", "95th percentile of end-to-end latency."),
-    MetricInfo("decode_tok_s", True, "tokens/s", "Sum of (output tokens - 1) / sum of (latency - TTFT), over requests with >= 2 tokens."),
+    MetricInfo("decode_tok_s", True, "tokens/s",
+               "Sum of (output tokens - 1) / sum of (latency - TTFT), over requests with >= 2 tokens."),
     MetricInfo("prefill_tok_s", True, "tokens/s", "Sum of prompt tokens / sum of TTFT, over all timed requests."),
     MetricInfo("ttft_s_p90", False, "s", "90th percentile of time to first token."),
     MetricInfo("ttft_s_p99", False, "s", "99th percentile of time to first token."),
@@ -59,7 +67,8 @@ _EFFICIENCY = [
     MetricInfo("tpot_s_p99", False, "s", "99th percentile of time per output token."),
     MetricInfo("latency_s_p90", False, "s", "90th percentile of end-to-end latency."),
     MetricInfo("latency_s_p99", False, "s", "99th percentile of end-to-end latency."),
-    MetricInfo("itl_s", False, "s", "Median inter-token latency: every gap between consecutive output tokens, all requests pooled."),
+    MetricInfo("itl_s", False, "s",
+               "Median inter-token latency: every gap between consecutive output tokens, all requests pooled."),
     MetricInfo("itl_s_p90", False, "s", "90th percentile of inter-token latency."),
     MetricInfo("itl_s_p95", False, "s", "95th percentile of inter-token latency."),
     MetricInfo("itl_s_p99", False, "s", "99th percentile of inter-token latency."),
@@ -67,17 +76,24 @@ _EFFICIENCY = [
                "single-text embedding requests (special tokens counted, after truncation)."),
     MetricInfo("timed_requests", True, "requests", "Generation requests (encoders: single-text embedding "
                "requests) the latency figures come from."),
-    MetricInfo("energy_j", False, "J", "Energy of the timed generation (encoders: embedding) requests (measured or estimated: see the row's labels)."),
+    MetricInfo("energy_j", False, "J", "Energy of the timed generation (encoders: embedding) requests "
+               "(measured or estimated: see the row's labels)."),
     MetricInfo("energy_j_per_token", False, "J/token", "energy_j / output tokens of those requests."),
     MetricInfo("energy_j_per_request", False, "J/request", "energy_j / number of those requests."),
     MetricInfo("power_w", False, "W", "energy_j / wall time of those requests."),
-    MetricInfo("cost_usd_per_mtok_out", False, "USD", "Estimated cost of 1M output tokens: (1e6 / decode_tok_s) s x (hardware $/s + power_w x electricity $/J)."),
-    MetricInfo("cost_usd_per_mtok_in", False, "USD", "Estimated cost of 1M input (prompt) tokens: (1e6 / prefill_tok_s, encoders: input_tok_s) s x (hardware $/s + power_w x electricity $/J)."),
-    MetricInfo("memory_bandwidth_bytes_s", True, "bytes/s", "Copy bandwidth of this machine with the run's threads (read + write), measured once and cached."),
-    MetricInfo("decode_roofline_tok_s", True, "tokens/s", "Memory-bound ceiling on decode: memory_bandwidth_bytes_s / model_size_bytes."),
+    MetricInfo("cost_usd_per_mtok_out", False, "USD", "Estimated cost of 1M output tokens: (1e6 / decode_tok_s) s "
+               "x (hardware $/s + power_w x electricity $/J)."),
+    MetricInfo("cost_usd_per_mtok_in", False, "USD", "Estimated cost of 1M input (prompt) tokens: (1e6 / "
+               "prefill_tok_s, encoders: input_tok_s) s x (hardware $/s + power_w x electricity $/J)."),
+    MetricInfo("memory_bandwidth_bytes_s", True, "bytes/s",
+               "Copy bandwidth of this machine with the run's threads (read + write), measured once and cached."),
+    MetricInfo("decode_roofline_tok_s", True, "tokens/s",
+               "Memory-bound ceiling on decode: memory_bandwidth_bytes_s / model_size_bytes."),
     MetricInfo("decode_roofline_pct", True, "%", "decode_tok_s as a percentage of decode_roofline_tok_s."),
-    MetricInfo("peak_rss_bytes", False, "bytes", "Peak resident memory of the candidate's own process while it ran the task (Linux VmHWM)."),
-    MetricInfo("peak_vram_bytes", False, "bytes", "GPU candidates: peak memory torch allocated on the device during the task (None on the CPU)."),
+    MetricInfo("peak_rss_bytes", False, "bytes",
+               "Peak resident memory of the candidate's own process while it ran the task (Linux VmHWM)."),
+    MetricInfo("peak_vram_bytes", False, "bytes",
+               "GPU candidates: peak memory torch allocated on the device during the task (None on the CPU)."),
     MetricInfo("model_size_bytes", False, "bytes", "Size of the model file(s) on disk."),
 ]
 

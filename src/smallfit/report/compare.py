@@ -242,7 +242,8 @@ def changes_table(changes: list[Change], run_a: str, run_b: str) -> Table:
     table = Table(title=f"run A {run_a} → run B {run_b} (change = B − A; significant: p < 0.05)",
                   title_justify="left", header_style="bold")
     for col in ("candidate", "task", "metric", "A", "B", "change", "95% CI of change", "p", "test"):
-        table.add_column(col, no_wrap=col in ("candidate", "task", "metric", "p"), min_width=10 if col == "test" else None)
+        table.add_column(col, no_wrap=col in ("candidate", "task", "metric", "p"),
+                         min_width=10 if col == "test" else None)
     for c in changes:
         better = (c.diff > 0) == METRICS[c.metric].higher_is_better
         style = ("green" if better else "red") if c.p is not None and c.p < 0.05 and c.diff else ""

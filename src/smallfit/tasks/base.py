@@ -107,7 +107,8 @@ class TaskKind(Protocol):
         """The quality metrics this kind reports, primary first."""
         ...
 
-    def run(self, backend: Backend, samples: Sequence[Any], progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
+    def run(self, backend: Backend, samples: Sequence[Any], progress: Progress) -> tuple[list[SampleResult],
+                                                                                         list[RequestTiming]]:
         """Score every sample; return per-sample results and per-request timings."""
         ...
 
@@ -148,7 +149,8 @@ class MultipleChoice:
     requires: str = "loglikelihood"
     quality_metrics: tuple[str, ...] = ("acc", "acc_norm", "acc_bytes")
 
-    def run(self, backend: Backend, samples: Sequence[MultipleChoiceSample], progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
+    def run(self, backend: Backend, samples: Sequence[MultipleChoiceSample],
+            progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
         results, timings = [], []
         for lo in range(0, len(samples), SCORE_CHUNK):
             chunk = samples[lo : lo + SCORE_CHUNK]
@@ -185,7 +187,8 @@ class Generation:
     requires: str = "generation"
     quality_metrics: tuple[str, ...] = ("exact_match", "f1")
 
-    def run(self, backend: Backend, samples: Sequence[GenerationSample], progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
+    def run(self, backend: Backend, samples: Sequence[GenerationSample],
+            progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
         results, timings = [], []
         for lo in range(0, len(samples), CHUNK):
             chunk = samples[lo : lo + CHUNK]
@@ -193,7 +196,8 @@ class Generation:
             for j, (s, c) in enumerate(zip(chunk, backend.generate(reqs), strict=True)):
                 i = lo + j
                 answer = self.extract(c.text)
-                scores = {"exact_match": scoring.exact_match(answer, s.answer), "f1": scoring.token_f1(answer, s.answer)}
+                scores = {"exact_match": scoring.exact_match(answer, s.answer), "f1": scoring.token_f1(answer,
+                                                                                                       s.answer)}
                 results.append(SampleResult(i, s.id, s.prompt, s.answer, c.text, scores))
                 timings.append(RequestTiming.of(i, "quality", c))
             progress(lo + len(chunk))
@@ -215,14 +219,16 @@ class Perplexity:
     requires: str = "loglikelihood"
     quality_metrics: tuple[str, ...] = ("bits_per_byte", "word_perplexity", "byte_perplexity")
 
-    def run(self, backend: Backend, samples: Sequence[TextSample], progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
+    def run(self, backend: Backend, samples: Sequence[TextSample], progress: Progress) -> tuple[list[SampleResult],
+                                                                                                list[RequestTiming]]:
         results, timings = [], []
         for lo in range(0, len(samples), SCORE_CHUNK):
             chunk = samples[lo : lo + SCORE_CHUNK]
             t0 = time.perf_counter()
             scored = backend.loglikelihood_rolling([RollingRequest(s.text) for s in chunk])
             elapsed = time.perf_counter() - t0
-            timings.append(RequestTiming(lo // SCORE_CHUNK, "quality", sum(r.n_tokens for r in scored), 0, None, elapsed))
+            timings.append(RequestTiming(lo // SCORE_CHUNK, "quality", sum(r.n_tokens for r in scored), 0, None,
+                                         elapsed))
             for j, (s, r) in enumerate(zip(chunk, scored, strict=True)):
                 counted = s.text if s.count_text is None else s.count_text
                 n_bytes, n_words = len(counted.encode("utf-8")), scoring.count_words(counted)
@@ -269,7 +275,8 @@ class Continuation:
     requires: str = "loglikelihood"
     quality_metrics: tuple[str, ...] = ("acc", "perplexity")
 
-    def run(self, backend: Backend, samples: Sequence[ContinuationSample], progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
+    def run(self, backend: Backend, samples: Sequence[ContinuationSample],
+            progress: Progress) -> tuple[list[SampleResult], list[RequestTiming]]:
         results, timings = [], []
         for lo in range(0, len(samples), SCORE_CHUNK):
             chunk = samples[lo : lo + SCORE_CHUNK]
