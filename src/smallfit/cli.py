@@ -119,6 +119,9 @@ def run(
         show_default=False)] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run; finished candidate x task results are kept.")] = False,
+    timing_max_s: Annotated[float | None, typer.Option(
+        "--timing-max-s", help="Seconds of timed requests per task, at most, when the budget's percentile checks "
+        "need more requests than usual (a p95 needs 72 to be bounded; default 120).", show_default=False)] = None,
     keep_going: Annotated[bool, typer.Option(
         "--keep-going", help="Run the candidates that pass the checks made before any model loads, and record "
         "the others as errors (default: list the problems and stop, exit 2).")] = False,
@@ -141,11 +144,11 @@ def run(
     if threads is not None and threads < 1:
         raise SmallfitError(f"--threads must be at least 1 (got {threads})")
     if resume and (model or task or budget or limit or threads or sample or seed is not None or chat is not None
-                   or probe or quick or max_context or quantize or keep_going):
+                   or probe or quick or max_context or quantize or keep_going or timing_max_s):
         raise SmallfitError("--resume continues a run with its stored settings; drop --model/--task/--budget/"
                             "--limit/--threads")
     overrides: dict[str, object] = {"limit": limit, "sample": sample, "seed": seed, "threads": threads, "chat": chat,
-                                    "quick": quick or None, "max_context": max_context,
+                                    "quick": quick or None, "max_context": max_context, "timing_max_s": timing_max_s,
                                     "probes": [p.strip() for p in probe.split(",") if p.strip()] if probe else None,
                                     "quantize": [quantize] if quantize else None}
     run_spec = None if resume else _build_spec(spec, model, task, budget, overrides)
@@ -156,6 +159,7 @@ def run(
         assert run_spec is not None
         run_id = runner.start_run(run_spec, store, keep_going)
     err.print(f"run [bold]{run_id}[/] · results in {store.path}")
+    _say_timing(store, run_id)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=err, transient=False) as progress:
@@ -168,6 +172,20 @@ def run(
     print_comparison(out, results)
     if all(r.error for r in results.rows):
         raise typer.Exit(1)
+
+
+def _say_timing(store: object, run_id: str) -> None:
+    """Say so when the budget's percentile checks make the timing pass longer than usual."""
+    from smallfit.runner import settings_of
+    from smallfit.spec import RunSpec
+    from smallfit.store import Store
+
+    assert isinstance(store, Store)
+    settings = settings_of(RunSpec.model_validate_json(store.run(run_id)["spec_json"]))
+    if settings.timing_reason:
+        err.print(f"timing: at least {settings.timing_min_requests} timed requests per task "
+                  f"({escape(settings.timing_reason)}), at most {settings.timing_max_s:g} s per task "
+                  "(--timing-max-s changes it)", soft_wrap=True)
 
 
 def _build_spec(spec: str | None, model: list[str] | None, task: list[str] | None, budget: str | None,

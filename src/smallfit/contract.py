@@ -59,6 +59,10 @@ class Settings:
     latency_max_tokens: int = 32
     timing_min_requests: int = 10
     timing_min_s: float = 10.0
+    timing_max_s: float = 120.0
+    """Seconds of timed requests per task, at most, when the budget's percentile checks raised
+    ``timing_min_requests`` (``timing_reason`` says which)."""
+    timing_reason: str = ""
     max_context: int = 8192
     memory_budget_bytes: float | None = None
     first_task: str = ""

@@ -156,13 +156,16 @@ def timing_pass(job: Job, items: Sequence[Any], done: Sequence[RequestTiming],
                 run: Callable[[list[Any]], list[RequestTiming]], cap: int = MAX_TIMED_REQUESTS) -> list[RequestTiming]:
     """More timed requests on the same prompts, cycling through them, until at least
     ``timing_min_requests`` requests and ``timing_min_s`` seconds of them are timed (as
-    optimum-benchmark's rule), at most ``cap``. Embedding requests keep their own phase."""
+    optimum-benchmark's rule), at most ``cap`` requests (or the budget's percentile need, if more)
+    and at most ``timing_max_s`` seconds. Embedding requests keep their own phase."""
     s = job.settings
     timed = [t for t in done if is_timed(t)]
     count, seconds = len(timed), sum(t.latency_s for t in timed)
     extra: list[RequestTiming] = []
+    cap = max(cap, s.timing_min_requests)  # a percentile check may need more than the usual cap
     i = 0
-    while (count < s.timing_min_requests or seconds < s.timing_min_s) and count < cap and i < cap:
+    while ((count < s.timing_min_requests or seconds < s.timing_min_s) and count < cap and i < cap
+           and seconds < max(s.timing_max_s, s.timing_min_s)):
         for t in run([items[i % len(items)]]):
             phase = EMBED_PHASE if t.phase == EMBED_PHASE else "latency"
             extra.append(RequestTiming(len(extra), phase, t.n_prompt_tokens, t.n_output_tokens, t.ttft_s,

@@ -124,9 +124,11 @@ def start_run(spec: RunSpec, store: Store, keep_going: bool = False) -> str:
 def settings_of(spec: RunSpec) -> Settings:
     """The run-wide settings a worker needs."""
     min_requests, min_s = spec.timing_rule()
+    needed, why = spec.percentile_requests()
     return Settings(limit=spec.limit, sample=spec.sample, seed=spec.seed, chat=spec.chat, warmup=spec.warmup,
                     latency_prompts=spec.latency_prompts, latency_max_tokens=spec.latency_max_tokens,
-                    timing_min_requests=min_requests, timing_min_s=min_s, max_context=spec.max_context,
+                    timing_min_requests=max(min_requests, needed), timing_min_s=min_s, timing_max_s=spec.timing_max_s,
+                    timing_reason=why, max_context=spec.max_context,
                     memory_budget_bytes=spec.memory_budget_bytes(), first_task=spec.tasks[0],
                     cpu_watts_per_core=spec.prices.cpu_watts_per_core, prices=spec.prices.model_dump())
 
@@ -135,6 +137,9 @@ def execute(store: Store, run_id: str, on_event: OnEvent = lambda e: None, resum
     """Run every candidate x task of the run that is not already stored as done (on ``resume``,
     candidates that failed the checks before the run are checked and tried again)."""
     run = store.run(run_id)
+    if any(not row["plan_json"] for row in store.candidates(run_id)):
+        raise SmallfitError(f"run {run_id} was stored by an older smallfit that did not store its plan; "
+                            "start a new run instead of resuming it")
     spec = RunSpec.model_validate_json(run["spec_json"])
     settings = settings_of(spec)
     done = store.done_tasks(run_id)
@@ -143,9 +148,6 @@ def execute(store: Store, run_id: str, on_event: OnEvent = lambda e: None, resum
     on_event(Event("run_started", message=run_id))
     try:
         for row in store.candidates(run_id):
-            if not row["plan_json"]:
-                raise SmallfitError(f"run {run_id} was stored by an older smallfit that did not store its plan; "
-                                    "start a new run instead of resuming it")
             planned = PlannedCandidate.from_json(row["plan_json"])
             if row["status"] == "blocked" and not resume:
                 on_event(Event("candidate_error", planned.name, message=str(row["error"])))

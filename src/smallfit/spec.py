@@ -69,6 +69,8 @@ class RunSpec(BaseModel):
     chat: bool = Field(default=False, description="wrap prompts in each model's chat template (tasks may override)")
     timing_min_requests: int = Field(default=10, ge=1, description="timed generation requests per task, at least")
     timing_min_s: float = Field(default=10.0, ge=0, description="seconds of timed generation per task, at least")
+    timing_max_s: float = Field(default=120.0, gt=0, description="seconds of timed generation per task, at most, "
+                                "when the budget's percentile checks ask for more requests than the timing rule")
     quick: bool = Field(default=False, description="fewer timed requests (3 and 1 s): for smoke tests")
     prices: Prices = Field(default_factory=Prices, description="hardware and electricity prices for cost figures")
     probes: list[str] = Field(default_factory=list, description="extra measurements: load-curve, context, energy")
@@ -89,6 +91,19 @@ class RunSpec(BaseModel):
                 raise ValueError("--quantize names no type: give e.g. --quantize q8_0,q4_k_m,q4_0")
             return types
         return value
+
+    def percentile_requests(self) -> tuple[int, str]:
+        """Timed requests per task the budget's percentile checks need to be decided (an upper
+        bound on a p95 exists from 72 requests on, see smallfit.scoring.requests_to_bound), and why."""
+        from smallfit.metrics import quantile_of
+        from smallfit.scoring import requests_to_bound
+
+        needs = [(requests_to_bound(q), str(c)) for c in self.checks()
+                 if (q := quantile_of(c.metric)) is not None and c.op in ("<=", "<")]
+        if not needs or self.quick:
+            return 0, ""
+        n, check = max(needs)
+        return n, f"{check} needs {n} timed requests to bound its percentile from above"
 
     def timing_rule(self) -> tuple[int, float]:
         """(min requests, min seconds) of timed generation per task."""
