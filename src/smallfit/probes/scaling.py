@@ -14,6 +14,7 @@ from typing import cast
 
 from smallfit.backends.base import Backend, BatchingBackend
 from smallfit.probes.energy import EnergyMeter
+from smallfit.probes.figures import energy_figures
 from smallfit.probes.memory import peak_rss_bytes, reset_peak_rss
 from smallfit.records import GenerationRequest, RequestTiming, TaskInfo, TaskResult
 
@@ -107,13 +108,8 @@ def steady_energy(backend: Backend, prompt: str, seconds: float, meter: EnergyMe
         timings.append(RequestTiming.of(len(timings), "energy", c))
         elapsed += c.latency_s
     reading = meter.stop()
+    metrics: dict[str, float | None] = {}
+    labels = energy_figures(metrics, timings, reading)  # the one place energy figures are derived
     tokens = sum(t.n_output_tokens for t in timings)
-    joules = reading.joules
-    metrics: dict[str, float | None] = {
-        "energy_j": joules, "energy_j_per_token": joules / tokens if joules is not None and tokens else None,
-        "energy_j_per_request": joules / len(timings) if joules is not None and timings else None,
-        "power_w": joules / reading.seconds if joules is not None and reading.seconds > 0 else None,
-    }
-    label = f"{reading.method}: {reading.source}"
     return TaskResult("probe:energy", metrics, [], timings, TaskInfo(
-        kind="probe", labels=dict.fromkeys(metrics, label), details={"seconds": reading.seconds, "tokens": tokens}))
+        kind="probe", labels=labels, details={"seconds": reading.seconds, "tokens": tokens}))
