@@ -1,8 +1,8 @@
-"""The runner -> worker contract: a typed :class:`Job` in, typed :class:`Event` lines out.
+"""The runner -> worker contract: a typed :class:`Job` in, typed :data:`WorkerEvent` lines out.
 
 The runner resolves each candidate once (:class:`ResolvedModel`: what will actually run, with
 its content hash and size), stores it with the run, and hands the worker a frozen :class:`Job`.
-The worker never changes its job; it answers with one JSON line per :class:`Event`, encoded and
+The worker never changes its job; it answers with one JSON line per :data:`WorkerEvent`, encoded and
 decoded here and nowhere else.
 """
 
@@ -164,18 +164,18 @@ class Finished:
     event: Literal["done"] = "done"
 
 
-Event = Annotated[Loaded | TaskStarted | Progress | TaskDone | TaskFailed | Fatal | Finished,
-                  Field(discriminator="event")]
-_EVENTS: TypeAdapter[Any] = TypeAdapter(Event)
+WorkerEvent = Loaded | TaskStarted | Progress | TaskDone | TaskFailed | Fatal | Finished
+"""Anything a worker says on its pipe."""
+_EVENTS: TypeAdapter[WorkerEvent] = TypeAdapter(Annotated[WorkerEvent, Field(discriminator="event")])
 _JOB: TypeAdapter[Job] = TypeAdapter(Job)
 
 
-def encode_event(event: Any) -> str:
+def encode_event(event: WorkerEvent) -> str:
     """One event as one JSON line (no newline)."""
     return _EVENTS.dump_json(event).decode()
 
 
-def decode_event(line: str) -> Any:
+def decode_event(line: str) -> WorkerEvent:
     """An event from its JSON line; ``ValueError`` for a line that is not one."""
     return _EVENTS.validate_json(line)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from smallfit.backends.base import Backend, BackendConfig, ConcurrentBackend, DeviceMemory
-from smallfit.contract import Job, Progress, TaskStarted
+from smallfit.contract import Job, Progress, TaskStarted, WorkerEvent
 from smallfit.errors import SmallfitError
 from smallfit.judge.evidence import interval_methods
 from smallfit.metrics import EMBED_PHASE, efficiency_from_timings, is_timed
@@ -25,7 +25,7 @@ from smallfit.tasks import get_task
 from smallfit.tasks.base import Task, in_chat
 from smallfit.tasks.embedding import embed_timing
 
-Emit = Callable[[Any], None]
+Emit = Callable[[WorkerEvent], None]
 MAX_TIMED_REQUESTS = 200
 # An embedding request takes milliseconds: room for the 10-second rule to be met.
 MAX_TIMED_EMBEDS = 2000

@@ -20,7 +20,18 @@ from typing import Any, TextIO
 
 from smallfit.backends.base import Backend, BackendConfig, EmbeddingBackend
 from smallfit.backends.registry import get_backend
-from smallfit.contract import Fatal, Finished, Job, Loaded, TaskDone, TaskFailed, TaskStarted, decode_job, encode_event
+from smallfit.contract import (
+    Fatal,
+    Finished,
+    Job,
+    Loaded,
+    TaskDone,
+    TaskFailed,
+    TaskStarted,
+    WorkerEvent,
+    decode_job,
+    encode_event,
+)
 from smallfit.errors import SmallfitError
 from smallfit.measure import add_divergence, run_probe, run_task
 from smallfit.probes.bandwidth import machine_bandwidth
@@ -35,7 +46,7 @@ class Emitter:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
 
-    def __call__(self, event: Any) -> None:
+    def __call__(self, event: WorkerEvent) -> None:
         self.stream.write(encode_event(event) + "\n")
         self.stream.flush()
 
@@ -115,7 +126,7 @@ def _check_protocol(backend: object, name: str, distribution: str) -> None:
                             f"{', '.join(missing)}; fix or uninstall the plugin")
 
 
-def _run_one(backend: Any, ref: str, name: str, job: Job, cfg: BackendConfig, emit: Emitter,
+def _run_one(backend: Backend, ref: str, name: str, job: Job, cfg: BackendConfig, emit: Emitter,
              loaded: tuple[float, dict[str, Any], dict[str, Any], int | None]) -> TaskResult:
     if ref.startswith("probe:"):
         emit(TaskStarted(name, 1))
