@@ -91,6 +91,10 @@ def test_a_truncated_gguf_is_caught_by_its_header(tmp_path):
     header = check_gguf(source)
     assert header.n_tensors > 100 and header.data_bytes is not None
     assert header.data_offset + header.data_bytes <= source.stat().st_size
+    gguf = pytest.importorskip("gguf")  # the reference reader agrees on layout and tensor bytes
+    reader = gguf.GGUFReader(source)
+    assert (header.n_tensors, header.data_offset) == (len(reader.tensors), reader.data_offset)
+    assert header.data_offset + header.data_bytes == max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors)
     cut = tmp_path / "cut.gguf"
     with source.open("rb") as fh:
         cut.write_bytes(fh.read(source.stat().st_size - 1000))  # the download stopped 1000 bytes early
