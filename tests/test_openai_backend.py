@@ -142,7 +142,8 @@ def test_concurrency_levels(smollm2):
 @pytest.mark.models
 def test_run_through_the_cli(cli, smollm2_server):
     """capitals (generation) runs; quartz (multiple choice) is refused with the clear message
-    and recorded as that task's error; an unreachable second server is its own error."""
+    and recorded as that task's error; an unreachable second server stops the run before any
+    work (one line, exit 2), or with --keep-going is recorded as its own error."""
     dead = f"http://127.0.0.1:{free_port()}/v1"
     spec = Path(cli.db).parent / "spec.toml"
     spec.write_text(f"""
@@ -157,8 +158,10 @@ options = {{concurrency = [1, 2]}}
 model = "dead={dead}"
 options = {{retries = 1, backoff_s = 0.01}}
 """)
-    run = cli("run", str(spec), timeout=600)
-    assert run.returncode in (0, 1), run.stderr
+    refused = cli("run", str(spec), timeout=600)
+    assert refused.returncode == 2 and f"dead: no server answers at {dead}" in refused.stderr
+    run = cli("run", str(spec), "--keep-going", timeout=600)
+    assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr + run.stdout
     rows = json.loads(cli("results", "--format", "json", check=True).stdout)
     by = {(r["candidate"], r["task"]): r for r in rows}
@@ -169,7 +172,7 @@ options = {{retries = 1, backoff_s = 0.01}}
     assert m["exact_match"] is not None and m["model_size_bytes"] is None
     assert m["ttft_s"] <= m["latency_s"] and m["prefill_tok_s"] is not None
     assert "cannot score multiple-choice tasks; use generation tasks" in by[(name, "quartz")]["error"]
-    assert "cannot reach the server" in by[("dead", "capitals")]["error"]
+    assert f"no server answers at {dead}" in by[("dead", "capitals")]["error"]
     from smallfit.store import Store
 
     store = Store.open(cli.db, create=False)

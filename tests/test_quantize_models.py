@@ -75,8 +75,11 @@ HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 def test_run_with_quantize_compares_variants_and_records_a_bad_type(cli):
     torch_variant = ["torch-f32"] if HAVE_TORCH else []  # the same weights on transformers: KL ~ 0
-    proc = cli("run", "--quantize", ",".join(["q8_0", "q4_0", "q9_9", *torch_variant]), "-m", "smollm2-135m",
-               "-t", "quartz", "--limit", "3", "--quick", "--threads", "1")
+    args = ["run", "--quantize", ",".join(["q8_0", "q4_0", "q9_9", *torch_variant]), "-m", "smollm2-135m",
+            "-t", "quartz", "--limit", "3", "--quick", "--threads", "1"]
+    refused = cli(*args)  # an unknown type is found before any work...
+    assert refused.returncode == 2 and "smollm2-135m:q9_9: unknown quantization type 'q9_9'" in refused.stderr
+    proc = cli(*args, "--keep-going")  # ...and with --keep-going recorded as that variant's error
     assert proc.returncode == 0, proc.stderr
     assert "Quantization sweep" in proc.stdout
     rows = json.loads(cli("results", "--format", "json", check=True).stdout)

@@ -213,3 +213,23 @@ def test_chat_flag_wraps_prompts_in_the_models_template(cli):
     assert len(prompts) == 2 and all(p.startswith("<|im_start|>system") for p in prompts)
     info = json.loads(conn.execute("SELECT info_json FROM task_results").fetchone()[0])
     assert info["chat_template"] is True
+
+
+def test_a_run_of_a_local_gguf_file_stays_readable_after_the_file_is_deleted(cli, tmp_path):
+    import shutil
+
+    from smallfit.models import ALIASES
+
+    model = tmp_path / "mine.gguf"
+    shutil.copy(ALIASES["smollm2-135m"].locate(), model)
+    cli("run", "-m", str(model), "-t", "quartz", "--limit", "3", "--quick", "--threads", "1", check=True)
+    stored = json.loads(sqlite3.connect(cli.db).execute("SELECT resolved_json FROM candidates").fetchone()[0])
+    assert stored["location"] == str(model) and stored["format"] == "gguf" and len(stored["sha256"]) == 64
+    model.unlink()
+    run_id = json.loads(cli("results", "--format", "json", check=True).stdout)[0]["run_id"]
+    assert "mine" in cli("results", check=True).stdout
+    cli("report", "-o", str(tmp_path / "r.html"), check=True)
+    assert "model-index" in cli("card", run_id, "mine", check=True).stdout
+    cli("pareto", check=True)
+    cli("export", "-o", str(tmp_path / "e.csv"), check=True)
+    assert "mine" in cli("compare", run_id, run_id, check=True).stdout
