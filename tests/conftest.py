@@ -28,20 +28,49 @@ needs_models = pytest.mark.skipif(not have_bundled(), reason="bundled models/dat
 
 
 @pytest.fixture
-def cli(tmp_path):
-    """Run ``python -m smallfit ARGS`` with a private database; return the CompletedProcess."""
+def cli(tmp_path, monkeypatch):
+    """Run the CLI (``smallfit ARGS``) with a private database and return a CompletedProcess.
+
+    It runs the real entry point, ``smallfit.cli.main``, in this process (a run's candidates
+    still each get their own worker process), which spares a Python start per call; exit code,
+    stdout and stderr are those the command would give. ``cli.subprocess(ARGS)`` runs
+    ``python -m smallfit ARGS`` as a process of its own where a test needs one."""
     env = {**os.environ, "SMALLFIT_DB": str(tmp_path / "results.db"), "PYTHONUNBUFFERED": "1"}
 
-    def run(*args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess[str]:
+    def in_process(*args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess[str]:
+        import contextlib
+        import io
+
+        from smallfit import cli as entry
+
+        out, err = io.StringIO(), io.StringIO()
+        with monkeypatch.context() as patch:
+            patch.setenv("SMALLFIT_DB", env["SMALLFIT_DB"])
+            patch.chdir(tmp_path)
+            patch.setattr(sys, "argv", ["smallfit", *args])
+            code: int | str | None = 0
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    entry.main()
+                except SystemExit as exc:
+                    code = exc.code
+        code = code if isinstance(code, int) else (0 if code is None else 1)
+        proc = subprocess.CompletedProcess(["smallfit", *args], code, out.getvalue(), err.getvalue())
+        if check and proc.returncode != 0:
+            raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def as_process(*args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([sys.executable, "-m", "smallfit", *args], check=False, capture_output=True, text=True,
                               env=env, timeout=timeout, cwd=tmp_path)
         if check and proc.returncode != 0:
             raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
         return proc
 
-    run.env = env  # type: ignore[attr-defined]
-    run.db = tmp_path / "results.db"  # type: ignore[attr-defined]
-    return run
+    in_process.subprocess = as_process  # type: ignore[attr-defined]
+    in_process.env = env  # type: ignore[attr-defined]
+    in_process.db = tmp_path / "results.db"  # type: ignore[attr-defined]
+    return in_process
 
 
 @pytest.fixture(scope="session")

@@ -37,14 +37,20 @@ def test_timing_intervals_use_the_generation_requests_only():
 
 def test_stored_run_gets_interval_verdicts_and_json_fields(tmp_path):
     cands = [Toy("weak", 0, 1.0, wrong=30), Toy("close", 23, 1.0, wrong=17), Toy("strong", 36, 1.0)]
-    run_id = make_run(tmp_path / "r.db", tmp_path, cands, n=40, budget=["words:acc>=0.5", "latency_s_p95<=1"])
+    budget = ["words:acc>=0.5", "latency_s_p95<=1"]
+    run_id = make_run(tmp_path / "r.db", tmp_path, cands, n=40, budget=budget)
     res = collect(Store.open(tmp_path / "r.db"), run_id)
-    # the p95 of a handful of requests has no upper bound: every candidate's latency check is open
+    # the timing pass ran the 72 requests that bound a p95: the latency checks are decided
     assert {k: v.verdict for k, v in res.verdicts.items()} == {"weak": "fail", "close": "uncertain",
-                                                               "strong": "uncertain"}
-    assert res.smallest_passing is None
+                                                               "strong": "pass"}
+    assert res.smallest_passing == "strong"
+    (lat,) = [c for c in res.verdicts["strong"].checks if c.metric == "latency_s_p95" and c.task == "words"]
+    assert lat.n is not None and lat.n >= 72 and lat.high is not None and lat.outcome == "pass"
     (acc,) = [c for c in res.verdicts["close"].checks if c.metric == "acc"]
     assert acc.n == 40 and acc.method == "wilson" and acc.low < 0.5 < acc.high and acc.needed > 0
+    # within a time cap too short for 72 requests, the p95 stays open and says how many it needs
+    capped = make_run(tmp_path / "c.db", tmp_path / "c", cands[1:2], n=40, budget=budget, timing_max_s=0.01)
+    res = collect(Store.open(tmp_path / "c.db"), capped)
     exported = json.loads(to_json(res))
     row = next(r for r in exported if r["candidate"] == "close")
     assert row["verdict"] == "uncertain"

@@ -84,7 +84,7 @@ def make_run(db: Path, folder: Path, toys: list[Toy], n: int = 20, budget: list[
     candidates = [{"model": str(write_model(folder, t, n)), "name": t.name, "options": dict(t.options)} for t in toys]
     spec = build_spec({"candidates": candidates, "tasks": tasks, "budget": budget or [], "threads": 1,
                        "timing_min_requests": 5, "timing_min_s": 0.2, "latency_prompts": 4,
-                       "latency_max_tokens": 8, **settings}, "test")
+                       "latency_max_tokens": 4, **settings}, "test")
     store = Store.open(db)
     try:
         run_id = start_run(spec, store, keep_going=True)
@@ -94,6 +94,6 @@ def make_run(db: Path, folder: Path, toys: list[Toy], n: int = 20, budget: list[
     return run_id
 
 
-DEMO = [Toy("tiny", knows=7, delay_ms=1.0), Toy("mid", knows=12, delay_ms=3.0, pad_bytes=20_000),
-        Toy("slow", knows=9, delay_ms=6.0, pad_bytes=40_000), Toy("big", knows=17, delay_ms=10.0, pad_bytes=90_000)]
+DEMO = [Toy("tiny", knows=7, delay_ms=0.5), Toy("mid", knows=12, delay_ms=1.0, pad_bytes=20_000),
+        Toy("slow", knows=9, delay_ms=2.0, pad_bytes=40_000), Toy("big", knows=17, delay_ms=3.0, pad_bytes=90_000)]
 DEMO_BUDGET = ["acc>=0.5", "latency_s_p95<=0.5", "peak_rss_bytes<=1GB"]

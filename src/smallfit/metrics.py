@@ -169,6 +169,14 @@ def _latency_figures(gen: Sequence[RequestTiming]) -> dict[str, float | None]:
     _percentiles(out, "tpot_s", [(t.latency_s - (t.ttft_s or 0.0)) / (t.n_output_tokens - 1) for t in multi])
     gaps = [b - a for t in gen for a, b in zip(t.token_times_s, t.token_times_s[1:], strict=False)]
     _percentiles(out, "itl_s", gaps)
+    out.update(_rates(gen))
+    return out
+
+
+def _rates(gen: Sequence[RequestTiming]) -> dict[str, float | None]:
+    """Decode, prefill and input token rates (the figures the bootstrap resamples)."""
+    out: dict[str, float | None] = {}
+    multi = [t for t in gen if t.n_output_tokens >= 2 and t.ttft_s is not None]
     decode_time = sum(t.latency_s - (t.ttft_s or 0.0) for t in multi)
     if decode_time > 0:
         out["decode_tok_s"] = sum(t.n_output_tokens - 1 for t in multi) / decode_time
@@ -214,7 +222,7 @@ def timing_intervals(gen: Sequence[RequestTiming], figures: dict[str, float | No
         out[f"{key}_ci_low"], out[f"{key}_ci_high"] = (0.0 if low is None else low), high
     if len(gen) >= 2 and resamples:
         rng = random.Random(0)
-        draws = [_latency_figures([gen[rng.randrange(len(gen))] for _ in gen]) for _ in range(resamples)]
+        draws = [_rates([gen[rng.randrange(len(gen))] for _ in gen]) for _ in range(resamples)]
         tail = 100 * expanded_alpha(len(gen))
         for key in RATE_CI_KEYS:
             values = [v for d in draws if (v := d.get(key)) is not None]

@@ -75,9 +75,18 @@ class Change:
         return self.b - self.a
 
 
-def _statistic(metric: str) -> Callable[[Sequence[RequestTiming]], float]:
+Figures = dict[tuple[int, ...], dict[str, float | None]]
+
+
+def _statistic(metric: str, memo: Figures) -> Callable[[Sequence[RequestTiming]], float]:
+    """``metric`` of a set of requests. Every figure of a resample is computed once and shared by
+    all the metrics tested on it (the bootstraps draw the same resamples for every metric)."""
     def stat(rows: Sequence[RequestTiming]) -> float:
-        value = efficiency_from_timings(rows, resamples=0).get(metric)
+        key = tuple(map(id, rows))
+        figures = memo.get(key)
+        if figures is None:
+            figures = memo[key] = efficiency_from_timings(rows, resamples=0)
+        value = figures.get(metric)
         return math.nan if value is None else value
     return stat
 
@@ -184,6 +193,7 @@ def _row_changes(label: str, ra: ResultRow, rb: ResultRow, ta: list[RequestTimin
     out = []
     prompts = _same_prompts(ra, rb, sa, sb)
     ga, gb = (_prompt_groups(ta, prompts), _prompt_groups(tb, prompts)) if prompts else ({}, {})
+    memo: Figures = {}
     for m in (*QUALITY_METRICS, *EFFICIENCY_METRICS):
         a, b = ra.metrics.get(m), rb.metrics.get(m)
         if a is None or b is None:
@@ -193,10 +203,10 @@ def _row_changes(label: str, ra: ResultRow, rb: ResultRow, ta: list[RequestTimin
             low, high, p, test = quality_test(m, a, b, ra, rb, sa, sb)
         elif m in TIMING_METRICS and len(set(ga) & set(gb)) >= 2:
             test = f"{PAIRED_TIMING} ({len(set(ga) & set(gb))} prompts)"
-            _, low, high, p = paired_timing_bootstrap(ga, gb, _statistic(m))
+            _, low, high, p = paired_timing_bootstrap(ga, gb, _statistic(m, memo))
         elif m in TIMING_METRICS and len(ta) >= 2 and len(tb) >= 2:
             test = f"{BOOTSTRAP}, unpaired: the sides timed different prompts"
-            _, low, high, p = bootstrap_difference(ta, tb, _statistic(m))
+            _, low, high, p = bootstrap_difference(ta, tb, _statistic(m, memo))
         else:
             test = UNTESTED
         low, high = (None, None) if low is None or high is None or math.isnan(low) else (low, high)
