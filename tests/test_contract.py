@@ -96,3 +96,17 @@ def test_references_are_checked_against_what_each_backend_declares(tmp_path):
     with pytest.raises(SmallfitError, match="the llamacpp backend does not run transformers models"):
         parse_model_ref(f"{folder}@llamacpp")
     assert replace(parse_model_ref(str(folder)), raw="").backend == "transformers"
+
+
+def test_percentile_checks_raise_the_timed_requests_of_the_tasks_they_apply_to():
+    from smallfit.runner import settings_of
+    from smallfit.spec import build_spec
+
+    spec = build_spec({"candidates": [{"model": "x.toy"}], "tasks": ["quartz", "gsm8k-bpb"],
+                       "budget": ["quartz:latency_s_p95<=2s", "ttft_s<=1s", "decode_tok_s>=5"]}, "test")
+    settings = settings_of(spec)
+    assert settings.percentile_requests == {"quartz": 72, "*": 6}  # a p95 (quartz only), a p50 everywhere
+    assert settings.min_requests("quartz") == 72 and settings.min_requests("gsm8k-bpb") == 10
+    assert settings.timing_reason.startswith("quartz:latency_s_p95<=2 needs 72 timed requests")
+    assert "ttft_s" not in settings.timing_reason  # 6 is fewer than the timing rule's 10 anyway
+    assert settings_of(spec.model_copy(update={"quick": True})).percentile_requests == {}

@@ -183,9 +183,8 @@ def _say_timing(store: object, run_id: str) -> None:
     assert isinstance(store, Store)
     settings = settings_of(RunSpec.model_validate_json(store.run(run_id)["spec_json"]))
     if settings.timing_reason:
-        err.print(f"timing: at least {settings.timing_min_requests} timed requests per task "
-                  f"({escape(settings.timing_reason)}), at most {settings.timing_max_s:g} s per task "
-                  "(--timing-max-s changes it)", soft_wrap=True)
+        err.print(f"timing: {escape(settings.timing_reason)}; the timing pass runs them, at most "
+                  f"{settings.timing_max_s:g} s per task (--timing-max-s changes it)", soft_wrap=True)
 
 
 def _build_spec(spec: str | None, model: list[str] | None, task: list[str] | None, budget: str | None,

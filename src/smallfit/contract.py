@@ -60,9 +60,16 @@ class Settings:
     timing_min_requests: int = 10
     timing_min_s: float = 10.0
     timing_max_s: float = 120.0
-    """Seconds of timed requests per task, at most, when the budget's percentile checks raised
-    ``timing_min_requests`` (``timing_reason`` says which)."""
+    """Seconds of timed requests per task, at most, when the budget's percentile checks ask for
+    more requests than ``timing_min_requests`` (``timing_reason`` says which)."""
+    percentile_requests: dict[str, int] = field(default_factory=dict)
+    """Timed requests the budget's percentile checks need, by task name (``*``: every task)."""
     timing_reason: str = ""
+
+    def min_requests(self, task: str) -> int:
+        """Timed requests a task runs at least: the timing rule's, or its percentile checks' need."""
+        need = max(self.percentile_requests.get(task, 0), self.percentile_requests.get("*", 0))
+        return max(self.timing_min_requests, need)
     max_context: int = 8192
     memory_budget_bytes: float | None = None
     first_task: str = ""

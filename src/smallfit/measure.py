@@ -107,7 +107,7 @@ def run_task(backend: Backend, task: Task, job: Job, load_s: float, emit: Emit,
         chat_template=not embeds and (task.chat if task.chat is not None else s.chat),
         latency_pass_prompts=latency_prompts,
         latency_pass_max_tokens=None if kind.generates or embeds else s.latency_max_tokens,
-        timing_min_requests=s.timing_min_requests, timing_min_s=s.timing_min_s,
+        timing_min_requests=s.min_requests(task.name), timing_min_s=s.timing_min_s,
         peak_rss_source="not measured: the model runs in the server's process" if served else peak_source,
         peak_rss_since_start=not served and not peak_resettable,
         contention=busy, noisy=busy.get("noisy"), labels=labels, intervals=interval_methods(metrics),
@@ -125,14 +125,15 @@ def _run_and_time(backend: Backend, task: Task, job: Job, samples: list[Any], me
     if kind.generates:  # the task's own generation requests are timed
         meter.start()
         results, timings = kind.run(backend, samples, progress)
-        timings += timing_pass(job, samples, timings, lambda chunk: kind.run(backend, chunk, lambda _n: None)[1])
+        timings += timing_pass(job, task.name, samples, timings,
+                               lambda chunk: kind.run(backend, chunk, lambda _n: None)[1])
         return results, timings, 0
     results, timings = kind.run(backend, samples, progress)
     prompts = [kind.prompt_of(x) for x in samples[: s.latency_prompts]]
     if kind.requires == "embedding":  # single texts, one request each, cycling through all the task's texts
         meter.start()
         texts = [kind.prompt_of(x) for x in samples]
-        timings += timing_pass(job, texts, [], lambda chunk: [embed_timing(backend, t) for t in chunk],
+        timings += timing_pass(job, task.name, texts, [], lambda chunk: [embed_timing(backend, t) for t in chunk],
                                MAX_TIMED_EMBEDS)
         return results, timings, len(samples)
     if not backend.capabilities.generation:
@@ -140,7 +141,8 @@ def _run_and_time(backend: Backend, task: Task, job: Job, samples: list[Any], me
         return results, timings, 0
     backend.generate([GenerationRequest(prompts[0], s.latency_max_tokens, ignore_eos=True)])  # warm-up, untimed
     meter.start()
-    timings += timing_pass(job, prompts, [], lambda chunk: fixed_length(backend, chunk, s.latency_max_tokens))
+    timings += timing_pass(job, task.name, prompts, [],
+                           lambda chunk: fixed_length(backend, chunk, s.latency_max_tokens))
     return results, timings, len(prompts)
 
 
@@ -152,7 +154,7 @@ def _own_energy(energy: EnergyReading, job: Job) -> EnergyReading:
     return energy
 
 
-def timing_pass(job: Job, items: Sequence[Any], done: Sequence[RequestTiming],
+def timing_pass(job: Job, task: str, items: Sequence[Any], done: Sequence[RequestTiming],
                 run: Callable[[list[Any]], list[RequestTiming]], cap: int = MAX_TIMED_REQUESTS) -> list[RequestTiming]:
     """More timed requests on the same prompts, cycling through them, until at least
     ``timing_min_requests`` requests and ``timing_min_s`` seconds of them are timed (as
@@ -162,9 +164,10 @@ def timing_pass(job: Job, items: Sequence[Any], done: Sequence[RequestTiming],
     timed = [t for t in done if is_timed(t)]
     count, seconds = len(timed), sum(t.latency_s for t in timed)
     extra: list[RequestTiming] = []
-    cap = max(cap, s.timing_min_requests)  # a percentile check may need more than the usual cap
+    wanted = s.min_requests(task)
+    cap = max(cap, wanted)  # a percentile check may need more than the usual cap
     i = 0
-    while ((count < s.timing_min_requests or seconds < s.timing_min_s) and count < cap and i < cap
+    while ((count < wanted or seconds < s.timing_min_s) and count < cap and i < cap
            and seconds < max(s.timing_max_s, s.timing_min_s)):
         for t in run([items[i % len(items)]]):
             phase = EMBED_PHASE if t.phase == EMBED_PHASE else "latency"

@@ -124,11 +124,13 @@ def start_run(spec: RunSpec, store: Store, keep_going: bool = False) -> str:
 def settings_of(spec: RunSpec) -> Settings:
     """The run-wide settings a worker needs."""
     min_requests, min_s = spec.timing_rule()
-    needed, why = spec.percentile_requests()
+    needs = spec.percentile_requests()
     return Settings(limit=spec.limit, sample=spec.sample, seed=spec.seed, chat=spec.chat, warmup=spec.warmup,
                     latency_prompts=spec.latency_prompts, latency_max_tokens=spec.latency_max_tokens,
-                    timing_min_requests=max(min_requests, needed), timing_min_s=min_s, timing_max_s=spec.timing_max_s,
-                    timing_reason=why, max_context=spec.max_context,
+                    timing_min_requests=min_requests, timing_min_s=min_s, timing_max_s=spec.timing_max_s,
+                    percentile_requests={task: n for task, (n, _) in needs.items()},
+                    timing_reason="; ".join(why for n, why in needs.values() if n > min_requests),
+                    max_context=spec.max_context,
                     memory_budget_bytes=spec.memory_budget_bytes(), first_task=spec.tasks[0],
                     cpu_watts_per_core=spec.prices.cpu_watts_per_core, prices=spec.prices.model_dump())
 

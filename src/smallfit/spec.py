@@ -92,18 +92,22 @@ class RunSpec(BaseModel):
             return types
         return value
 
-    def percentile_requests(self) -> tuple[int, str]:
-        """Timed requests per task the budget's percentile checks need to be decided (an upper
-        bound on a p95 exists from 72 requests on, see smallfit.scoring.requests_to_bound), and why."""
+    def percentile_requests(self) -> dict[str, tuple[int, str]]:
+        """Timed requests the budget's upper-bound percentile checks need to be decided (an upper
+        bound on a p95 exists from 72 requests on, see smallfit.scoring.requests_to_bound), and
+        why, by the task they apply to (``*``: every task); none with ``quick``."""
         from smallfit.metrics import quantile_of
         from smallfit.scoring import requests_to_bound
 
-        needs = [(requests_to_bound(q), str(c)) for c in self.checks()
-                 if (q := quantile_of(c.metric)) is not None and c.op in ("<=", "<")]
-        if not needs or self.quick:
-            return 0, ""
-        n, check = max(needs)
-        return n, f"{check} needs {n} timed requests to bound its percentile from above"
+        out: dict[str, tuple[int, str]] = {}
+        for c in [] if self.quick else self.checks():
+            q = quantile_of(c.metric)
+            if q is None or c.op not in ("<=", "<"):
+                continue
+            n, where = requests_to_bound(q), c.task or "*"
+            if n > out.get(where, (0, ""))[0]:
+                out[where] = (n, f"{c} needs {n} timed requests to bound its percentile from above")
+        return out
 
     def timing_rule(self) -> tuple[int, float]:
         """(min requests, min seconds) of timed generation per task."""
@@ -138,7 +142,7 @@ class RunSpec(BaseModel):
 DEFAULT_SPEC = RunSpec(
     candidates=[CandidateSpec(model="smollm2-135m"), CandidateSpec(model="gemma3-270m")],
     tasks=["gsm8k-bpb", "quartz", "largest-country"],
-    budget=["bits_per_byte<=1.0", "latency_s_p95<=2.0", "peak_rss_bytes<=1.5GB"],
+    budget=["bits_per_byte<=1.0", "quartz:latency_s_p95<=2.0", "peak_rss_bytes<=1.5GB"],
 )
 
 
