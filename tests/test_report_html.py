@@ -29,7 +29,7 @@ def test_report_has_every_section_and_nothing_from_the_network(demo_run):
     assert "worker killed by SIGKILL" in html and "smallfit-toy" in html
     assert "<script" not in html and not re.search(r'(src|href)="', html) and "@import" not in html
     assert "https://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    assert "decode_tok_s" in html and "Wilson" in html  # definitions and how intervals are made
+    assert "decode_tok_s" in html and "Clopper–Pearson" in html  # definitions and how intervals are made
 
 
 def test_failed_candidate_and_no_budget_render_what_exists(tmp_path):

@@ -6,10 +6,12 @@ import pytest
 
 from smallfit.judge.stats import (
     bootstrap_difference,
+    clopper_pearson_interval,
     difference_z_test,
     mcnemar_exact_p,
     more_needed,
     paired_bootstrap,
+    share_interval,
     two_sided_p,
     wilson_interval,
 )
@@ -26,6 +28,35 @@ def test_wilson_interval_by_hand():
     assert wilson_interval(1.0, 10) == pytest.approx((0.72247, 1.0), abs=1e-5)
     with pytest.raises(ValueError):
         wilson_interval(0.5, 0)
+
+
+def test_clopper_pearson_by_hand():
+    # 0 of 10: the high end solves (1 − p)^10 = 0.025, p = 1 − 0.025^(1/10); 10 of 10 mirrors it
+    assert clopper_pearson_interval(0, 10) == pytest.approx((0.0, 1 - 0.025 ** 0.1), abs=1e-9)
+    assert clopper_pearson_interval(10, 10) == pytest.approx((0.025 ** 0.1, 1.0), abs=1e-9)
+    # 1 of 10: the low end solves P(B >= 1) = 1 − (1 − p)^10 = 0.025, p = 1 − 0.975^(1/10)
+    assert clopper_pearson_interval(1, 10)[0] == pytest.approx(1 - 0.975 ** 0.1, abs=1e-9)
+    # 5 of 10: P(B <= 5 | 0.81291) = 0.025 (tables: 0.18709 – 0.81291), symmetric about 0.5
+    low, high = clopper_pearson_interval(5, 10)
+    assert (low, high) == pytest.approx((0.18709, 0.81291), abs=1e-5) and low + high == pytest.approx(1.0)
+    assert share_interval(0.5, 100) == pytest.approx((0.39832, 0.60168), abs=1e-5)
+    # wider than Wilson's on both sides: that is what buys the coverage
+    wl, wh = wilson_interval(0.5, 100)
+    assert share_interval(0.5, 100)[0] < wl and share_interval(0.5, 100)[1] > wh
+    with pytest.raises(ValueError):
+        clopper_pearson_interval(11, 10)
+    with pytest.raises(ValueError):
+        share_interval(1.5, 10)
+
+
+def test_clopper_pearson_covers_95_at_the_sizes_runs_use():
+    # exact coverage at true shares where Wilson's undercovers (at n = 50, share 0.98: about 92%)
+    from smallfit.scoring import binomial_pmfs
+    for n, p in ((10, 0.65435), (20, 0.50735), (50, 0.0198), (50, 0.92875), (100, 0.89935)):
+        pmf = binomial_pmfs(n, p)
+        cov = sum(pmf[k] for k in range(n + 1) if clopper_pearson_interval(k, n)[0] <= p
+                  <= clopper_pearson_interval(k, n)[1])
+        assert cov >= 0.95, (n, p, cov)
 
 
 def test_more_needed_scales_with_the_squared_ratio():

@@ -284,10 +284,11 @@ def _definitions() -> str:
                    for m in METRICS.values())
     rows += ("<tr><td><code>&lt;metric&gt;_stderr</code>, <code>&lt;metric&gt;_ci_low</code>, "
              "<code>&lt;metric&gt;_ci_high</code></td><td>as the metric</td><td>–</td><td>A quality metric's "
-             "standard error and 95% interval (Wilson for shares of 0/1 scores, else an expanded percentile "
-             "bootstrap, 1000 resamples of the examples, seed 0).</td></tr>")
+             "standard error and 95% interval (Clopper–Pearson, exact, for shares of 0/1 scores, else an "
+             "expanded percentile bootstrap, 1000 resamples of the examples, seed 0).</td></tr>")
     return ("<h2>Definitions</h2><table><tr><th>metric</th><th>unit</th><th>better</th><th>definition</th></tr>"
-            f"{rows}</table><p class=\"muted\">Intervals: Wilson score interval for acc, acc_norm and exact_match; "
+            f"{rows}</table><p class=\"muted\">Intervals: Clopper–Pearson (exact binomial) interval for acc, "
+            "acc_norm and exact_match; "
             "an expanded percentile bootstrap (1000 resamples of the examples) for other quality metrics; "
             "distribution-free order statistics of the requests for p50/p90/p95/p99 of TTFT, TPOT and latency "
             "(open above where too few requests bound the percentile: 72 for a p95); an expanded bootstrap over "
