@@ -15,7 +15,7 @@ from smallfit.judge.stats import (
     two_sided_p,
     wilson_interval,
 )
-from smallfit.judge.verdict import dominated
+from smallfit.judge.verdict import dominated, dominators_beyond
 from smallfit.scoring import expanded_alpha, order_statistic_ranks, quantile_interval, requests_to_bound, t_quantile
 
 
@@ -137,3 +137,25 @@ def test_paired_bootstrap_of_differences():
     assert diff == 0.5 and 0.25 < low < 0.5 < high < 0.75 and p == pytest.approx(0.001)
     same = paired_bootstrap([0.0] * 30)
     assert same == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_dominators_beyond_the_intervals():
+    inf = math.inf
+    # x: latency (lower is better), y: acc (higher is better); spans are (low, value, high)
+    a = ((1.0, 1.5, 2.0), (0.80, 0.85, 0.90))
+    b = ((2.5, 3.0, 3.5), (0.50, 0.60, 0.70))  # worse on both, wholly beyond a's intervals
+    c = ((1.8, 2.2, 2.6), (0.70, 0.78, 0.86))  # worse by the estimates, but the intervals overlap
+    d = ((3.0, 3.0, 3.0), (0.60, 0.60, 0.60))  # no intervals: points; a's worse ends beat them
+    assert dominators_beyond([a, b, c, d], False, True) == [[], [0], [], [0, 2]]  # c clears d too
+    assert dominated([(x[1], y[1]) for x, y in (a, b, c, d)], False, True) == [False, True, True, True]
+    # touching ends on both axes is not strictly better: no domination; strictly on one is
+    e = ((2.0, 2.5, 3.0), (0.5, 0.6, 0.8))
+    assert dominators_beyond([a, e], False, True) == [[], []]
+    f = ((2.0, 2.5, 3.0), (0.5, 0.6, 0.79))
+    assert dominators_beyond([a, f], False, True) == [[], [0]]
+    # an interval open above on a lower-is-better axis: its worse end is infinite, it dominates
+    # nothing there, while a finite interval wholly below the other's low end still dominates it
+    g = ((0.5, 0.6, inf), (0.95, 0.97, 0.99))
+    h = ((2.0, 2.5, 3.0), (0.5, 0.6, 0.7))
+    assert dominators_beyond([g, h], False, True) == [[], []]
+    assert dominators_beyond([h, ((3.5, 4.0, inf), (0.1, 0.2, 0.3))], False, True) == [[], [0]]

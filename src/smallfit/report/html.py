@@ -121,14 +121,20 @@ def _plots(res: RunResults, colours: dict[str, str]) -> str:
                 continue
             cards.append(f'<div class="card"><h3>{escape(task)}: {escape(f.y)} against {escape(f.x)}</h3>'
                          f"{scatter(f, colours)}{_frontier_note(f)}</div>")
-    return ("<h2>Pareto frontiers</h2><p class=\"sub\">Filled points are on the frontier (no other candidate is "
-            "at least as good on both figures and better on one), joined by the dashed line; hollow grey points "
-            f"are dominated.</p><div class=\"grid\">{''.join(cards)}</div>")
+    return ("<h2>Pareto frontiers</h2><p class=\"sub\">Bars are 95% intervals (an arrow: open above, too few "
+            "requests to bound it); memory and size have none and compare as points. A candidate is dominated only "
+            "when another is better on both figures beyond the intervals (its interval's worse end at least as good "
+            "as this one's better end, strictly on one): hollow grey. Filled points are on the frontier; "
+            "half-filled ones are on it only because the intervals overlap: the point estimates put another "
+            "candidate ahead on both figures, but they are not distinguishable. The dashed line joins the frontier "
+            f"of the point estimates.</p><div class=\"grid\">{''.join(cards)}</div>")
 
 
 def _frontier_note(f: Frontier) -> str:
-    notes = [f"{escape(p.candidate)} is dominated by {escape(', '.join(p.dominated_by))}"
+    notes = [f"{escape(p.candidate)} is dominated by {escape(', '.join(p.dominated_by))} beyond the intervals"
              for p in f.points if p.dominated]
+    notes += [f"{escape(p.candidate)} is not distinguishable from {escape(', '.join(p.indistinct_from))}"
+              for p in f.points if p.indistinct_from]
     notes += [f'<span class="missing">{escape(c)} not plotted: {escape(w)}</span>' for c, w in f.missing.items()]
     return f'<p class="muted">{"; ".join(notes)}</p>' if notes else ""
 
