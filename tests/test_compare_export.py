@@ -105,3 +105,32 @@ def test_compare_and_export_commands(cli, tmp_path, two_runs):
     assert (tmp_path / "s.csv").read_text().startswith("run_id,candidate,task,index")
     bad = cli("export", a, "--what", "everything", "-o", str(tmp_path / "s.csv"))
     assert bad.returncode == 2 and "unknown --what 'everything'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_tradeoff_cards_pair_quality_by_example(demo_run):
+    import dataclasses
+
+    from smallfit.judge.stats import mcnemar_exact_p
+    from smallfit.report.tradeoff import tradeoffs
+    from smallfit.results import collect
+
+    res = collect(Store.open(demo_run[0]), demo_run[1])
+    cards = {t.candidate: t for t in tradeoffs(res)}
+    assert cards["tiny"].reference == "big"
+    (line,) = [c for c in cards["tiny"].costs if c.startswith("words: acc")]
+    # by hand from the stored scores: the examples only one of the two got right, and their exact test
+    ref = dict(res.scores[("big", "words")])
+    mine = dict(res.scores[("tiny", "words")])
+    only_big = sum(ref[k]["acc"] > mine[k]["acc"] for k in ref)
+    only_tiny = sum(mine[k]["acc"] > ref[k]["acc"] for k in ref)
+    assert only_big > only_tiny
+    assert f"{MCNEMAR} (20; {only_big} right only in big, {only_tiny} only in tiny)" in line
+    assert f"p = {mcnemar_exact_p(only_big, only_tiny):.3f}" in line and Z_TEST not in line
+    # example sets that differ are stated and tested unpaired; none in common: said, untested
+    fewer = dataclasses.replace(res, scores={**res.scores, ("tiny", "words"): res.scores[("tiny", "words")][1:]})
+    (line,) = [c for c in tradeoffs(fewer)[0].costs if c.startswith("words: acc")]
+    assert f"{Z_TEST}, unpaired: example sets differ, 19 shared of 20 and 19" in line
+    other = [(("elsewhere", p), s) for (_, p), s in res.scores[("tiny", "words")]]
+    apart = dataclasses.replace(res, scores={**res.scores, ("tiny", "words"): other})
+    (line,) = [c for c in tradeoffs(apart)[0].costs if c.startswith("words: acc")]
+    assert "untested: no example in common" in line and "p =" not in line

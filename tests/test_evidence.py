@@ -12,8 +12,8 @@ from tests.toy_runs import Toy, make_run
 
 
 def test_quality_interval_kinds():
-    wilson = quality_interval("acc", {"acc": 0.5}, 100)
-    assert wilson.method == "wilson" and wilson.low == pytest.approx(0.40383, abs=1e-5)
+    exact = quality_interval("acc", {"acc": 0.5}, 100)
+    assert exact.method == "clopper-pearson" and exact.low == pytest.approx(0.39832, abs=1e-5)
     stored = quality_interval("f1", {"f1": 0.4, "f1_ci_low": 0.3, "f1_ci_high": 0.52}, 50)
     assert (stored.low, stored.high, stored.method) == (0.3, 0.52, "bootstrap")
     normal = quality_interval("bits_per_byte", {"bits_per_byte": 1.0, "bits_per_byte_stderr": 0.01}, 20)
@@ -47,7 +47,7 @@ def test_stored_run_gets_interval_verdicts_and_json_fields(tmp_path):
     (lat,) = [c for c in res.verdicts["strong"].checks if c.metric == "latency_s_p95" and c.task == "words"]
     assert lat.n is not None and lat.n >= 72 and lat.high is not None and lat.outcome == "pass"
     (acc,) = [c for c in res.verdicts["close"].checks if c.metric == "acc"]
-    assert acc.n == 40 and acc.method == "wilson" and acc.low < 0.5 < acc.high and acc.needed > 0
+    assert acc.n == 40 and acc.method == "clopper-pearson" and acc.low < 0.5 < acc.high and acc.needed > 0
     # within a time cap too short for 72 requests, the p95 stays open and says how many it needs
     capped = make_run(tmp_path / "c.db", tmp_path / "c", cands[1:2], n=40, budget=budget, timing_max_s=0.01)
     res = collect(Store.open(tmp_path / "c.db"), capped)

@@ -25,11 +25,12 @@ def test_report_has_every_section_and_nothing_from_the_network(demo_run):
                     "Noise flags", "Definitions"):
         assert heading in html
     assert html.count("<svg") == 4  # quality against p95 latency and against peak memory, for 2 tasks
-    assert "slow (dominated)" in html and "uncertain" in html and "more examples would decide it with 80% power" in html
+    assert "slow (not distinguishable)" in html and 'class="error-bar y"' in html
+    assert "uncertain" in html and "more examples would decide it with 80% power" in html
     assert "worker killed by SIGKILL" in html and "smallfit-toy" in html
     assert "<script" not in html and not re.search(r'(src|href)="', html) and "@import" not in html
     assert "https://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    assert "decode_tok_s" in html and "Wilson" in html  # definitions and how intervals are made
+    assert "decode_tok_s" in html and "Clopper–Pearson" in html  # definitions and how intervals are made
 
 
 def test_failed_candidate_and_no_budget_render_what_exists(tmp_path):
@@ -65,7 +66,7 @@ def test_report_in_headless_chromium(tmp_path, demo_run):
     page.write_text(_page(demo_run), encoding="utf-8")
     dom = _chromium(tmp_path, "--dump-dom", page.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert dom.stdout.count("<svg") == 4 and 'class="point dominated"' in dom.stdout
+    assert dom.stdout.count("<svg") == 4 and 'class="point indistinct"' in dom.stdout
     assert "Uncaught" not in dom.stderr
     shot = tmp_path / "report.png"
     proc = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1400,3000", page.as_uri())

@@ -6,14 +6,16 @@ import pytest
 
 from smallfit.judge.stats import (
     bootstrap_difference,
+    clopper_pearson_interval,
     difference_z_test,
     mcnemar_exact_p,
     more_needed,
     paired_bootstrap,
+    share_interval,
     two_sided_p,
     wilson_interval,
 )
-from smallfit.judge.verdict import dominated
+from smallfit.judge.verdict import dominated, dominators_beyond
 from smallfit.scoring import expanded_alpha, order_statistic_ranks, quantile_interval, requests_to_bound, t_quantile
 
 
@@ -26,6 +28,35 @@ def test_wilson_interval_by_hand():
     assert wilson_interval(1.0, 10) == pytest.approx((0.72247, 1.0), abs=1e-5)
     with pytest.raises(ValueError):
         wilson_interval(0.5, 0)
+
+
+def test_clopper_pearson_by_hand():
+    # 0 of 10: the high end solves (1 − p)^10 = 0.025, p = 1 − 0.025^(1/10); 10 of 10 mirrors it
+    assert clopper_pearson_interval(0, 10) == pytest.approx((0.0, 1 - 0.025 ** 0.1), abs=1e-9)
+    assert clopper_pearson_interval(10, 10) == pytest.approx((0.025 ** 0.1, 1.0), abs=1e-9)
+    # 1 of 10: the low end solves P(B >= 1) = 1 − (1 − p)^10 = 0.025, p = 1 − 0.975^(1/10)
+    assert clopper_pearson_interval(1, 10)[0] == pytest.approx(1 - 0.975 ** 0.1, abs=1e-9)
+    # 5 of 10: P(B <= 5 | 0.81291) = 0.025 (tables: 0.18709 – 0.81291), symmetric about 0.5
+    low, high = clopper_pearson_interval(5, 10)
+    assert (low, high) == pytest.approx((0.18709, 0.81291), abs=1e-5) and low + high == pytest.approx(1.0)
+    assert share_interval(0.5, 100) == pytest.approx((0.39832, 0.60168), abs=1e-5)
+    # wider than Wilson's on both sides: that is what buys the coverage
+    wl, wh = wilson_interval(0.5, 100)
+    assert share_interval(0.5, 100)[0] < wl and share_interval(0.5, 100)[1] > wh
+    with pytest.raises(ValueError):
+        clopper_pearson_interval(11, 10)
+    with pytest.raises(ValueError):
+        share_interval(1.5, 10)
+
+
+def test_clopper_pearson_covers_95_at_the_sizes_runs_use():
+    # exact coverage at true shares where Wilson's undercovers (at n = 50, share 0.98: about 92%)
+    from smallfit.scoring import binomial_pmfs
+    for n, p in ((10, 0.65435), (20, 0.50735), (50, 0.0198), (50, 0.92875), (100, 0.89935)):
+        pmf = binomial_pmfs(n, p)
+        cov = sum(pmf[k] for k in range(n + 1) if clopper_pearson_interval(k, n)[0] <= p
+                  <= clopper_pearson_interval(k, n)[1])
+        assert cov >= 0.95, (n, p, cov)
 
 
 def test_more_needed_scales_with_the_squared_ratio():
@@ -106,3 +137,25 @@ def test_paired_bootstrap_of_differences():
     assert diff == 0.5 and 0.25 < low < 0.5 < high < 0.75 and p == pytest.approx(0.001)
     same = paired_bootstrap([0.0] * 30)
     assert same == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_dominators_beyond_the_intervals():
+    inf = math.inf
+    # x: latency (lower is better), y: acc (higher is better); spans are (low, value, high)
+    a = ((1.0, 1.5, 2.0), (0.80, 0.85, 0.90))
+    b = ((2.5, 3.0, 3.5), (0.50, 0.60, 0.70))  # worse on both, wholly beyond a's intervals
+    c = ((1.8, 2.2, 2.6), (0.70, 0.78, 0.86))  # worse by the estimates, but the intervals overlap
+    d = ((3.0, 3.0, 3.0), (0.60, 0.60, 0.60))  # no intervals: points; a's worse ends beat them
+    assert dominators_beyond([a, b, c, d], False, True) == [[], [0], [], [0, 2]]  # c clears d too
+    assert dominated([(x[1], y[1]) for x, y in (a, b, c, d)], False, True) == [False, True, True, True]
+    # touching ends on both axes is not strictly better: no domination; strictly on one is
+    e = ((2.0, 2.5, 3.0), (0.5, 0.6, 0.8))
+    assert dominators_beyond([a, e], False, True) == [[], []]
+    f = ((2.0, 2.5, 3.0), (0.5, 0.6, 0.79))
+    assert dominators_beyond([a, f], False, True) == [[], [0]]
+    # an interval open above on a lower-is-better axis: its worse end is infinite, it dominates
+    # nothing there, while a finite interval wholly below the other's low end still dominates it
+    g = ((0.5, 0.6, inf), (0.95, 0.97, 0.99))
+    h = ((2.0, 2.5, 3.0), (0.5, 0.6, 0.7))
+    assert dominators_beyond([g, h], False, True) == [[], []]
+    assert dominators_beyond([h, ((3.5, 4.0, inf), (0.1, 0.2, 0.3))], False, True) == [[], [0]]

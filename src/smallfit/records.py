@@ -157,9 +157,10 @@ class TaskInfo:
     labels: dict[str, str] = field(default_factory=dict)
     """Metric -> ``measured: ...``, ``estimated: ...`` or ``not measured: reason``."""
     intervals: dict[str, str] = field(default_factory=dict)
-    """Metric -> how its stored 95% interval (``<metric>_ci_low/_ci_high``) was made (``wilson``,
-    ``bootstrap (examples)``, ``bootstrap (requests)``); the verdict, the report and the exports
-    use that one interval. Empty for runs stored before intervals were stored once."""
+    """Metric -> how its stored 95% interval (``<metric>_ci_low/_ci_high``) was made
+    (``clopper-pearson``, ``wilson`` in older runs, ``bootstrap (examples)``, ``bootstrap (requests)``); the
+    verdict, the report and the exports use that one interval.
+    Empty for runs stored before intervals were stored once."""
     concurrency: list[dict[str, Any]] | None = None
     """Per concurrency level throughput and latency (backends with the concurrency capability)."""
     concurrency_error: str | None = None

@@ -32,6 +32,9 @@ class ResultRow:
     info: TaskInfo = field(default_factory=TaskInfo)  # how the task was run and measured
 
 
+Scores = list[tuple[tuple[str, str], dict[str, float]]]  # ((sample id, prompt), scores) in index order
+
+
 @dataclass(frozen=True)
 class RunResults:
     """Everything a report needs about one run, read from the store only."""
@@ -43,6 +46,8 @@ class RunResults:
     budget: list[str]
     smallest_passing: str | None
     probes: list[ResultRow] = field(default_factory=list)  # probe:<name> rows, outside the verdict
+    scores: dict[tuple[str, str], Scores] = field(default_factory=dict)
+    """(candidate, task) -> per-example scores, for comparisons paired by example."""
 
 
 def collect(store: Store, run_id: str | None = None) -> RunResults:
@@ -79,7 +84,17 @@ def collect(store: Store, run_id: str | None = None) -> RunResults:
     probes = [ResultRow(r.candidate, r.task, dict(r.metrics), verdicts[r.candidate].verdict, r.error, info)
               for r, info in pairs if r.task.startswith("probe:")]
     sizes = {c["name"]: c["model_size_bytes"] for c in candidates}
-    return RunResults(run, candidates, rows, verdicts, budget, smallest_passing(verdicts, sizes), probes)
+    return RunResults(run, candidates, rows, verdicts, budget, smallest_passing(verdicts, sizes), probes,
+                      stored_scores(store, run_id))
+
+
+def stored_scores(store: Store, run_id: str) -> dict[tuple[str, str], Scores]:
+    """Each candidate x task's per-example scores, keyed by (sample id, prompt), in index order."""
+    out: dict[tuple[str, str], Scores] = {}
+    for r in store.samples(run_id):
+        out.setdefault((r["candidate"], r["task"]), []).append(((r["sample_id"], r["prompt"]),
+                                                                json.loads(r["scores_json"] or "{}")))
+    return out
 
 
 def stored_budget(run: dict[str, Any]) -> list[str]:

@@ -1,6 +1,7 @@
 """Confidence intervals of stored figures, for verdicts: from the samples and the raw timings.
 
-- ``acc``, ``acc_norm``, ``exact_match`` (shares of n examples): the Wilson score interval.
+- ``acc``, ``acc_norm``, ``exact_match`` (shares of n examples): the Clopper–Pearson (exact)
+  interval, which covers at least 95% at every n (Wilson's dips to about 92%).
 - Other quality metrics: the stored 95% bootstrap interval (``<metric>_ci_low/_ci_high``), else
   ``value ± 1.96 stderr`` when only a standard error was stored (runs made before the intervals).
 - p50/p90/p95/p99 of TTFT, TPOT and latency: a distribution-free order-statistic interval over
@@ -19,12 +20,12 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from smallfit.judge.stats import Z95, wilson_interval
+from smallfit.judge.stats import SHARE_INTERVAL, Z95, share_interval
 from smallfit.metrics import PERCENTILE_CI_KEYS, RATE_CI_KEYS, efficiency_from_timings, quantile_of, timed_requests
 from smallfit.records import RequestTiming
 from smallfit.scoring import requests_to_bound
 
-WILSON_METRICS = ("acc", "acc_norm", "exact_match")
+SHARE_METRICS = ("acc", "acc_norm", "exact_match")
 TIMING_METRICS = (*PERCENTILE_CI_KEYS, *RATE_CI_KEYS)
 ORDER_STATISTIC = "order statistic (requests)"
 OPEN_ABOVE = ", open above"
@@ -37,8 +38,8 @@ class Interval:
     low: float
     high: float  # math.inf where too few requests bound a percentile from above (open)
     n: int
-    method: str  # "wilson", "bootstrap" (stored), "normal" (value ± 1.96 s.e.), "bootstrap (requests)",
-    #              "order statistic (requests)"[", open above"]
+    method: str  # "clopper-pearson" ("wilson" in runs stored before), "bootstrap" (stored), "normal"
+    #              (value ± 1.96 s.e.), "bootstrap (requests)", "order statistic (requests)"[", open above"]
     unit: str  # "examples" or "requests": what more of would narrow it
     bound_n: int | None = None
     """Percentiles: the fewest requests whose order statistics bound it from above at 95%."""
@@ -50,7 +51,7 @@ class Interval:
 
     def se_toward(self, value: float, threshold: float) -> float:
         """The standard error the interval implies on the threshold's side of ``value``: that
-        side's half-width over 1.96 (a Wilson or bootstrap interval need not be symmetric)."""
+        side's half-width over 1.96 (an exact or bootstrap interval need not be symmetric)."""
         side = self.high - value if threshold >= value else value - self.low
         return max(0.0, side) / Z95
 
@@ -66,7 +67,7 @@ def interval_methods(metrics: Mapping[str, float | None]) -> dict[str, str]:
             out[metric] = ORDER_STATISTIC + (OPEN_ABOVE if metrics.get(f"{metric}_ci_high") is None else "")
         else:
             out[metric] = ("bootstrap (requests)" if metric in RATE_CI_KEYS
-                           else "wilson" if metric in WILSON_METRICS else "bootstrap (examples)")
+                           else SHARE_INTERVAL if metric in SHARE_METRICS else "bootstrap (examples)")
     return out
 
 
@@ -91,9 +92,9 @@ def quality_interval(metric: str, metrics: Mapping[str, float | None], n: int | 
     value = metrics.get(metric)
     if value is None or not n:
         return None
-    if metric in WILSON_METRICS and 0.0 <= value <= 1.0:
-        low, high = wilson_interval(value, n)
-        return Interval(low, high, n, "wilson", "examples")
+    if metric in SHARE_METRICS and 0.0 <= value <= 1.0:
+        low, high = share_interval(value, n)
+        return Interval(low, high, n, SHARE_INTERVAL, "examples")
     low_v, high_v = metrics.get(f"{metric}_ci_low"), metrics.get(f"{metric}_ci_high")
     if low_v is not None and high_v is not None:
         return Interval(min(low_v, value), max(high_v, value), n, "bootstrap", "examples")

@@ -158,6 +158,29 @@ def dominators(points: Sequence[tuple[float, float]], x_higher_better: bool,
             for x, y in scored]
 
 
+Span = tuple[float, float, float]  # (low, value, high) of a figure; low = high = value without an interval
+
+
+def dominators_beyond(points: Sequence[tuple[Span, Span]], x_higher_better: bool,
+                      y_higher_better: bool) -> list[list[int]]:
+    """For each point with its intervals ``((x_low, x, x_high), (y_low, y, y_high))``, the indices
+    of the points that dominate it beyond the intervals: on each axis the other's worse end is at
+    least as good as this one's better end, strictly better on one. A figure without an interval
+    is its own two ends (compared as a point); an open end (``±inf``) reaches as far as it can, so
+    a candidate whose interval is open on its worse side dominates nothing on that axis."""
+    def ends(span: Span, higher_better: bool) -> tuple[float, float]:
+        lo, value, hi = span
+        lo, hi = min(lo, value), max(hi, value)
+        return (lo, hi) if higher_better else (-hi, -lo)  # (worse, better), larger is better
+
+    boxes = [(ends(x, x_higher_better), ends(y, y_higher_better)) for x, y in points]
+    out = []
+    for (px, py) in boxes:
+        out.append([j for j, (ox, oy) in enumerate(boxes)
+                    if ox[0] >= px[1] and oy[0] >= py[1] and (ox[0] > px[1] or oy[0] > py[1])])
+    return out
+
+
 def dominated(points: Sequence[tuple[float, float]], x_higher_better: bool, y_higher_better: bool) -> list[bool]:
     """For each point, whether another point dominates it (see :func:`dominators`)."""
     return [bool(d) for d in dominators(points, x_higher_better, y_higher_better)]

@@ -21,7 +21,6 @@ Memory, size and load time are single measurements: the change is shown, unteste
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -42,7 +41,7 @@ from smallfit.metrics import (
 )
 from smallfit.records import RequestTiming
 from smallfit.report.table import fmt_metric
-from smallfit.results import ResultRow, collect
+from smallfit.results import ResultRow, Scores, collect
 from smallfit.scoring import expanded_alpha, percentile
 from smallfit.store import Store
 
@@ -52,7 +51,6 @@ PAIRED_BOOTSTRAP = "paired bootstrap, by example"
 BOOTSTRAP = "bootstrap, raw requests"
 PAIRED_TIMING = "bootstrap paired by prompt"
 UNTESTED = "single measurement: untested"
-Scores = list[tuple[tuple[str, str], dict[str, float]]]  # ((sample id, prompt), scores) in index order
 
 
 @dataclass(frozen=True)
@@ -214,15 +212,6 @@ def _row_changes(label: str, ra: ResultRow, rb: ResultRow, ta: list[RequestTimin
     return out
 
 
-def stored_scores(store: Store, run_id: str) -> dict[tuple[str, str], Scores]:
-    """Each candidate x task's per-example scores, keyed by (sample id, prompt), in index order."""
-    out: dict[tuple[str, str], Scores] = {}
-    for r in store.samples(run_id):
-        out.setdefault((r["candidate"], r["task"]), []).append(((r["sample_id"], r["prompt"]),
-                                                                json.loads(r["scores_json"] or "{}")))
-    return out
-
-
 def compare_runs(store: Store, run_a: str, run_b: str, cand_a: str | None = None,
                  cand_b: str | None = None) -> list[Change]:
     """Every figure both runs have for the matched candidates and their common tasks."""
@@ -230,7 +219,7 @@ def compare_runs(store: Store, run_a: str, run_b: str, cand_a: str | None = None
     pairs = _pairs([c["name"] for c in res_a.candidates], [c["name"] for c in res_b.candidates], cand_a, cand_b)
     rows_a = {(r.candidate, r.task): r for r in res_a.rows if r.error is None}
     rows_b = {(r.candidate, r.task): r for r in res_b.rows if r.error is None}
-    scores_a, scores_b = stored_scores(store, str(res_a.run["id"])), stored_scores(store, str(res_b.run["id"]))
+    scores_a, scores_b = res_a.scores, res_b.scores
     out: list[Change] = []
     for x, y in pairs:
         label = x if x == y else f"{x} → {y}"

@@ -121,14 +121,20 @@ def _plots(res: RunResults, colours: dict[str, str]) -> str:
                 continue
             cards.append(f'<div class="card"><h3>{escape(task)}: {escape(f.y)} against {escape(f.x)}</h3>'
                          f"{scatter(f, colours)}{_frontier_note(f)}</div>")
-    return ("<h2>Pareto frontiers</h2><p class=\"sub\">Filled points are on the frontier (no other candidate is "
-            "at least as good on both figures and better on one), joined by the dashed line; hollow grey points "
-            f"are dominated.</p><div class=\"grid\">{''.join(cards)}</div>")
+    return ("<h2>Pareto frontiers</h2><p class=\"sub\">Bars are 95% intervals (an arrow: open above, too few "
+            "requests to bound it); memory and size have none and compare as points. A candidate is dominated only "
+            "when another is better on both figures beyond the intervals (its interval's worse end at least as good "
+            "as this one's better end, strictly on one): hollow grey. Filled points are on the frontier; "
+            "half-filled ones are on it only because the intervals overlap: the point estimates put another "
+            "candidate ahead on both figures, but they are not distinguishable. The dashed line joins the frontier "
+            f"of the point estimates.</p><div class=\"grid\">{''.join(cards)}</div>")
 
 
 def _frontier_note(f: Frontier) -> str:
-    notes = [f"{escape(p.candidate)} is dominated by {escape(', '.join(p.dominated_by))}"
+    notes = [f"{escape(p.candidate)} is dominated by {escape(', '.join(p.dominated_by))} beyond the intervals"
              for p in f.points if p.dominated]
+    notes += [f"{escape(p.candidate)} is not distinguishable from {escape(', '.join(p.indistinct_from))}"
+              for p in f.points if p.indistinct_from]
     notes += [f'<span class="missing">{escape(c)} not plotted: {escape(w)}</span>' for c, w in f.missing.items()]
     return f'<p class="muted">{"; ".join(notes)}</p>' if notes else ""
 
@@ -284,10 +290,11 @@ def _definitions() -> str:
                    for m in METRICS.values())
     rows += ("<tr><td><code>&lt;metric&gt;_stderr</code>, <code>&lt;metric&gt;_ci_low</code>, "
              "<code>&lt;metric&gt;_ci_high</code></td><td>as the metric</td><td>–</td><td>A quality metric's "
-             "standard error and 95% interval (Wilson for shares of 0/1 scores, else an expanded percentile "
-             "bootstrap, 1000 resamples of the examples, seed 0).</td></tr>")
+             "standard error and 95% interval (Clopper–Pearson, exact, for shares of 0/1 scores, else an "
+             "expanded percentile bootstrap, 1000 resamples of the examples, seed 0).</td></tr>")
     return ("<h2>Definitions</h2><table><tr><th>metric</th><th>unit</th><th>better</th><th>definition</th></tr>"
-            f"{rows}</table><p class=\"muted\">Intervals: Wilson score interval for acc, acc_norm and exact_match; "
+            f"{rows}</table><p class=\"muted\">Intervals: Clopper–Pearson (exact binomial) interval for acc, "
+            "acc_norm and exact_match; "
             "an expanded percentile bootstrap (1000 resamples of the examples) for other quality metrics; "
             "distribution-free order statistics of the requests for p50/p90/p95/p99 of TTFT, TPOT and latency "
             "(open above where too few requests bound the percentile: 72 for a p95); an expanded bootstrap over "

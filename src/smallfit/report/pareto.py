@@ -1,11 +1,26 @@
-"""Pareto frontiers of a run: per task, which candidates no other beats on both of two figures."""
+"""Pareto frontiers of a run: per task, which candidates no other beats on both of two figures.
+
+Two notions, named apart:
+
+- **dominated** (``Point.dominated_by``): another candidate is better beyond the 95% intervals:
+  on each axis its interval's worse end is at least as good as this one's better end, strictly
+  better on one (:func:`smallfit.judge.verdict.dominators_beyond`). Figures without an interval
+  (memory, size, load time) compare as points; an interval open above (a p95 from too few
+  requests) reaches to infinity. The frontier is every candidate not dominated in this sense.
+- **dominated by the point estimates** (``Point.dominated_by_estimates``): another candidate's
+  values are at least as good on both axes and better on one. A frontier candidate dominated only
+  by the estimates is *not distinguishable* from those candidates (``Point.indistinct_from``):
+  the estimates order them, the intervals do not.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from smallfit.errors import SmallfitError
-from smallfit.judge.verdict import dominators
+from smallfit.judge.evidence import quality_interval, stored_interval
+from smallfit.judge.verdict import Span, dominators, dominators_beyond
 from smallfit.metrics import METRICS, QUALITY_METRICS
 from smallfit.results import ResultRow, RunResults
 
@@ -14,17 +29,30 @@ QUALITY = "quality"  # an axis name: each task's main quality metric
 
 @dataclass(frozen=True)
 class Point:
-    """A candidate on the plane; ``dominated_by`` names the candidates that beat it on both axes."""
+    """A candidate on the plane with the 95% interval of each figure (None: the figure has none,
+    it is a single measurement; ``x_high``/``y_high`` may be ``inf``: open above)."""
 
     candidate: str
     x: float
     y: float
     dominated_by: tuple[str, ...]
+    """Candidates better on both axes beyond the intervals (see the module docstring)."""
+    dominated_by_estimates: tuple[str, ...] = ()
+    """Candidates better on both axes by the point estimates alone."""
+    x_low: float | None = None
+    x_high: float | None = None
+    y_low: float | None = None
+    y_high: float | None = None
 
     @property
     def dominated(self) -> bool:
-        """True when another candidate is at least as good on both axes and better on one."""
+        """True when another candidate is better on both axes beyond the intervals."""
         return bool(self.dominated_by)
+
+    @property
+    def indistinct_from(self) -> tuple[str, ...]:
+        """Candidates that beat this one by the point estimates but not beyond the intervals."""
+        return tuple(c for c in self.dominated_by_estimates if c not in self.dominated_by)
 
 
 @dataclass(frozen=True)
@@ -55,7 +83,8 @@ def task_frontier(results: RunResults, task: str, x: str, y: str) -> Frontier | 
     xm, ym = _axis(x, rows), _axis(y, rows)
     if xm is None or ym is None:
         return None
-    have, missing = [], {}
+    have: list[tuple[str, Span, Span]] = []
+    missing: dict[str, str] = {}
     for r in rows:
         xv, yv = r.metrics.get(xm), r.metrics.get(ym)
         if r.error:
@@ -63,12 +92,37 @@ def task_frontier(results: RunResults, task: str, x: str, y: str) -> Frontier | 
         elif xv is None or yv is None:
             missing[r.candidate] = f"{xm if xv is None else ym} not measured"
         else:
-            have.append((r.candidate, xv, yv))
+            have.append((r.candidate, figure_span(r, xm), figure_span(r, ym)))
     if not have:
         return None
-    doms = dominators([(xv, yv) for _, xv, yv in have], METRICS[xm].higher_is_better, METRICS[ym].higher_is_better)
-    points = [Point(c, xv, yv, tuple(have[j][0] for j in d)) for (c, xv, yv), d in zip(have, doms, strict=True)]
+    hib = METRICS[xm].higher_is_better, METRICS[ym].higher_is_better
+    beyond = dominators_beyond([(xs, ys) for _, xs, ys in have], *hib)
+    plain = dominators([(xs[1], ys[1]) for _, xs, ys in have], *hib)
+    names = [c for c, _, _ in have]
+    points = [Point(c, xs[1], ys[1], tuple(names[j] for j in b), tuple(names[j] for j in d),
+                    *_ends(xs), *_ends(ys))
+              for (c, xs, ys), b, d in zip(have, beyond, plain, strict=True)]
     return Frontier(task, xm, ym, points, missing)
+
+
+def figure_span(row: ResultRow, metric: str) -> Span:
+    """``(low, value, high)`` of a figure: its stored 95% interval (the one the verdict uses), for
+    an older run's quality figure the one made from its examples, else ``(value, value, value)``."""
+    value = row.metrics[metric]
+    assert value is not None
+    method = row.info.intervals.get(metric)
+    if method is not None:
+        interval = stored_interval(metric, {**row.metrics, "n_samples": float(row.info.n_samples or 0)}, method)
+    elif metric in QUALITY_METRICS:
+        interval = quality_interval(metric, row.metrics, row.info.n_samples)
+    else:
+        interval = None
+    return (value, value, value) if interval is None else (interval.low, value, interval.high)
+
+
+def _ends(span: Span) -> tuple[float | None, float | None]:
+    low, value, high = span
+    return (None, None) if low == value == high and not math.isinf(high) else (low, high)
 
 
 def _check_axis(name: str) -> None:

@@ -59,12 +59,47 @@ def _scale(lo: float, hi: float, a: float, b: float) -> tuple[float, float]:
 
 
 def _frontier_path(points: list[Point], sx: tuple[float, float], sy: tuple[float, float]) -> str:
-    front = sorted((p for p in points if not p.dominated), key=lambda p: (p.x, p.y))
+    """The dashed line through the frontier of the point estimates."""
+    front = sorted((p for p in points if not p.dominated_by_estimates), key=lambda p: (p.x, p.y))
     if len(front) < 2:
         return ""
     coords = " ".join(f"{p.x * sx[0] + sx[1]:.1f},{p.y * sy[0] + sy[1]:.1f}" for p in front)
     return f'<polyline class="frontier" points="{coords}" fill="none" stroke="#111827" stroke-width="1.5" ' \
            f'stroke-dasharray="5 4" opacity="0.55"/>'
+
+
+def _ends(value: float, low: float | None, high: float | None) -> list[float]:
+    return [v for v in (value, low, high) if v is not None and math.isfinite(v)]
+
+
+def _bar(p: Point, pos: tuple[float, float], sx: tuple[float, float], sy: tuple[float, float],
+         colour: str) -> str:
+    """Error bars of a point's 95% intervals, on each axis that has one; an end open above is drawn
+    to the plot's edge with an arrowhead (the interval goes on beyond it)."""
+    x, y = pos
+    out = []
+    edges = {"x": (_LEFT, _W - _RIGHT), "y": (_H - _BOTTOM, _TOP)}  # pixel of the axis' low, high end
+    for axis, low, high, scale in (("x", p.x_low, p.x_high, sx), ("y", p.y_low, p.y_high, sy)):
+        if low is None or high is None:
+            continue
+        lo_px = low * scale[0] + scale[1]
+        hi_px = edges[axis][1] if math.isinf(high) else high * scale[0] + scale[1]
+        if axis == "x":
+            out.append(f'<line x1="{lo_px:.1f}" y1="{y:.1f}" x2="{hi_px:.1f}" y2="{y:.1f}" stroke="{colour}" '
+                       'stroke-width="1.5" opacity="0.6" class="error-bar x"/>')
+            tip = (f'<path d="M{hi_px - 7:.1f},{y - 4:.1f} L{hi_px:.1f},{y:.1f} L{hi_px - 7:.1f},{y + 4:.1f}" '
+                   f'fill="none" stroke="{colour}" stroke-width="1.5" class="open-end"/>')
+            caps = [f'<line x1="{v:.1f}" y1="{y - 4:.1f}" x2="{v:.1f}" y2="{y + 4:.1f}" stroke="{colour}" '
+                    'stroke-width="1.5" opacity="0.6"/>' for v in (lo_px, hi_px)]
+        else:
+            out.append(f'<line x1="{x:.1f}" y1="{lo_px:.1f}" x2="{x:.1f}" y2="{hi_px:.1f}" stroke="{colour}" '
+                       'stroke-width="1.5" opacity="0.6" class="error-bar y"/>')
+            tip = (f'<path d="M{x - 4:.1f},{hi_px + 7:.1f} L{x:.1f},{hi_px:.1f} L{x + 4:.1f},{hi_px + 7:.1f}" '
+                   f'fill="none" stroke="{colour}" stroke-width="1.5" class="open-end"/>')
+            caps = [f'<line x1="{x - 4:.1f}" y1="{v:.1f}" x2="{x + 4:.1f}" y2="{v:.1f}" stroke="{colour}" '
+                    'stroke-width="1.5" opacity="0.6"/>' for v in (lo_px, hi_px)]
+        out.extend([caps[0], tip] if math.isinf(high) else caps)
+    return "".join(out)
 
 
 def _labels(points: list[Point], pos: dict[str, tuple[float, float]], colours: dict[str, str]) -> list[str]:
@@ -74,7 +109,8 @@ def _labels(points: list[Point], pos: dict[str, tuple[float, float]], colours: d
     out = []
     for p in sorted(points, key=lambda q: (q.dominated, pos[q.candidate][1])):
         x, y = pos[p.candidate]
-        text = p.candidate + (" (dominated)" if p.dominated else "")
+        text = p.candidate + (" (dominated)" if p.dominated else " (not distinguishable)" if p.indistinct_from
+                              else "")
         width = 7.6 * len(text) + 6  # bold 12px sans, generously
         anchor, dx = ("end", -10.0) if x + 10 + width > _W - _RIGHT else ("start", 10.0)
         x0 = x + dx - width if anchor == "end" else x + dx
@@ -90,10 +126,13 @@ def _labels(points: list[Point], pos: dict[str, tuple[float, float]], colours: d
 
 
 def scatter(frontier: Frontier, colours: dict[str, str]) -> str:
-    """One frontier as an SVG scatter: frontier candidates in colour joined by a dashed line,
-    dominated ones hollow and grey, every point labelled with its candidate."""
+    """One frontier as an SVG scatter with each figure's 95% interval as an error bar: frontier
+    candidates in colour, those the point estimates alone put behind another half-filled (not
+    distinguishable), the point-estimate frontier joined by a dashed line, candidates dominated
+    beyond the intervals hollow and grey; every point labelled with its candidate."""
     pts = frontier.points
-    xs, ys = [p.x for p in pts], [p.y for p in pts]
+    xs = [v for p in pts for v in _ends(p.x, p.x_low, p.x_high)]
+    ys = [v for p in pts for v in _ends(p.y, p.y_low, p.y_high)]
     xt, yt = nice_ticks(min(xs), max(xs)), nice_ticks(min(ys), max(ys))
     sx = _scale(xt[0], xt[-1], _LEFT, _W - _RIGHT)
     sy = _scale(yt[0], yt[-1], _H - _BOTTOM, _TOP)
@@ -117,12 +156,19 @@ def scatter(frontier: Frontier, colours: dict[str, str]) -> str:
                  f'class="axis">{escape(axis_title(frontier.y))}</text>')
     parts.append(_frontier_path(pts, sx, sy))
     pos = {p.candidate: (p.x * sx[0] + sx[1], p.y * sy[0] + sy[1]) for p in pts}
+    for p in pts:
+        parts.append(_bar(p, pos[p.candidate], sx, sy, GREY if p.dominated else colours.get(p.candidate, "#111827")))
     for p in sorted(pts, key=lambda q: not q.dominated):  # frontier points drawn on top
         x, y = pos[p.candidate]
         if p.dominated:
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="#fff" stroke="{GREY}" stroke-width="2" '
                          f'class="point dominated"><title>{escape(p.candidate)}: dominated by '
                          f'{escape(", ".join(p.dominated_by))}</title></circle>')
+        elif p.indistinct_from:
+            colour = colours.get(p.candidate, "#111827")
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="7" fill="{colour}" fill-opacity="0.35" '
+                         f'stroke="{colour}" stroke-width="2" class="point indistinct"><title>{escape(p.candidate)}: '
+                         f'not distinguishable from {escape(", ".join(p.indistinct_from))}</title></circle>')
         else:
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="7" fill="{colours.get(p.candidate, "#111827")}" '
                          f'stroke="#fff" stroke-width="1.5" class="point frontier-point">'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +15,7 @@ from rich.text import Text
 
 from smallfit.judge.verdict import ERROR, FAIL, PASS, UNCERTAIN, CheckResult
 from smallfit.metrics import METRICS
-from smallfit.report.pareto import Frontier
+from smallfit.report.pareto import Frontier, Point
 from smallfit.results import ResultRow, RunResults
 from smallfit.store import effective_status
 
@@ -263,17 +264,37 @@ def check_summary(c: CheckResult) -> str:
     return f"{c.task}:{c.metric}={fmt_metric(c.metric, c.value)}{interval} ({why})"
 
 
+def _with_interval(metric: str, value: float, low: float | None, high: float | None) -> str:
+    if low is None or high is None:
+        return fmt_metric(metric, value)
+    top = "open" if math.isinf(high) else fmt_metric(metric, high)
+    return f"{fmt_metric(metric, value)} [{fmt_metric(metric, low)}, {top}]"
+
+
+def frontier_status(p: Point) -> tuple[str, str]:
+    """(text, style) of a candidate's place on a frontier: dominated beyond the intervals, not
+    distinguishable from candidates that beat it by the point estimates only, or on the frontier."""
+    if p.dominated:
+        return "dominated by " + ", ".join(p.dominated_by) + " (beyond the intervals)", "dim"
+    if p.indistinct_from:
+        return ("not distinguishable from " + ", ".join(p.indistinct_from)
+                + " (worse on both by the point estimates only)"), "yellow"
+    return "on the frontier", "bold green"
+
+
 def frontier_table(f: Frontier) -> Table:
-    """One task's Pareto frontier: each candidate's two figures and what dominates it."""
+    """One task's Pareto frontier: each candidate's two figures with their 95% intervals, what
+    dominates it beyond the intervals and what it cannot be told apart from."""
     arrow = {m: "↑" if METRICS[m].higher_is_better else "↓" for m in (f.x, f.y)}
-    table = Table(title=f"{f.task}: {f.y} {arrow[f.y]} vs {f.x} {arrow[f.x]} (↑/↓: higher/lower is better)",
+    table = Table(title=f"{f.task}: {f.y} {arrow[f.y]} vs {f.x} {arrow[f.x]} (↑/↓: higher/lower is better; "
+                  "[95% interval]; dominated = worse on both beyond the intervals)",
                   title_justify="left", header_style="bold")
     for col in ("candidate", f.y, f.x, "Pareto"):
         table.add_column(col)
-    for p in sorted(f.points, key=lambda p: (p.dominated, p.x)):
-        status = (Text("dominated by " + ", ".join(p.dominated_by), style="dim") if p.dominated
-                  else Text("on the frontier", style="bold green"))
-        table.add_row(p.candidate, fmt_metric(f.y, p.y), fmt_metric(f.x, p.x), status)
+    for p in sorted(f.points, key=lambda p: (p.dominated, bool(p.indistinct_from), p.x)):
+        text, style = frontier_status(p)
+        table.add_row(p.candidate, _with_interval(f.y, p.y, p.y_low, p.y_high),
+                      _with_interval(f.x, p.x, p.x_low, p.x_high), Text(text, style=style))
     for cand, why in f.missing.items():
         table.add_row(cand, "-", "-", Text(f"not plotted: {why}", style="magenta"))
     return table

@@ -1,17 +1,23 @@
-"""Trade-offs against the best-quality candidate, and the noise flags of a run's measurements."""
+"""Trade-offs against the best-quality candidate, and the noise flags of a run's measurements.
+
+A quality change is tested as ``smallfit compare`` tests it (:func:`smallfit.report.compare.quality_test`):
+paired by example when both candidates scored the same examples (exact McNemar for 0/1 scores,
+paired bootstrap otherwise), an unpaired z test that says why when they did not; each line names
+the test that ran.
+"""
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from smallfit.judge.stats import difference_z_test
+from smallfit.errors import SmallfitError
 from smallfit.metrics import METRICS
+from smallfit.report.compare import quality_test
 from smallfit.report.pareto import main_quality
 from smallfit.report.table import fmt_metric
-from smallfit.results import ResultRow, RunResults
+from smallfit.results import ResultRow, RunResults, Scores
 
 PER_TASK = ("latency_s_p95", "decode_tok_s")
 PER_CANDIDATE = ("peak_rss_bytes", "model_size_bytes", "load_s")
@@ -48,21 +54,23 @@ def reference_candidate(results: RunResults) -> str | None:
     return max(wins, key=lambda c: (wins[c], -order.index(c))) if wins else None
 
 
-def _quality_change(task: str, metric: str, mine: dict[str, float | None], ref: dict[str, float | None],
+def _quality_change(metric: str, mine: ResultRow, ref: ResultRow, scores: tuple[Scores, Scores],
                     out: TradeOff) -> None:
-    a, b = ref.get(metric), mine.get(metric)
+    """``mine`` against the reference on ``metric``, with the test that ran (the reference is side A)."""
+    a, b = ref.metrics.get(metric), mine.metrics.get(metric)
     if a is None or b is None:
-        out.missing.append(f"{task}: {metric} not measured")
+        out.missing.append(f"{mine.task}: {metric} not measured")
         return
-    text = f"{task}: {metric} {b:.3f} vs {a:.3f} ({b - a:+.3f}"
-    se_a, se_b = ref.get(f"{metric}_stderr"), mine.get(f"{metric}_stderr")
-    if se_a is not None and se_b is not None:
-        _, _, p = difference_z_test(a, se_a, b, se_b)
-        if not math.isnan(p):
-            text += ", p < 0.001" if p < 0.001 else f", p = {p:.3f}"
-    text += ")"
     if b == a:
         return
+    text = f"{mine.task}: {metric} {b:.3f} vs {a:.3f} ({b - a:+.3f}"
+    try:
+        _, _, p, test = quality_test(metric, a, b, ref, mine, scores[1], scores[0])
+    except SmallfitError:
+        p, test = None, "untested: no example in common"
+    if p is not None:
+        text += ", p < 0.001" if p < 0.001 else f", p = {p:.3f}"
+    text += f"; {test.replace(' in A', f' in {ref.candidate}').replace(' in B', f' in {mine.candidate}')})"
     better = (b > a) == METRICS[metric].higher_is_better
     (out.gains if better else out.costs).append(text)
 
@@ -84,7 +92,7 @@ def _ratio_change(label: str, metric: str, mine: float | None, ref: float | None
 def tradeoffs(results: RunResults) -> list[TradeOff]:
     """One trade-off per candidate that ran, against the best-quality candidate."""
     ref = reference_candidate(results)
-    ref_rows = {r.task: r.metrics for r in _ok_rows(results, ref)} if ref else {}
+    ref_rows = {r.task: r for r in _ok_rows(results, ref)} if ref else {}
     out = []
     for cand in results.candidates:
         name = cand["name"]
@@ -94,16 +102,18 @@ def tradeoffs(results: RunResults) -> list[TradeOff]:
             out.append(t)
             continue
         for r in rows:
-            ref_m = ref_rows.get(r.task)
+            ref_row = ref_rows.get(r.task)
             metric = main_quality(r.metrics)
-            if ref_m is None or metric is None:
+            if ref_row is None or metric is None:
                 continue
-            _quality_change(r.task, metric, r.metrics, ref_m, t)
+            ref_m = ref_row.metrics
+            pair = results.scores.get((name, r.task), []), results.scores.get((ref_row.candidate, r.task), [])
+            _quality_change(metric, r, ref_row, pair, t)
             for m in PER_TASK:
                 _ratio_change(f"{m} on {r.task}", m, r.metrics.get(m), ref_m.get(m), t)
         for m in PER_CANDIDATE:
             mine = [v for r in rows if (v := r.metrics.get(m)) is not None]
-            theirs = [v for r in ref_rows.values() if (v := r.get(m)) is not None]
+            theirs = [v for r in ref_rows.values() if (v := r.metrics.get(m)) is not None]
             _ratio_change(m, m, max(mine) if mine else None, max(theirs) if theirs else None, t)
         out.append(t)
     return out

@@ -122,9 +122,9 @@ class TaskKind(Protocol):
 
 
 def _mean_metrics(results: Sequence[SampleResult], names: Sequence[str]) -> dict[str, float | None]:
-    """Means with their standard errors and 95% intervals: Wilson's for a share of examples
-    scored 0 or 1 (the interval the verdict uses), a bootstrap over examples otherwise."""
-    from smallfit.judge.stats import wilson_interval
+    """Means with their standard errors and 95% intervals: Clopper–Pearson (exact) for a share of
+    examples scored 0 or 1 (the interval the verdict uses), a bootstrap over examples otherwise."""
+    from smallfit.judge.stats import share_interval
 
     out: dict[str, float | None] = {}
     for name in names:
@@ -132,7 +132,7 @@ def _mean_metrics(results: Sequence[SampleResult], names: Sequence[str]) -> dict
         out[name] = scoring.mean(values)
         out[f"{name}_stderr"] = scoring.stderr_of_mean(values)
         if values and all(v in (0.0, 1.0) for v in values):
-            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = wilson_interval(scoring.mean(values), len(values))
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = share_interval(scoring.mean(values), len(values))
         else:
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = scoring.bootstrap_ci(
                 [(v,) for v in values], lambda rows: scoring.mean([r[0] for r in rows]))
