@@ -14,14 +14,30 @@ from smallfit.spec import build_spec
 from tests.conftest import needs_models
 
 
-def _rapl(root, uj, wrap=None):
-    domain = root / "intel-rapl:0"
+def _rapl(root, uj, wrap=None, name="package-0", index=0):
+    domain = root / f"intel-rapl:{index}"
     domain.mkdir(parents=True, exist_ok=True)
+    (domain / "name").write_text(name + "\n")
     (domain / "energy_uj").write_text(str(uj))
     if wrap is not None:
         (domain / "max_energy_range_uj").write_text(str(wrap))
-    (root / "intel-rapl:0:0").mkdir(exist_ok=True)  # a sub-domain: already inside the package figure
+    (root / f"intel-rapl:{index}:0").mkdir(exist_ok=True)  # a sub-domain: already inside the package figure
     return domain
+
+
+def test_only_package_domains_are_summed_by_name(tmp_path):
+    p0 = _rapl(tmp_path, 1_000_000)
+    p1 = _rapl(tmp_path, 2_000_000, name="package-1", index=1)
+    psys = _rapl(tmp_path, 9_000_000, name="psys", index=2)  # the whole platform: packages included
+    dram = _rapl(tmp_path, 5, name="dram", index=3)
+    assert rapl_domains(tmp_path) == [p0, p1]
+    meter = EnergyMeter(powercap=tmp_path)
+    meter.start()
+    for domain, uj in ((p0, 1_500_000), (p1, 2_250_000), (psys, 19_000_000), (dram, 10_000_005)):
+        (domain / "energy_uj").write_text(str(uj))
+    reading = meter.stop()
+    assert reading.method == "measured" and reading.joules == pytest.approx(0.75)
+    assert "(2)" in reading.source
 
 
 def test_counter_delta_with_wraparound():

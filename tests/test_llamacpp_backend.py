@@ -118,3 +118,24 @@ def test_chat_template_from_the_gguf_is_rendered_and_its_special_tokens_parsed()
     start = b.tokenize("<|im_start|>", add_bos=False)
     assert len(start) == 1 and ids.count(start[0]) == 3  # system, user, assistant turns
     b.close()
+
+
+
+def test_rolling_windows_are_lm_evals_with_a_full_context_for_the_last(backend):
+    from smallfit.records import RollingRequest
+
+    long_text = " ".join(["The quick brown fox jumps over the lazy dog."] * 60)  # > 512 tokens, < 1024
+    tokens = backend.tokenize(long_text, add_bos=False)
+    n, size = backend.n_ctx, len(tokens)
+    assert n < size < 2 * n
+    # lm-eval (context_len 1, then make_disjoint_window), written out: n tokens from the prefix token,
+    # then the rest read after the n - (size - n) tokens before them (not after one token)
+    windows = [([backend._prefix_token], tokens[:n]), (tokens[size - n - 1 : n], tokens[n:])]
+    expected = 0.0
+    for ctx, targets in windows:
+        backend._clear()
+        backend._eval_prefix(ctx[:-1])
+        expected += backend._eval_scored([ctx[-1], *targets[:-1]], targets, len(ctx) - 1)[0]
+    (r,) = backend.loglikelihood_rolling([RollingRequest(long_text)])
+    assert r.n_tokens == size
+    assert r.logprob == pytest.approx(expected, abs=1e-3)

@@ -62,6 +62,8 @@ def test_streamed_generation_with_timings_and_token_counts(smollm2):
     info = smollm2.info()
     assert info["output_tokens_counted_by"] == "tokenize" and info["tokenize_endpoint"] == "/extras/tokenize"
     assert info["chunks_not_tokens"] == 0  # this server streams one token per chunk
+    # llama-cpp-python's server ignores cache_prompt and reports no cache use: not confirmed disabled
+    assert info["prompt_cache_disabled"] is None and info["prompt_cache_reported"] == 0
 
 
 @needs_models
@@ -246,3 +248,11 @@ def test_bad_options_and_references():
         split_location("ftp://x/v1")
     with pytest.raises(SmallfitError, match="drop the @BACKEND suffix"):
         parse_model_ref("http://127.0.0.1:8080/v1@llamacpp")
+
+
+def test_cache_disabled_only_when_the_server_says_so():
+    from smallfit.backends.openai import _cache_disabled
+
+    assert _cache_disabled({"prompt_cache_reported": 0, "prompt_tokens_from_cache": 0}) is None
+    assert _cache_disabled({"prompt_cache_reported": 3, "prompt_tokens_from_cache": 0}) is True
+    assert _cache_disabled({"prompt_cache_reported": 3, "prompt_tokens_from_cache": 12}) is False

@@ -86,8 +86,10 @@ def run_task(backend: Backend, task: Task, job: Job, load_s: float, emit: Emit,
     contention = Contention()
     contention.start()
     meter = EnergyMeter(s.cpu_watts_per_core or DEFAULT_CPU_WATTS_PER_CORE, _gpu_reader(backend))
-    results, timings, latency_prompts = _run_and_time(backend, task, job, samples, meter, emit)
-    energy = _own_energy(meter.stop(), job)
+    details: dict[str, Any] = {}
+    results, timings, latency_prompts = _run_and_time(backend, task, job, samples, meter, emit, details)
+    device_name = str(backend.info().get("device", "cpu"))
+    energy = _own_energy(meter.stop(), job, device_name)
     busy = contention.stop()
     concurrency = _concurrency_pass(backend, [kind.prompt_of(x) for x in samples[: s.latency_prompts]],
                                     s.latency_max_tokens)
@@ -99,7 +101,7 @@ def run_task(backend: Backend, task: Task, job: Job, load_s: float, emit: Emit,
                    model_size_bytes=None if size is None else float(size))
     vram = device.peak_device_memory_bytes() if device is not None else None
     metrics["peak_vram_bytes"] = float(vram) if vram is not None else None
-    labels = derived_figures(metrics, timings, energy, s.prices, bandwidth)
+    labels = derived_figures(metrics, timings, energy, s.prices, _device_bandwidth(bandwidth, device_name, backend))
     embeds = kind.requires == "embedding"
     info = TaskInfo(
         kind=kind.name, n_samples=len(samples), limit=s.limit, sample=s.sample, seed=s.seed if s.sample else None,
@@ -112,46 +114,106 @@ def run_task(backend: Backend, task: Task, job: Job, load_s: float, emit: Emit,
         peak_rss_since_start=not served and not peak_resettable,
         contention=busy, noisy=busy.get("noisy"), labels=labels, intervals=interval_methods(metrics),
         concurrency=concurrency.get("concurrency"), concurrency_error=concurrency.get("concurrency_error"),
-        backend={k: v for k, v in backend.info().items() if load_info.get(k) != v},
+        backend={k: v for k, v in backend.info().items() if load_info.get(k) != v}, details=details,
     )
     return TaskResult(task.name, metrics, results, timings, info)
 
 
 def _run_and_time(backend: Backend, task: Task, job: Job, samples: list[Any], meter: EnergyMeter,
-                  emit: Emit) -> tuple[list[SampleResult], list[RequestTiming], int]:
-    """The task's own requests, then the timing pass; the results, timings and latency-pass prompts."""
+                  emit: Emit, details: dict[str, Any]) -> tuple[list[SampleResult], list[RequestTiming], int]:
+    """The task's own requests, then the timing pass; the results, timings and latency-pass prompts.
+    A timing pass that fails after the quality pass keeps the quality results: the error goes into
+    ``details["timing_error"]`` and the timings are those taken before it."""
     kind, s = task.kind, job.settings
     progress: Callable[[int], None] = lambda n: emit(Progress(task.name, n))  # noqa: E731
     if kind.generates:  # the task's own generation requests are timed
         meter.start()
         results, timings = kind.run(backend, samples, progress)
-        timings += timing_pass(job, task.name, samples, timings,
-                               lambda chunk: kind.run(backend, chunk, lambda _n: None)[1])
-        return results, timings, 0
+        more: list[RequestTiming] = []
+        _keep_going(details, lambda: more.extend(
+            timing_pass(job, task.name, samples, timings, lambda chunk: kind.run(backend, chunk, lambda _n: None)[1])))
+        return results, timings + more, 0
     results, timings = kind.run(backend, samples, progress)
-    prompts = [kind.prompt_of(x) for x in samples[: s.latency_prompts]]
     if kind.requires == "embedding":  # single texts, one request each, cycling through all the task's texts
         meter.start()
         texts = [kind.prompt_of(x) for x in samples]
-        timings += timing_pass(job, task.name, texts, [], lambda chunk: [embed_timing(backend, t) for t in chunk],
-                               MAX_TIMED_EMBEDS)
+        _keep_going(details, lambda: timings.extend(timing_pass(
+            job, task.name, texts, [], lambda chunk: [embed_timing(backend, t) for t in chunk], MAX_TIMED_EMBEDS)))
         return results, timings, len(samples)
     if not backend.capabilities.generation:
         meter.start()
         return results, timings, 0
-    backend.generate([GenerationRequest(prompts[0], s.latency_max_tokens, ignore_eos=True)])  # warm-up, untimed
-    meter.start()
-    timings += timing_pass(job, task.name, prompts, [],
-                           lambda chunk: fixed_length(backend, chunk, s.latency_max_tokens))
+    prompts = fitting_prompts(backend, [kind.prompt_of(x) for x in samples[: s.latency_prompts]],
+                              s.latency_max_tokens, details)
+
+    def latency_pass() -> None:
+        backend.generate([GenerationRequest(prompts[0], s.latency_max_tokens, ignore_eos=True)])  # warm-up
+        meter.start()
+        timings.extend(timing_pass(job, task.name, prompts, [],
+                                   lambda chunk: fixed_length(backend, chunk, s.latency_max_tokens)))
+
+    _keep_going(details, latency_pass)
+    if not meter.started:
+        meter.start()
     return results, timings, len(prompts)
 
 
-def _own_energy(energy: EnergyReading, job: Job) -> EnergyReading:
-    """A served model's energy is not this process's CPU time: no estimate from the client."""
+def _keep_going(details: dict[str, Any], step: Callable[[], None]) -> None:
+    """Run a timing step after the quality pass; its failure is recorded, not fatal to the task."""
+    try:
+        step()
+    except SmallfitError as exc:
+        details["timing_error"] = f"the timing pass failed after the quality pass: {exc}"
+
+
+def fitting_prompts(backend: Backend, prompts: list[str], max_tokens: int, details: dict[str, Any]) -> list[str]:
+    """The latency pass's prompts, each cut (its start kept) so that it and ``max_tokens`` fit the
+    backend's context; how many were cut goes into ``details``. Unchanged where the backend states
+    no context size or cannot count tokens."""
+    context = backend.info().get("context_size")
+    tokenize = getattr(backend, "tokenize", None)
+    room = context - max_tokens - 1 if isinstance(context, int) else 0  # one token of slack for BOS
+    if tokenize is None or room < 1:
+        return prompts
+    out = []
+    for prompt in prompts:
+        for _ in range(8):  # characters per token vary: shrink until it fits
+            ids = tokenize(prompt)
+            if ids is None or len(ids) <= room:
+                break
+            prompt = prompt[: max(1, int(len(prompt) * room / len(ids) * 0.95))]
+        out.append(prompt)
+    cut = sum(a != b for a, b in zip(out, prompts, strict=True))
+    if cut:
+        details["timing_prompts_truncated"] = cut
+        details["timing_prompts_note"] = (f"{cut} latency-pass prompt(s) cut to their first {room} tokens or fewer "
+                                          f"to fit the {context}-token context with {max_tokens} generated tokens")
+    return out
+
+
+def _own_energy(energy: EnergyReading, job: Job, device: str = "cpu") -> EnergyReading:
+    """A served model's energy is not this process's CPU time: no estimate from the client. A GPU
+    candidate's energy is NVML's or nothing: the CPU's figure would omit the GPU."""
+    if device.startswith("cuda") and not energy.source.startswith("NVML"):
+        return EnergyReading(None, "unavailable", f"the model runs on {device} and NVML's energy counter is not "
+                             "readable (install nvidia-ml-py); the CPU's figure would leave the GPU out",
+                             energy.seconds)
     if job.model.serves and energy.method == "estimated":
         return EnergyReading(None, "unavailable", "the model runs in the server's process; the CPU-time estimate "
                              "would count only smallfit's client (RAPL or NVML would measure it)", energy.seconds)
     return energy
+
+
+def _device_bandwidth(bandwidth: dict[str, Any], device: str, backend: Backend) -> dict[str, Any]:
+    """The memory bandwidth the weights are read at: the host's for a CPU candidate; a GPU
+    candidate's only where its backend states one (``device_bandwidth_bytes_s``)."""
+    if device == "cpu" or not device:
+        return bandwidth
+    stated = backend.info().get("device_bandwidth_bytes_s")
+    if isinstance(stated, (int, float)) and stated > 0:
+        return {"bytes_per_s": float(stated), "method": f"{device}'s bandwidth as its backend states it"}
+    return {"reason": f"the model runs on {device}, whose memory bandwidth is not known (host memory's is not "
+                      "its ceiling)"}
 
 
 def timing_pass(job: Job, task: str, items: Sequence[Any], done: Sequence[RequestTiming],

@@ -80,7 +80,9 @@ class TransformersBackend(HFTokenScoring):
             from smallfit.backends.torch_int8 import quantize_int8
 
             self.model, self._quant = quantize_int8(torch, self.model, self.device)
-        self.max_length = int(min(config.context_size, getattr(self.model.config, "max_position_embeddings", 2048)))
+        trained = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_length = int(min(config.context_size, trained or 2048))
+        self.rolling_length = int(trained or self.max_length)  # lm-eval's window: the model's own context
         self.add_bos, self.prefix_token = special_tokens(self.tokenizer)
         eot = self.tokenizer.eos_token_id
         # transformers 5.x renamed past_key_values to cache; older releases only know the old name
@@ -337,6 +339,7 @@ class TransformersBackend(HFTokenScoring):
             "torch_version": torch.__version__, "device": str(self.device),
             "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
             "threads": torch.get_num_threads(), "context_size": self.max_length,
+            "rolling_window_tokens": self.rolling_length,
             "batch_size": self.opts.batch_size, "source": self.source, "weights": str(self.folder),
             "trust_remote_code": self.opts.trust_remote_code, "prefix_cache": False,
             "shared_context": "packed (tree attention mask)" if self._packing_ok else "KV cache reuse",

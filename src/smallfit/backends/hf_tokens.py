@@ -4,7 +4,7 @@
 As lm-evaluation-harness's HF model: trailing whitespace of a context moves to its continuation,
 the continuation's tokens are those of ``tokenize(context + continuation)`` after the context's,
 a text without context is predicted from the BOS token (EOS where there is none), and a rolling
-text is scored in disjoint windows of the context size.
+text is scored in lm-eval's rolling windows of the model's own context.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from smallfit.backends.llamacpp import split_pair
+from smallfit.backends.rolling import rolling_windows
 from smallfit.errors import SmallfitError
 from smallfit.records import (
     Loglikelihood,
@@ -36,12 +37,14 @@ def special_tokens(tokenizer: Any) -> tuple[bool, int]:
 class HFTokenScoring:
     """Mixin: ``tokenize``, ``detokenize``, ``chat_prompt``, ``loglikelihood`` and
     ``loglikelihood_rolling`` over the class's ``_score(pairs) -> [(logprob, is_greedy)]``. The
-    class sets ``tokenizer``, ``add_bos``, ``prefix_token`` and ``max_length``."""
+    class sets ``tokenizer``, ``add_bos``, ``prefix_token``, ``max_length`` and ``rolling_length``."""
 
     tokenizer: Any
     add_bos: bool
     prefix_token: int
     max_length: int
+    rolling_length: int
+    """Tokens per rolling window: the model's own context where its config states one (as lm-eval)."""
 
     def _score(self, pairs: Sequence[TokenPair]) -> list[tuple[float, bool]]:
         raise NotImplementedError
@@ -98,19 +101,23 @@ class HFTokenScoring:
         return [Loglikelihood(lp, greedy, len(cont)) for (lp, greedy), (_, cont) in zip(scored, pairs, strict=True)]
 
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingLoglikelihood]:
-        """Disjoint windows of the context size, each predicted from the token before it."""
-        window = self.max_length - 1
+        """lm-eval's rolling windows of the model's own context (``rolling_length``): each window
+        after the first is read with a full window of the tokens before it."""
         pairs: list[TokenPair] = []
         owners: list[int] = []
         counts = []
         for i, req in enumerate(requests):
             tokens = self.tokenize(req.text, add_bos=False)
             counts.append(len(tokens))
-            for start in range(0, len(tokens), window):
-                first = self.prefix_token if start == 0 else tokens[start - 1]
-                pairs.append(([first], tokens[start : start + window]))
+            for window in rolling_windows(tokens, self.prefix_token, self.rolling_length):
+                pairs.append(window)
                 owners.append(i)
         totals = [0.0] * len(requests)
-        for owner, (lp, _) in zip(owners, self._score(pairs), strict=True):
+        run_length, self.max_length = self.max_length, self.rolling_length
+        try:  # the scorer fits pairs to max_length: here, the model's own context
+            scored = self._score(pairs)
+        finally:
+            self.max_length = run_length
+        for owner, (lp, _) in zip(owners, scored, strict=True):
             totals[owner] += lp
         return [RollingLoglikelihood(t, n) for t, n in zip(totals, counts, strict=True)]

@@ -18,6 +18,7 @@ from typing import Any
 
 from smallfit.backends.base import BackendConfig, Capabilities
 from smallfit.backends.registry import BackendSpec
+from smallfit.backends.rolling import rolling_windows
 from smallfit.errors import MissingExtraError, SmallfitError
 from smallfit.records import (
     Completion,
@@ -192,18 +193,16 @@ class LlamaCppBackend:
         return [o for o in out if o is not None]
 
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingLoglikelihood]:
-        """Score every token of each text in disjoint windows of the context size; the first
-        token is predicted from the BOS (or EOS) token, each later window from the token before it."""
+        """lm-eval's rolling windows of the loaded context (``n_ctx``): the first token is predicted
+        from the BOS (or EOS) token, each later window from a full window of the tokens before it."""
         results = []
-        window = self.n_ctx - 1
         for req in requests:
             tokens = self.tokenize(req.text, add_bos=False)
             total = 0.0
-            for start in range(0, len(tokens), window):
-                targets = tokens[start : start + window]
-                first = self._prefix_token if start == 0 else tokens[start - 1]
+            for ctx, targets in rolling_windows(tokens, self._prefix_token, self.n_ctx):
                 self._clear()
-                logprob, _ = self._eval_scored([first, *targets[:-1]], targets, 0)
+                self._eval_prefix(ctx[:-1])  # context without logits; its last token predicts the first target
+                logprob, _ = self._eval_scored([ctx[-1], *targets[:-1]], targets, len(ctx) - 1)
                 total += logprob
             results.append(RollingLoglikelihood(total, len(tokens)))
         return results

@@ -183,6 +183,7 @@ class OnnxCausalLM(HFTokenScoring):
         cfg = self._model_config()
         trained = cfg.get("max_position_embeddings")
         self.max_length = int(min(self.config.context_size, trained or self.config.context_size))
+        self.rolling_length = int(trained or self.max_length)  # lm-eval's window: the model's own context
         self.add_bos, self.prefix_token = special_tokens(self.tokenizer)
         eot = self.tokenizer.eos_token_id
         eos: Any = None
@@ -339,6 +340,7 @@ class OnnxCausalLM(HFTokenScoring):
             "library": "onnxruntime", "library_version": self._ort.__version__, "provider": provider,
             "device": "cuda:0" if provider == "CUDAExecutionProvider" else "cpu",
             "threads": self.threads, "inter_op_threads": 1, "context_size": self.max_length,
+            "rolling_window_tokens": self.rolling_length,
             "batch_size": 1 if self._alone else self.opts.batch_size, "model_file": str(self.path),
             "opset": self.graph.opset,
             "quantization": INT8_RECIPE if self.opts.quantize == "int8" else "none (as stored)",

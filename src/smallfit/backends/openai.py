@@ -111,7 +111,8 @@ class OpenAIBackend:
                               RetryPolicy(self.opts.retries, self.opts.backoff_s))
         self._lock = threading.Lock()
         self._stats = {"requests": 0, "output_counted_by_usage": 0, "output_counted_by_tokenize": 0,
-                       "output_counted_by_chunks": 0, "chunks_not_tokens": 0, "ignore_eos_not_honoured": 0}
+                       "output_counted_by_chunks": 0, "chunks_not_tokens": 0, "ignore_eos_not_honoured": 0,
+                       "prompt_cache_reported": 0, "prompt_tokens_from_cache": 0}
         try:
             self.model = self._pick_model(self.opts.model or fragment)
             self._tokenize_path = self._probe_tokenize()
@@ -241,7 +242,9 @@ class OpenAIBackend:
 
     def _generate_one(self, req: GenerationRequest) -> Completion:
         body: dict[str, Any] = {"model": self.model, "prompt": req.prompt, "max_tokens": req.max_tokens,
-                                "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+                                "temperature": 0, "stream": True, "stream_options": {"include_usage": True},
+                                # measured cold: llama-server honours it; others ignore the field (see info())
+                                "cache_prompt": False}
         if req.stop:
             body["stop"] = list(req.stop)
         if req.ignore_eos:
@@ -256,6 +259,11 @@ class OpenAIBackend:
                 now = time.perf_counter() - t0
                 if isinstance(event.get("usage"), dict):
                     usage = event["usage"]
+                timings = event.get("timings")
+                if isinstance(timings, dict) and isinstance(timings.get("cache_n"), int):
+                    with self._lock:  # llama-server says how many prompt tokens came from its cache
+                        self._stats["prompt_tokens_from_cache"] += int(timings["cache_n"])
+                        self._stats["prompt_cache_reported"] += 1
                 choices = event.get("choices")
                 if not isinstance(choices, list) or not choices:
                     continue
@@ -326,12 +334,23 @@ class OpenAIBackend:
             "tokenize_endpoint": self._tokenize_path[0] if self._tokenize_path else None,
             "output_tokens_counted_by": "+".join(by) or None,
             "decoding": "greedy (temperature 0, server side)", "ttft_from": "first non-empty streamed chunk",
+            "prompt_cache_disabled": _cache_disabled(stats),
             **stats,
         }
 
     def close(self) -> None:
         """Close the connection pool."""
         self.http.close()
+
+
+def _cache_disabled(stats: Mapping[str, int]) -> bool | None:
+    """Whether ``cache_prompt: false`` held: True when the server reported (llama-server's
+    ``timings.cache_n``) no prompt token taken from its cache, False when it took some, None when
+    it said nothing (llama-cpp-python's server ignores the field and reuses the previous prompt's
+    longest common prefix; vLLM's prefix caching is a server flag)."""
+    if not stats["prompt_cache_reported"]:
+        return None
+    return stats["prompt_tokens_from_cache"] == 0
 
 
 def _choice(data: dict[str, Any], what: str) -> dict[str, Any]:

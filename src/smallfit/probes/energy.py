@@ -1,7 +1,7 @@
 """Energy of a measured span: measured where the machine exposes counters, else estimated.
 
 Sources, in order: NVIDIA's NVML total-energy counter for a GPU candidate; Linux powercap
-(Intel/AMD RAPL) package counters; otherwise an estimate: CPU time of this process times a
+(Intel/AMD RAPL) counters of the domains named ``package-N``; otherwise an estimate: CPU time of this process times a
 per-core power figure (``cpu_watts_per_core``, default 12 W, the user's to override). Reading
 counters happens at the start and the end of a span only: measuring never busy-waits.
 Every reading says whether it was measured or estimated, and from what.
@@ -9,6 +9,7 @@ Every reading says whether it was measured or estimated, and from what.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from pathlib import Path
 from smallfit.probes.load import process_cpu_seconds
 
 DEFAULT_CPU_WATTS_PER_CORE = 12.0
+DEFAULT_WATTS_BASIS = ("the default 12 W: a typical x86 package's rated power (TDP) over its cores, e.g. 96 W over "
+                       "8 cores; not measured on this machine (set prices.cpu_watts_per_core)")
 POWERCAP = Path("/sys/class/powercap")
 
 
@@ -31,17 +34,18 @@ class EnergyReading:
 
 
 def rapl_domains(root: Path = POWERCAP) -> list[Path]:
-    """Readable package-level RAPL domains (``intel-rapl:N`` with an ``energy_uj`` file)."""
+    """Readable RAPL package domains: those whose ``name`` file says ``package-N``. Others at the
+    top level (``psys``, the whole platform) would count the packages twice; sub-domains (core,
+    uncore, dram) are inside the package figure."""
     found = []
     for domain in sorted(root.glob("intel-rapl:*")):
-        if domain.name.count(":") != 1:
-            continue  # sub-domains (core, uncore, dram) are inside the package figure
-        counter = domain / "energy_uj"
         try:
-            int(counter.read_text())
+            name = (domain / "name").read_text().strip()
+            int((domain / "energy_uj").read_text())
         except (OSError, ValueError):
             continue
-        found.append(domain)
+        if re.fullmatch(r"package-\d+", name):
+            found.append(domain)
     return found
 
 
@@ -63,6 +67,11 @@ class EnergyMeter:
         self.gpu = gpu_energy_mj
         self.domains = rapl_domains(powercap)
         self._start: tuple[float, float, list[int], int | None] | None = None
+
+    @property
+    def started(self) -> bool:
+        """``start`` was called."""
+        return self._start is not None
 
     def _read_rapl(self) -> list[int]:
         return [int((d / "energy_uj").read_text()) for d in self.domains]
@@ -112,9 +121,10 @@ class EnergyMeter:
         else:
             reason = ""
         cpu_s = process_cpu_seconds() - cpu0
+        basis = f" ({DEFAULT_WATTS_BASIS})" if self.watts == DEFAULT_CPU_WATTS_PER_CORE else " (set by the run)"
         return EnergyReading(cpu_s * self.watts, "estimated",
                              f"{reason}CPU time of the candidate's process ({cpu_s:.2f} s) x {self.watts:g} W per "
-                             "busy core", seconds)
+                             f"busy core{basis}", seconds)
 
 
 def nvml_energy_reader(device_index: int = 0) -> Callable[[], int] | None:

@@ -52,7 +52,9 @@ def cost_figures(metrics: dict[str, float | None], prices_data: Mapping[str, Any
 
 def roofline_figures(metrics: dict[str, float | None], bandwidth: Mapping[str, Any], weights_bytes: float | None,
                      encoder: bool) -> dict[str, str]:
-    """The decode ceiling if every weight byte is read once per token, and the share reached."""
+    """The decode ceiling if every weight byte is read once per token, and the share reached.
+    ``bandwidth`` is that of the memory the weights run from; without ``bytes_per_s`` its
+    ``reason`` says why there is none (a GPU candidate is not held against host memory)."""
     bw = bandwidth.get("bytes_per_s")
     metrics["memory_bandwidth_bytes_s"] = bw
     if bw and weights_bytes and not encoder:
@@ -62,8 +64,13 @@ def roofline_figures(metrics: dict[str, float | None], bandwidth: Mapping[str, A
         metrics["decode_roofline_pct"] = 100 * decode / ceiling if decode else None
     else:
         metrics["decode_roofline_tok_s"] = metrics["decode_roofline_pct"] = None
+    if not bw:
+        reason = f"not measured: {bandwidth.get('reason', 'no memory bandwidth figure')}"
+        return dict.fromkeys(("memory_bandwidth_bytes_s", "decode_roofline_tok_s", "decode_roofline_pct"), reason)
+    roof = (f"estimated: every weight byte ({weights_bytes:.0f} bytes as loaded) read once per token"
+            if weights_bytes else "not measured: the size of the loaded weights is unknown")
     return {"memory_bandwidth_bytes_s": f"measured: {bandwidth.get('method', 'not measured')}",
-            "decode_roofline_pct": "estimated: assumes every weight byte is read once per token"}
+            "decode_roofline_tok_s": roof, "decode_roofline_pct": roof}
 
 
 def derived_figures(metrics: dict[str, float | None], timings: Sequence[RequestTiming], energy: EnergyReading,
