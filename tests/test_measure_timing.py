@@ -82,3 +82,30 @@ def test_the_roofline_uses_the_bytes_as_loaded():
     labels = roofline_figures(metrics, {"bytes_per_s": 1e9, "method": "m"}, 5e8, encoder=False)  # bf16 of 1e9 fp32
     assert metrics["decode_roofline_tok_s"] == 2.0 and metrics["decode_roofline_pct"] == 500.0
     assert "500000000 bytes as loaded" in labels["decode_roofline_pct"]
+
+
+def test_a_served_model_never_gets_the_same_prompt_twice_in_the_timing_pass():
+    """A server's prompt cache may not be switchable (llama-cpp-python's is not): every timed
+    request to a served model starts with its own number; an in-process model gets the prompts as
+    they are."""
+    from dataclasses import replace
+
+    from smallfit.measure import distinct, timing_pass
+    from smallfit.records import RequestTiming
+
+    sent: list[Any] = []
+
+    def run(chunk: list[Any]) -> list[RequestTiming]:
+        sent.extend(chunk)
+        return [RequestTiming(len(sent), "latency", 3, 2, 0.001, 0.002, (0.001, 0.002))]
+
+    served = replace(_job(serves=True), settings=Settings(timing_min_requests=6, timing_min_s=0.0))
+    timing_pass(served, "t", ["p", "q"], [], run)
+    assert sent == ["[0] p", "[1] q", "[2] p", "[3] q", "[4] p", "[5] q"] and len(set(sent)) == len(sent)
+    sent.clear()
+    timing_pass(replace(served, model=replace(served.model, serves=False)), "t", ["p", "q"], [], run)
+    assert sent == ["p", "q", "p", "q", "p", "q"]
+    from smallfit.tasks.base import GenerationSample
+
+    sample = GenerationSample(id="s", prompt="Q: x\nA:", answer="y")
+    assert distinct(sample, 7).prompt == "[7] Q: x\nA:" and distinct(3.5, 1) == 3.5

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import is_dataclass, replace
 from typing import Any, cast
 
 from smallfit.backends.base import Backend, BackendConfig, ConcurrentBackend, DeviceMemory
@@ -147,7 +148,8 @@ def _run_and_time(backend: Backend, task: Task, job: Job, samples: list[Any], me
                               s.latency_max_tokens, details)
 
     def latency_pass() -> None:
-        backend.generate([GenerationRequest(prompts[0], s.latency_max_tokens, ignore_eos=True)])  # warm-up
+        warm = distinct(prompts[0], -1) if job.model.serves else prompts[0]  # not the first timed prompt
+        backend.generate([GenerationRequest(warm, s.latency_max_tokens, ignore_eos=True)])  # warm-up
         meter.start()
         timings.extend(timing_pass(job, task.name, prompts, [],
                                    lambda chunk: fixed_length(backend, chunk, s.latency_max_tokens)))
@@ -226,12 +228,16 @@ def timing_pass(job: Job, task: str, items: Sequence[Any], done: Sequence[Reques
     timed = [t for t in done if is_timed(t)]
     count, seconds = len(timed), sum(t.latency_s for t in timed)
     extra: list[RequestTiming] = []
+    # A server may keep a prompt cache that a request cannot switch off (llama-cpp-python's
+    # reuses the longest prefix it shares with the previous prompt): every timed request to a
+    # served model starts with its own number, so none is timed from a cached prompt.
+    fresh = distinct if job.model.serves else (lambda item, _i: item)
     wanted = s.min_requests(task)
     cap = max(cap, wanted)  # a percentile check may need more than the usual cap
     i = 0
     while ((count < wanted or seconds < s.timing_min_s) and count < cap and i < cap
            and seconds < max(s.timing_max_s, s.timing_min_s)):
-        for t in run([items[i % len(items)]]):
+        for t in run([fresh(items[i % len(items)], i)]):
             phase = EMBED_PHASE if t.phase == EMBED_PHASE else "latency"
             extra.append(RequestTiming(len(extra), phase, t.n_prompt_tokens, t.n_output_tokens, t.ttft_s,
                                        t.latency_s, t.token_times_s))
@@ -239,6 +245,17 @@ def timing_pass(job: Job, task: str, items: Sequence[Any], done: Sequence[Reques
                 count, seconds = count + 1, seconds + t.latency_s
         i += 1
     return extra
+
+
+def distinct(item: Any, i: int) -> Any:
+    """A prompt (or a generation sample) that starts with its request number, so that no server
+    finds it in its prompt cache; other items are returned as they are."""
+    if isinstance(item, str):
+        return f"[{i}] {item}"
+    prompt = getattr(item, "prompt", None)
+    if is_dataclass(item) and not isinstance(item, type) and isinstance(prompt, str):
+        return replace(item, prompt=f"[{i}] {prompt}")
+    return item
 
 
 def fixed_length(backend: Backend, prompts: list[str], max_tokens: int) -> list[RequestTiming]:
