@@ -1,21 +1,27 @@
 """smallfit against lm-evaluation-harness: same model, same data, same requests, one run.
 
 Both load the same weights (SmolLM2-135M-Instruct dequantised from the bundled GGUF into a
-safetensors folder) on the CPU with the same thread count, and score the same multiple-choice
-task built from local data (the first N questions of an evals-registry multiple-choice folder:
-QuaRTz by default, or --task logiqa: long passages, four multi-token options).
-lm-eval runs from its own virtual environment (it is not a smallfit dependency); runs alternate
-A/B and the medians are compared. Printed: per-request log-likelihood differences, accuracy of
-each, and wall times with their ratio (targets: |difference| <= 1e-3, identical accuracy,
-smallfit at least 3x faster). lm-eval runs at its default batch size (1) and at smallfit's (8).
+safetensors folder) on the CPU with the same thread count, and score, in one run of each:
 
-    .venv/bin/python benchmarks/vs_lm_eval.py [--n 300] [--repeat 2] [--lm-eval-batch-sizes 1,8]
+- three multiple-choice tasks built from local data (the first N questions of evals-registry
+  folders: QuaRTz, two short choices; LogiQA, long passages and four multi-token choices of
+  different lengths; CISSP study questions, four choices);
+- a rolling-perplexity task: documents made of 1 to 12 LogiQA passages, so long documents that
+  span several of the model's windows' worth of text sit beside short ones.
+
+Printed per task: per-request log-likelihood differences (target |difference| <= 1e-3), acc,
+acc_norm (log-likelihood / len(choice) in characters) and acc_bytes of each (target:
+identical), and for the rolling task the per-document perplexity's relative difference
+(target <= 1e-3). lm-eval runs from its own virtual environment (not a smallfit dependency):
+
+    .venv/bin/python benchmarks/vs_lm_eval.py [--n 100] [--docs 20] [--lm-eval-venv PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sqlite3
 import statistics
@@ -27,10 +33,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "vs_lm_eval"
 LMEVAL_VENV = HERE / ".lmeval-venv"
-SETUP = (f"python3 -m venv {LMEVAL_VENV} && {LMEVAL_VENV}/bin/pip install torch==2.13.0 && "
-         f"{LMEVAL_VENV}/bin/pip install lm-eval==0.4.13 transformers==5.24.0 accelerate")
+SETUP = ("python3 -m venv {venv} && {venv}/bin/pip install torch==2.13.0 && "
+         "{venv}/bin/pip install lm-eval==0.4.13 transformers==5.24.0 accelerate")
+MC_TASKS = ("quartz", "logiqa", "cissp-study-questions")
+METRICS = ("acc", "acc_norm", "acc_bytes")
 
-TASK_YAML = """task: sf_quartz
+MC_YAML = """task: {name}
 dataset_path: json
 dataset_kwargs:
   data_files:
@@ -44,9 +52,25 @@ target_delimiter: " "
 metric_list:
   - metric: acc
   - metric: acc_norm
+  - metric: acc_bytes
 """
 
-SMALLFIT_TASK = """name = "sf_quartz"
+ROLLING_YAML = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{text}}}}"
+metric_list:
+  - metric: word_perplexity
+  - metric: byte_perplexity
+  - metric: bits_per_byte
+"""
+
+MC_TOML = """name = "{name}"
 kind = "multiple_choice"
 data = "{data}"
 template = "Question: {{question}}\\nAnswer:"
@@ -55,7 +79,14 @@ answer_field = "gold"
 limit = 100000
 """
 
-SMALLFIT_SPEC = """tasks = ["{task}"]
+ROLLING_TOML = """name = "{name}"
+kind = "perplexity"
+data = "{data}"
+template = "{{text}}"
+limit = 100000
+"""
+
+SPEC = """tasks = [{tasks}]
 threads = {threads}
 warmup = 0
 latency_prompts = 1
@@ -70,120 +101,145 @@ options = {{batch_size = {batch}}}
 """
 
 
-def build_inputs(n: int, threads: int, batch: int, folder_name: str) -> tuple[Path, Path, Path]:
-    """The data (JSONL), the lm-eval task folder and the smallfit spec; the shared weights."""
+def _name(folder: str) -> str:
+    return "sf_" + folder.replace("-", "_")
+
+
+def build_inputs(n: int, docs: int, threads: int, batch: int) -> tuple[Path, Path, Path, list[str]]:
+    """The data (JSONL), the lm-eval task folder, the smallfit spec, the task names; the weights."""
     from smallfit.backends.hf import gguf_to_safetensors
     from smallfit.models import parse_model_ref, resolve_model
     from smallfit.tasks.builtin import evals_multiple_choice
 
     OUT.mkdir(parents=True, exist_ok=True)
-    folder = gguf_to_safetensors(resolve_model(parse_model_ref("smollm2-135m")))
-    data = OUT / "quartz.jsonl"
-    with data.open("w") as fh:
-        for i, s in enumerate(evals_multiple_choice(folder_name)[:n]):
-            question = s.context.removeprefix("Question: ").removesuffix("\nAnswer:")
-            fh.write(json.dumps({"id": i, "question": question, "choices": [c.strip() for c in s.choices],
-                                 "gold": s.gold}) + "\n")
     tasks = OUT / "lm_eval_tasks"
     tasks.mkdir(exist_ok=True)
-    (tasks / "sf_quartz.yaml").write_text(TASK_YAML.format(data=data))
-    (OUT / "sf_quartz.toml").write_text(SMALLFIT_TASK.format(data=data))
+    folder = gguf_to_safetensors(resolve_model(parse_model_ref("smollm2-135m")))
+    names, tomls = [], []
+    for evals_folder in MC_TASKS:
+        name, data = _name(evals_folder), OUT / f"{_name(evals_folder)}.jsonl"
+        with data.open("w") as fh:
+            for i, s in enumerate(evals_multiple_choice(evals_folder)[:n]):
+                question = s.context.removeprefix("Question: ").removesuffix("\nAnswer:")
+                fh.write(json.dumps({"id": i, "question": question, "choices": [c.strip() for c in s.choices],
+                                     "gold": s.gold}) + "\n")
+        names.append(name)
+    passages = [s.context.removeprefix("Question: ").removesuffix("\nAnswer:")
+                for s in evals_multiple_choice("logiqa")[n : n + docs * 12]]
+    rolling, data = "sf_rolling", OUT / "sf_rolling.jsonl"
+    with data.open("w") as fh:
+        at = 0
+        for i in range(docs):
+            k = 1 + (i * 11) // max(1, docs - 1)  # 1 to 12 passages: short to several thousand tokens
+            fh.write(json.dumps({"id": i, "text": "\n\n".join(passages[at : at + k])}) + "\n")
+            at += k
+    names.append(rolling)
+    for name in names:
+        data = OUT / f"{name}.jsonl"
+        yaml, toml = (ROLLING_YAML, ROLLING_TOML) if name == rolling else (MC_YAML, MC_TOML)
+        (tasks / f"{name}.yaml").write_text(yaml.format(name=name, data=data))
+        (OUT / f"{name}.toml").write_text(toml.format(name=name, data=data))
+        tomls.append(f'"{OUT / f"{name}.toml"}"')
     spec = OUT / "spec.toml"
-    spec.write_text(SMALLFIT_SPEC.format(task=OUT / "sf_quartz.toml", threads=threads, folder=folder, batch=batch))
-    return folder, tasks, spec
+    spec.write_text(SPEC.format(tasks=", ".join(tomls), threads=threads, folder=folder, batch=batch))
+    return folder, tasks, spec, names
 
 
-def run_lm_eval(folder: Path, tasks: Path, threads: int, batch: int, out: Path) -> float:
+def run_lm_eval(venv: Path, folder: Path, tasks: Path, names: list[str], threads: int, batch: int,
+                out: Path) -> float:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": str(threads),
            "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [str(LMEVAL_VENV / "bin" / "lm_eval"), "--model", "hf",
-           "--model_args", f"pretrained={folder},dtype=float32", "--tasks", "sf_quartz",
+    cmd = [str(venv / "bin" / "lm_eval"), "--model", "hf",
+           "--model_args", f"pretrained={folder},dtype=float32", "--tasks", ",".join(names),
            "--include_path", str(tasks), "--batch_size", str(batch), "--device", "cpu",
            "--output_path", str(out), "--log_samples"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"lm-eval failed:\n{proc.stderr[-3000:]}")
-    return wall
+    return time.perf_counter() - t0
 
 
 def run_smallfit(spec: Path, db: Path) -> float:
     db.unlink(missing_ok=True)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "smallfit", "run", str(spec), "--db", str(db)],
-                          capture_output=True, text=True, check=False, env={**os.environ,
-                                                                            "TOKENIZERS_PARALLELISM": "false"})
-    wall = time.perf_counter() - t0
+                          capture_output=True, text=True, check=False,
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     if proc.returncode != 0:
         sys.exit(f"smallfit failed:\n{proc.stderr[-3000:]}")
-    return wall
+    return time.perf_counter() - t0
 
 
-def lm_eval_scores(out: Path) -> tuple[dict[int, list[float]], float]:
-    samples = max(out.rglob("samples_sf_quartz_*.jsonl"), key=lambda p: p.stat().st_mtime)
-    per_doc: dict[int, list[float]] = {}
-    correct = []
+def lm_eval_rows(out: Path, name: str) -> dict[int, dict[str, object]]:
+    """Per document: its log-likelihoods (one per choice, or the document's) and its metrics."""
+    samples = max(out.rglob(f"samples_{name}_*.jsonl"), key=lambda p: p.stat().st_mtime)
+    rows: dict[int, dict[str, object]] = {}
     for line in samples.read_text().splitlines():
         row = json.loads(line)
-        per_doc[int(row["doc"]["id"])] = [float(r[0][0]) for r in row["resps"]]
-        correct.append(float(row["acc"]))
-    return per_doc, statistics.fmean(correct)
+        resps = row["resps"]
+        lls = [float(r[0][0] if isinstance(r[0], list) else r[0]) for r in resps]
+        rows[int(row["doc"]["id"])] = {"ll": lls, **{m: float(row[m]) for m in METRICS if m in row}}
+    return rows
 
 
-def smallfit_scores(db: Path) -> tuple[dict[int, list[float]], float, float]:
+def smallfit_rows(db: Path, name: str) -> dict[int, dict[str, object]]:
     with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT sample_id, scores_json FROM samples").fetchall()
-        scoring = conn.execute("SELECT SUM(latency_s) FROM timings WHERE phase = 'quality'").fetchone()[0]
-    per_doc, correct = {}, []
-    for sample_id, scores_json in rows:
+        found = conn.execute("SELECT sample_id, idx, scores_json FROM samples WHERE task = ?", (name,)).fetchall()
+    rows: dict[int, dict[str, object]] = {}
+    for _sample_id, idx, scores_json in found:
         scores = json.loads(scores_json)
-        per_doc[int(sample_id)] = [scores[f"logprob_{k}"] for k in range(sum(k.startswith("logprob_") for k in scores))]
-        correct.append(scores["acc"])
-    return per_doc, statistics.fmean(correct), float(scoring)
+        n_choices = sum(k.startswith("logprob_") for k in scores)
+        lls = [scores[f"logprob_{k}"] for k in range(n_choices)] if n_choices else [scores["logprob"]]
+        rows[int(idx)] = {"ll": lls, **{m: float(scores[m]) for m in METRICS if m in scores}, "tokens": scores.get(
+            "tokens")}
+    return rows
+
+
+def compare(name: str, lm: dict[int, dict[str, object]], sf: dict[int, dict[str, object]]) -> bool:
+    diffs = [abs(x - y) for doc in lm for x, y in zip(lm[doc]["ll"], sf[doc]["ll"], strict=True)]  # type: ignore[call-overload]
+    ok = max(diffs) <= 1e-3
+    line = (f"{name}: {len(lm)} docs, {len(diffs)} requests; |log-likelihood difference| max {max(diffs):.2e}, "
+            f"mean {statistics.fmean(diffs):.2e} ({'MET' if ok else 'NOT MET'})")
+    if name == "sf_rolling":
+        # per-document perplexity exp(-ll / tokens): its relative difference is |exp(d/tokens) - 1|
+        rel = [abs(math.expm1((lm[d]["ll"][0] - sf[d]["ll"][0]) / float(sf[d]["tokens"] or 1)))  # type: ignore[index, arg-type]
+               for d in lm]
+        ok = max(rel) <= 1e-3
+        print(f"{line}; per-document perplexity relative difference max {max(rel):.2e} "
+              f"({'MET' if ok else 'NOT MET'}); longest document {max(float(sf[d]['tokens'] or 0) for d in sf):.0f} "
+              "tokens")
+        return ok
+    parts = []
+    for m in METRICS:
+        a = statistics.fmean(float(lm[d][m]) for d in lm)  # type: ignore[arg-type]
+        b = statistics.fmean(float(sf[d][m]) for d in sf)  # type: ignore[arg-type]
+        per_doc_same = all(lm[d][m] == sf[d][m] for d in lm)
+        ok = ok and per_doc_same
+        parts.append(f"{m} lm-eval {a:.4f} vs smallfit {b:.4f} ({'identical' if per_doc_same else 'DIFFERENT'})")
+    print(f"{line}; " + "; ".join(parts))
+    return ok
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="smallfit vs lm-evaluation-harness")
-    parser.add_argument("--n", type=int, default=300, help="questions (default 300)")
-    parser.add_argument("--task", default="quartz", help="evals registry multiple-choice folder (default quartz; "
-                        "logiqa has long passages and four multi-token options)")
-    parser.add_argument("--repeat", type=int, default=2, help="alternating runs of each (default 2)")
+    parser.add_argument("--n", type=int, default=100, help="questions per multiple-choice task (default 100)")
+    parser.add_argument("--docs", type=int, default=20, help="documents of the rolling task (default 20)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=8, help="smallfit's batch size (default 8)")
-    parser.add_argument("--lm-eval-batch-sizes", default="1,8", help="lm-eval batch sizes (default 1 = its default, 8)")
+    parser.add_argument("--batch-size", type=int, default=8, help="batch size of both (default 8)")
+    parser.add_argument("--lm-eval-venv", type=Path, default=LMEVAL_VENV, help=f"default {LMEVAL_VENV}")
     args = parser.parse_args()
-    if not (LMEVAL_VENV / "bin" / "lm_eval").exists():
-        sys.exit(f"lm-eval's environment is missing; create it with:\n  {SETUP}")
-    folder, tasks, spec = build_inputs(args.n, args.threads, args.batch_size, args.task)
-    lm_batches = [int(b) for b in args.lm_eval_batch_sizes.split(",")]
-    lm_walls: dict[int, list[float]] = {b: [] for b in lm_batches}
-    sf_walls: list[float] = []
-    load_before = os.getloadavg()
-    for i in range(args.repeat):  # alternate, so drift on a shared machine hits both alike
-        for b in lm_batches:
-            lm_walls[b].append(run_lm_eval(folder, tasks, args.threads, b, OUT / f"lm_eval_out_b{b}"))
-        sf_walls.append(run_smallfit(spec, OUT / "smallfit.db"))
-        print(f"round {i + 1}: " + ", ".join(f"lm-eval (batch {b}) {lm_walls[b][-1]:.1f} s" for b in lm_batches)
-              + f", smallfit (batch {args.batch_size}) {sf_walls[-1]:.1f} s", flush=True)
-    load_after = os.getloadavg()
-    sf, sf_acc, sf_scoring = smallfit_scores(OUT / "smallfit.db")
-    sf_med = statistics.median(sf_walls)
-    print(f"\ntask {args.task}, questions {len(sf)}, threads {args.threads}, "
-          f"loadavg before {load_before[0]:.2f} after {load_after[0]:.2f}, "
-          f"cpus {os.cpu_count()}")
-    for b in lm_batches:
-        lm, lm_acc = lm_eval_scores(OUT / f"lm_eval_out_b{b}")
-        diffs = [abs(x - y) for doc in lm for x, y in zip(lm[doc], sf[doc], strict=True)]
-        lm_med = statistics.median(lm_walls[b])
-        print(f"lm-eval batch {b}: {len(diffs)} requests; |log-likelihood difference| max {max(diffs):.2e}, "
-              f"mean {statistics.fmean(diffs):.2e} (target <= 1e-3: {'MET' if max(diffs) <= 1e-3 else 'NOT MET'}); "
-              f"accuracy lm-eval {lm_acc:.4f} vs smallfit {sf_acc:.4f} "
-              f"({'identical' if lm_acc == sf_acc else 'DIFFERENT'}); "
-              f"wall median {lm_med:.1f} s vs smallfit {sf_med:.1f} s -> smallfit {lm_med / sf_med:.2f}x faster "
-              f"(target >= 3x: {'MET' if lm_med / sf_med >= 3 else 'NOT MET'})")
-    print(f"wall time = process start to results, model load included; smallfit's own scoring time "
-          f"(sum over batches): {sf_scoring:.1f} s")
+    venv = args.lm_eval_venv
+    if not (venv / "bin" / "lm_eval").exists():
+        sys.exit(f"lm-eval's environment is missing; create it with:\n  {SETUP.format(venv=venv)}")
+    folder, tasks, spec, names = build_inputs(args.n, args.docs, args.threads, args.batch_size)
+    lm_wall = run_lm_eval(venv, folder, tasks, names, args.threads, args.batch_size, OUT / "lm_eval_out")
+    sf_wall = run_smallfit(spec, OUT / "smallfit.db")
+    print(f"threads {args.threads}, batch {args.batch_size}, wall lm-eval {lm_wall:.1f} s, smallfit {sf_wall:.1f} s "
+          f"(model load included), cpus {os.cpu_count()}")
+    met = [compare(name, lm_eval_rows(OUT / "lm_eval_out", name), smallfit_rows(OUT / "smallfit.db", name))
+           for name in names]
+    print("all targets MET" if all(met) else "some targets NOT MET")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,15 @@ def test_f32_reference_scores_as_the_transformers_dequantisation(sweep):
     backend = load_backend("transformers", BackendConfig(model_path=sweep["source"], threads=1))
     hf = np.array([r.logprob for r in backend.loglikelihood(sweep["requests"])])
     backend.close()
-    assert np.abs(hf - sweep["scored"]["f32"]).max() < 1e-2
+    # Not bit-equal, and the gap is not one processor's: llama.cpp keeps its KV cache in float16
+    # (llama-cpp-python's default type_k/type_v), so every cached key and value is rounded to a
+    # relative 2**-11, while transformers keeps float32; both then accumulate float32 sums in
+    # their own order (SIMD width differs per CPU). A log-probability is a difference of logits of
+    # size ~|logprob|, so its error scales with it: bound 2 (keys and values) x 2**-10 (one f16
+    # ulp) x (1 + |logprob|). Measured 0.2x that on AVX-512; the AVX2-only EPYC's 0.0144 nats
+    # (over the old flat 0.01) is within it.
+    ref = sweep["scored"]["f32"]
+    assert (np.abs(hf - ref) <= 2 * 2.0**-10 * (1 + np.abs(ref))).all(), np.abs(hf - ref) / (1 + np.abs(ref))
 
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None

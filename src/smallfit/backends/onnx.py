@@ -30,8 +30,8 @@ from smallfit.backends import greedy
 from smallfit.backends.base import Backend, BackendConfig, Capabilities, EmbeddingBackend
 from smallfit.backends.hf_tokens import HFTokenScoring, TokenPair, special_tokens
 from smallfit.backends.onnx_export import (
-    INT8_RECIPE,
     int8_cached,
+    int8_recipe,
     locate_graph,
     onnx_files_bytes,
     tokenizer_dir,
@@ -39,6 +39,7 @@ from smallfit.backends.onnx_export import (
 from smallfit.backends.onnx_graph import read_graph
 from smallfit.backends.registry import BackendSpec
 from smallfit.errors import MissingExtraError, SmallfitError
+from smallfit.probes.cpu import int8_path
 from smallfit.records import (
     Completion,
     GenerationRequest,
@@ -111,8 +112,9 @@ class OnnxCausalLM(HFTokenScoring):
         self.opts = _options(config.options)
         self.config, self.origin = config, dict(origin)
         self.fp32_path = model
-        if self.opts.quantize == "int8":
-            model, self.origin["quantize_s"] = int8_cached(model, f"{model.stem}.int8.onnx")
+        self.int8_mode = int8_path() if self.opts.quantize == "int8" else None  # refuses an unknown CPU
+        if self.int8_mode is not None:
+            model, self.origin["quantize_s"] = int8_cached(model, f"{model.stem}.int8.onnx", mode=self.int8_mode)
         self.path, self.graph = model, read_graph(model)
         # dynamic quantization scales activations per graph run: a request scored with others
         # (or after its context's cached run) would score differently than alone, so each request
@@ -343,7 +345,9 @@ class OnnxCausalLM(HFTokenScoring):
             "rolling_window_tokens": self.rolling_length,
             "batch_size": 1 if self._alone else self.opts.batch_size, "model_file": str(self.path),
             "opset": self.graph.opset,
-            "quantization": INT8_RECIPE if self.opts.quantize == "int8" else "none (as stored)",
+            "quantization": int8_recipe(self.int8_mode) if self.int8_mode else "none (as stored)",
+            "int8_kernel_path": self.int8_mode.name if self.int8_mode else None,
+            "int8_reduce_range": self.int8_mode.onnx_reduce_range if self.int8_mode else None,
             "export": self.origin.get("export"), "source": self.origin.get("source"),
             "export_s": self.origin.get("export_s"), "quantize_s": self.origin.get("quantize_s"),
             "export_max_abs_logit_diff": self.origin.get("export_max_abs_logit_diff"),

@@ -42,6 +42,7 @@ from smallfit.backends.encoder import Pooling, is_encoder_folder, max_length, po
 from smallfit.backends.onnx_export import int8_cached
 from smallfit.childjob import child_builder
 from smallfit.errors import MissingExtraError, SmallfitError
+from smallfit.probes.cpu import Int8Path, int8_path
 
 OPSET = 17
 _FEEDS = ("input_ids", "attention_mask", "token_type_ids")
@@ -155,11 +156,11 @@ def _last_hidden(torch: Any, model: Any, names: Sequence[str]) -> Any:
     return LastHidden()
 
 
-def quantize_onnx(source: Path, per_channel: bool = True) -> Path:
+def quantize_onnx(source: Path, per_channel: bool = True, mode: Int8Path | None = None) -> Path:
     """An int8 copy of an ONNX model by ``onnxruntime.quantization.quantize_dynamic`` (QInt8
     weights, scales per output channel unless ``per_channel`` is false), made once:
     ``model_int8_per_channel.onnx`` (``..._per_tensor.onnx``) in a cache entry of its own."""
-    return int8_cached(source, f"model_int8_per_{'channel' if per_channel else 'tensor'}.onnx", per_channel)[0]
+    return int8_cached(source, f"model_int8_per_{'channel' if per_channel else 'tensor'}.onnx", per_channel, mode)[0]
 
 
 # -- the backend --------------------------------------------------------------------------------
@@ -267,9 +268,12 @@ class OnnxEncoderBackend:
         fp32_file, self.folder, self.source = self._locate(config.model_path)
         self.model_file = fp32_file
         if self.opts.quantize == "int8":  # tokenizer and pooling still come from the fp32 model's folder
-            self.model_file = quantize_onnx(fp32_file, self.opts.per_channel)
+            mode = int8_path()  # 7-bit weights where this CPU's u8s8 kernels would saturate
+            self.model_file = quantize_onnx(fp32_file, self.opts.per_channel, mode)
             scales = "per output channel" if self.opts.per_channel else "per tensor"
-            self.source += f"; int8 by onnxruntime.quantization.quantize_dynamic (QInt8 weights, scales {scales})"
+            bits = "7-bit (reduce_range)" if mode.onnx_reduce_range else "8-bit"
+            self.source += (f"; int8 by onnxruntime.quantization.quantize_dynamic (QInt8 {bits} weights, scales "
+                            f"{scales}, kernel path {mode.name})")
         tok_folder = Path(self.opts.tokenizer).expanduser().resolve() if self.opts.tokenizer else self.folder
         if self.opts.tokenizer and not tok_folder.is_dir():
             raise SmallfitError(f"tokenizer folder not found: {tok_folder}")

@@ -25,6 +25,7 @@ from typing import Any
 from smallfit import cache
 from smallfit.childjob import child_builder
 from smallfit.errors import MissingExtraError, SmallfitError
+from smallfit.probes.cpu import Int8Path, int8_path
 
 EXPORT_FORMAT = 1  # bump when the exported graph changes, so old caches are not reused
 OPSET = 17
@@ -58,22 +59,36 @@ INT8_RECIPE = ("onnxruntime.quantization.quantize_dynamic: QInt8 weights per cha
                "quantized at run time (uint8); MatMul with constant weights and Gather (embeddings)")
 
 
-def int8_cached(fp32: Path, filename: str, per_channel: bool = True) -> tuple[Path, float | None]:
+def int8_recipe(mode: Int8Path) -> str:
+    """What the int8 graph is, with the weight range chosen for this CPU's kernels."""
+    weights = "7-bit weights (reduce_range)" if mode.onnx_reduce_range else "full 8-bit weights"
+    return f"{INT8_RECIPE}; {weights} for kernel path {mode.name}: {mode.reason}"
+
+
+def int8_cached(fp32: Path, filename: str, per_channel: bool = True,
+                mode: Int8Path | None = None) -> tuple[Path, float | None]:
     """The int8 dynamic-quantized copy of the ONNX model ``fp32`` (QInt8 weights, scales per
     output channel unless ``per_channel`` is false), as ``filename`` in its own cache entry, made
-    first if needed (in a child process); also the seconds that took (None when cached)."""
-    params = {"per_channel": per_channel, "filename": filename}
+    first if needed (in a child process); also the seconds that took (None when cached).
+
+    The weight range follows ``mode`` (this CPU's :func:`smallfit.probes.cpu.int8_path` by
+    default, which refuses a CPU it has no rule for): 7 bits where u8s8 kernels would saturate.
+    It is part of the cache key, so a cache shared between machines never serves the wrong one."""
+    mode = mode or int8_path()
+    params = {"per_channel": per_channel, "filename": filename, "reduce_range": mode.onnx_reduce_range}
     key = cache.key(inputs=onnx_files(fp32), version="onnx-int8-1", params=params)
     stem = fp32.parent.name if fp32.stem == "model" else fp32.stem
-    folder, seconds = _timed_build(key, f"{stem}-int8", child_builder(
+    suffix = "-int8-7bit" if mode.onnx_reduce_range else "-int8"
+    folder, seconds = _timed_build(key, f"{stem}{suffix}", child_builder(
         "smallfit.backends.onnx_export:int8_job", {"source": str(fp32), **params}, f"int8 quantization of {fp32}"))
     return folder / filename, seconds
 
 
-def int8_job(out: str, source: str, filename: str, per_channel: bool) -> None:
+def int8_job(out: str, source: str, filename: str, per_channel: bool, reduce_range: bool = False) -> None:
     """Child side: ``quantize_dynamic`` of ``source`` into ``out/filename`` (and its external
     data file, for a model over protobuf's 2 GiB limit). Only MatMuls with a constant weight are
-    quantized (``MatMulConstBOnly``, onnxruntime's default for dynamic quantization)."""
+    quantized (``MatMulConstBOnly``, onnxruntime's default for dynamic quantization); weights
+    in 7 bits when ``reduce_range``."""
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError:
@@ -81,7 +96,8 @@ def int8_job(out: str, source: str, filename: str, per_channel: bool) -> None:
     large = onnx_files_bytes(Path(source)) > 2**31 - 2**24  # protobuf's 2 GiB limit, with room
     logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process the graph goes to the root logger
     quantize_dynamic(source, Path(out) / filename, weight_type=QuantType.QInt8, per_channel=per_channel,
-                     use_external_data_format=large, extra_options={"MatMulConstBOnly": True})
+                     reduce_range=reduce_range, use_external_data_format=large,
+                     extra_options={"MatMulConstBOnly": True})
 
 
 def onnx_files(model: Path) -> list[Path]:

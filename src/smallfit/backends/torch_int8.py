@@ -9,6 +9,12 @@ examples/tickets.jsonl); ``per_channel = false`` gives the classic per-tensor re
 This is ``torch.ao.quantization.quantize_dynamic``: torch marks that module deprecated in favour
 of ``torchao``, a separate package; until smallfit depends on it the deprecation warnings are
 silenced here and the method is recorded in the backend's ``info()``.
+
+The quantized engine (``torch.backends.quantized.engine``) follows the CPU
+(:func:`smallfit.probes.cpu.int8_path`): ``x86`` (or ``fbgemm``) on x86, whose dynamic Linear
+quantizes activations to 7 bits (``reduce_range=True``), so u8s8 pair sums fit in int16 with or
+without VNNI; ``qnnpack`` on ARM. A CPU with no rule, or a torch built without the engine, is
+refused with a one-line reason. The engine is recorded.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import warnings
 from typing import Any
 
 from smallfit.errors import SmallfitError
+from smallfit.probes.cpu import int8_path
 
 METHOD = "torch.ao.quantization.quantize_dynamic (nn.Linear: int8 weights, activations quantized per call)"
 
@@ -28,6 +35,7 @@ def quantize_int8(torch: Any, model: Any, device: Any, per_channel: bool = True)
     if getattr(device, "type", "cpu") != "cpu":
         raise SmallfitError("quantize = \"int8\" (torch dynamic quantization) runs on the CPU only; "
                             "drop device or the quantize option")
+    engine = choose_engine(torch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from torch.ao.quantization import (
@@ -42,4 +50,19 @@ def quantize_int8(torch: Any, model: Any, device: Any, per_channel: bool = True)
         torch.save(quantized.state_dict(), buffer)
     return quantized, {"quantize": "int8", "quantize_method": METHOD,
                        "quantize_scales": "per output channel" if per_channel else "per tensor",
-                       "weights_in_memory_bytes": buffer.tell()}
+                       "weights_in_memory_bytes": buffer.tell(), "quantized_engine": engine,
+                       "int8_kernel_path": int8_path().name,
+                       "quantize_activations": "7-bit (reduce_range)" if engine in ("x86", "fbgemm") else "8-bit"}
+
+
+def choose_engine(torch: Any) -> str:
+    """Set and return ``torch.backends.quantized.engine`` for this CPU's int8 path (the first of
+    its engines this torch supports); refuse when none is built in."""
+    path = int8_path()
+    supported = list(torch.backends.quantized.supported_engines)
+    for engine in path.torch_engines:
+        if engine in supported:
+            torch.backends.quantized.engine = engine
+            return engine
+    raise SmallfitError(f"quantize = \"int8\": this torch has no quantized engine for kernel path {path.name} "
+                        f"(wants {' or '.join(path.torch_engines)}, has {', '.join(supported) or 'none'})")

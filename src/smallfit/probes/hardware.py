@@ -45,12 +45,16 @@ def usable_cpus() -> int:
 
 
 def fingerprint() -> dict[str, Any]:
-    """CPU model and flags, core counts, memory, OS and Python, in plain JSON types."""
+    """CPU model and flags, the int8 kernel path (:mod:`smallfit.probes.cpu`), core counts, memory,
+    OS and Python, in plain JSON types."""
+    from smallfit.probes.cpu import describe
+
     cpu = _cpuinfo()
     flags = set((cpu.get("flags") or cpu.get("Features") or "").split())
     return {
         "cpu_model": cpu.get("model name") or platform.processor() or platform.machine(),
         "cpu_flags": sorted(f for f in _FLAGS if f in flags),
+        **describe(),  # cpu_features (those int8/float kernels depend on), int8_kernel_path
         "logical_cpus": os.cpu_count(),
         "usable_cpus": usable_cpus(),
         "ram_bytes": _mem_total_bytes(),
