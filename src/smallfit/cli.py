@@ -39,7 +39,8 @@ DbOption = Annotated[Path | None, typer.Option(
     show_default=False)]
 
 
-def _db(path: Path | None) -> Path:
+def db_path(path: Path | None) -> Path:
+    """The results database: --db, else the default location."""
     from smallfit.store import default_db_path
 
     return path or default_db_path()
@@ -152,7 +153,7 @@ def run(
                                     "probes": [p.strip() for p in probe.split(",") if p.strip()] if probe else None,
                                     "quantize": [quantize] if quantize else None}
     run_spec = None if resume else _build_spec(spec, model, task, budget, overrides)
-    store = Store.open(_db(db))
+    store = Store.open(db_path(db))
     if resume:
         run_id = _resume_target(store, spec)
     else:

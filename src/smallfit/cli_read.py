@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from smallfit.cli import DbOption, _db, app, err, out
+from smallfit.cli import DbOption, app, db_path, err, out
 from smallfit.errors import SmallfitError
 
 
@@ -21,7 +21,7 @@ def runs(db: DbOption = None, limit: Annotated[int, typer.Option(min=1, help="Ho
     from smallfit.report.table import runs_table
     from smallfit.store import Store
 
-    store = Store.open(_db(db), create=False)
+    store = Store.open(db_path(db), create=False)
     out.print(runs_table(store.runs(limit)))
 
 
@@ -39,7 +39,7 @@ def results(
 
     if format not in ("table", "json"):
         raise SmallfitError(f"unknown --format {format!r}: use table or json")
-    res = collect(Store.open(_db(db), create=False), run_id)
+    res = collect(Store.open(db_path(db), create=False), run_id)
     if format == "json":
         sys.stdout.write(to_json(res) + "\n")
     else:
@@ -65,7 +65,7 @@ def pareto(
     from smallfit.results import collect
     from smallfit.store import Store
 
-    res = collect(Store.open(_db(db), create=False), run_id)
+    res = collect(Store.open(db_path(db), create=False), run_id)
     for f in frontiers(res, x, y, task):
         out.print(frontier_table(f))
 
@@ -81,7 +81,7 @@ def report(
     from smallfit.results import collect
     from smallfit.store import Store
 
-    page = render(collect(Store.open(_db(db), create=False), run_id))
+    page = render(collect(Store.open(db_path(db), create=False), run_id))
     _write(output, page)
     err.print(f"report written to {output}")
 
@@ -104,7 +104,7 @@ def card(
     from smallfit.results import collect
     from smallfit.store import Store
 
-    sys.stdout.write(model_card(collect(Store.open(_db(db), create=False), run_id), candidate))
+    sys.stdout.write(model_card(collect(Store.open(db_path(db), create=False), run_id), candidate))
 
 
 @app.command()
@@ -121,7 +121,7 @@ def compare(
     from smallfit.report.compare import changes_table, compare_runs
     from smallfit.store import Store
 
-    store = Store.open(_db(db), create=False)
+    store = Store.open(db_path(db), create=False)
     changes = compare_runs(store, run_a, run_b, candidate_a, candidate_b)
     out.print(changes_table(changes, str(store.run(run_a)["id"]), str(store.run(run_b)["id"])))
 
@@ -138,7 +138,7 @@ def export(
     from smallfit.report.export import export as do_export
     from smallfit.store import Store
 
-    n = do_export(Store.open(_db(db), create=False), run_id, what, format, output)
+    n = do_export(Store.open(db_path(db), create=False), run_id, what, format, output)
     err.print(f"{n} {what} rows written to {output}")
 
 

@@ -86,10 +86,10 @@ def run_task(backend: Backend, task: Task, job: Job, load_s: float, emit: Emit,
         device.reset_peak_device_memory()
     contention = Contention()
     contention.start()
-    meter = EnergyMeter(s.cpu_watts_per_core or DEFAULT_CPU_WATTS_PER_CORE, _gpu_reader(backend))
+    device_name = str(load_info.get("device", "cpu"))  # where the model runs does not change after load
+    meter = EnergyMeter(s.cpu_watts_per_core or DEFAULT_CPU_WATTS_PER_CORE, _gpu_reader(device_name))
     details: dict[str, Any] = {}
     results, timings, latency_prompts = _run_and_time(backend, task, job, samples, meter, emit, details)
-    device_name = str(backend.info().get("device", "cpu"))
     energy = _own_energy(meter.stop(), job, device_name)
     busy = contention.stop()
     concurrency = _concurrency_pass(backend, [kind.prompt_of(x) for x in samples[: s.latency_prompts]],
@@ -264,8 +264,7 @@ def fixed_length(backend: Backend, prompts: list[str], max_tokens: int) -> list[
     return [RequestTiming.of(i, "latency", c) for i, c in enumerate(backend.generate(requests))]
 
 
-def _gpu_reader(backend: Backend) -> Callable[[], int] | None:
-    device = str(backend.info().get("device", "cpu"))
+def _gpu_reader(device: str) -> Callable[[], int] | None:
     if not device.startswith("cuda"):
         return None
     index = int(device.split(":")[1]) if ":" in device else 0
@@ -298,7 +297,8 @@ def run_probe(backend: Backend, name: str, job: Job) -> TaskResult:
     if name == "context":
         text = "\n\n".join(task.kind.prompt_of(x) for x in samples)
         return context_scaling(backend, text, s.max_context, s.memory_budget_bytes)
-    meter = EnergyMeter(s.cpu_watts_per_core or DEFAULT_CPU_WATTS_PER_CORE, _gpu_reader(backend))
+    meter = EnergyMeter(s.cpu_watts_per_core or DEFAULT_CPU_WATTS_PER_CORE,
+                        _gpu_reader(str(backend.info().get("device", "cpu"))))
     return steady_energy(backend, prompts[0], max(s.timing_min_s, 1.0), meter, s.latency_max_tokens)
 
 

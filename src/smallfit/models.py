@@ -168,7 +168,9 @@ def folder_kind(folder: Path) -> str:
         data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "unknown"
-    archs = [str(a) for a in data.get("architectures") or []] if isinstance(data, dict) else []
+    if not isinstance(data, dict):
+        return "unknown"
+    archs = [str(a) for a in data.get("architectures") or []]
     if data.get("is_decoder") or any(a.endswith(_GENERATIVE_HEADS) for a in archs):
         return "causal-lm"
     return "encoder" if archs else "unknown"
@@ -273,13 +275,11 @@ def alias_installed(name: str) -> None:
 def weights_sha256(path: Path) -> str:
     """SHA-256 of a model's weights: a file's bytes, or a folder's weight files (each one's name
     and hash, in name order), through the cache's file-hash memo so a big file is read once."""
-    from smallfit.cache import file_sha256
-
     if path.is_file():
-        return file_sha256(path)
+        return cache.file_sha256(path)
     digest = hashlib.sha256()
     for f in sorted(_weight_files(path)):
-        digest.update(f"{f.relative_to(path)}\0{file_sha256(f)}\n".encode())
+        digest.update(f"{f.relative_to(path)}\0{cache.file_sha256(f)}\n".encode())
     return digest.hexdigest()
 
 

@@ -24,7 +24,15 @@ from typing import Any
 from smallfit.backends.registry import default_backend, get_backend, variant_backend
 from smallfit.contract import ResolvedModel, SweepSettings
 from smallfit.errors import SmallfitError
-from smallfit.models import ALIASES, ModelRef, alias_installed, parse_model_ref, resolve_model, weights_sha256
+from smallfit.models import (
+    ALIASES,
+    ModelRef,
+    alias_installed,
+    parse_model_ref,
+    resolve_model,
+    weights_sha256,
+    weights_size,
+)
 from smallfit.spec import CandidateSpec, RunSpec
 
 
@@ -194,7 +202,7 @@ def resolve(p: PlannedCandidate, threads: int, on_step: OnStep) -> tuple[Resolve
     source, sweep = path, None
     if p.variant is not None:
         path, sweep = _variant(path, p.variant, threads, on_step)
-    size = _weights_size(path)
+    size = weights_size(path)
     on_step("hashing its weights")
     digest = weights_sha256(path)
     return ResolvedModel(p.name, p.model, p.backend, ref.kind, ref.format, str(path), digest, size, p.variant,
@@ -208,12 +216,6 @@ def _package(distribution: str) -> str | None:
         return f"{distribution} {version(distribution)}" if distribution else None
     except PackageNotFoundError:
         return distribution
-
-
-def _weights_size(path: Path) -> int:
-    from smallfit.models import weights_size
-
-    return weights_size(path)
 
 
 def _variant(source: Path, variant: str, threads: int, on_step: OnStep) -> tuple[Path, SweepSettings]:

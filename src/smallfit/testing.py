@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from smallfit.backends.base import Backend, BatchingBackend, ConcurrentBackend, DeviceMemory
+from smallfit.backends.base import Backend, BatchingBackend, ConcurrentBackend, DeviceMemory, missing_methods
 from smallfit.errors import SmallfitError
 from smallfit.records import GenerationRequest, LoglikelihoodRequest, RollingRequest
 
@@ -65,8 +65,7 @@ def _check_capabilities(backend: Any) -> None:
     needs = {"batching": BatchingBackend, "concurrency": ConcurrentBackend, "device_memory": DeviceMemory}
     for name, protocol in needs.items():
         if getattr(caps, name):
-            missing = [m for m in protocol.__dict__ if not m.startswith("_") and callable(getattr(protocol, m, None))
-                       and not hasattr(backend, m)]
+            missing = missing_methods(backend, protocol)
             assert not missing, f"capabilities.{name} is declared but {', '.join(missing)} is missing"
 
 

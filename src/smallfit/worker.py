@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from smallfit.backends.base import Backend, BackendConfig, EmbeddingBackend
+from smallfit.backends.base import Backend, BackendConfig, EmbeddingBackend, missing_methods
 from smallfit.backends.registry import get_backend
 from smallfit.contract import (
     Fatal,
@@ -95,13 +95,13 @@ def run_job(job: Job, emit: Emitter) -> int:
     info = backend.info()
     if job.prepare_s is not None:  # built before this process started (see smallfit.prepare)
         info["prepared_in_own_process_s"] = round(job.prepare_s, 3)
-    loaded = info.get("model_size_bytes")  # the weights the backend actually loaded (a converted copy)
-    weights = int(loaded) if isinstance(loaded, int | float) and loaded else None
-    emit(Loaded(load_s, info, weights))
+    size = info.get("model_size_bytes")  # the weights the backend actually loaded (a converted copy)
+    loaded = Loaded(load_s, info, int(size) if isinstance(size, int | float) and size else None)
+    emit(loaded)
     bandwidth = machine_bandwidth(job.threads or 1, str(fingerprint()["cpu_model"]))
     for ref, name in job.tasks:
         try:
-            result = _run_one(backend, ref, name, job, cfg, emit, (load_s, info, bandwidth, weights))
+            result = _run_one(backend, ref, name, job, cfg, emit, loaded, bandwidth)
         except SmallfitError as exc:
             emit(TaskFailed(name, str(exc)))
             continue
@@ -119,21 +119,19 @@ def _check_protocol(backend: object, name: str, distribution: str) -> None:
     encoder) is this candidate's one-line error."""
     caps = getattr(backend, "capabilities", None)
     protocol = EmbeddingBackend if getattr(caps, "embedding", False) else Backend
-    need = [*(m for m in protocol.__dict__ if not m.startswith("_") and callable(protocol.__dict__[m])), "capabilities"]
-    missing = [m for m in need if not hasattr(backend, m)]
+    missing = missing_methods(backend, protocol) + ([] if caps is not None else ["capabilities"])
     if missing:
         raise SmallfitError(f"backend {name} ({distribution}) does not keep the Backend contract: it lacks "
                             f"{', '.join(missing)}; fix or uninstall the plugin")
 
 
-def _run_one(backend: Backend, ref: str, name: str, job: Job, cfg: BackendConfig, emit: Emitter,
-             loaded: tuple[float, dict[str, Any], dict[str, Any], int | None]) -> TaskResult:
+def _run_one(backend: Backend, ref: str, name: str, job: Job, cfg: BackendConfig, emit: Emitter, loaded: Loaded,
+             bandwidth: dict[str, Any]) -> TaskResult:
     if ref.startswith("probe:"):
         emit(TaskStarted(name, 1))
         return run_probe(backend, ref.removeprefix("probe:"), job)
-    load_s, info, bandwidth, weights = loaded
     task = get_task(ref)
-    result = run_task(backend, task, job, load_s, emit, info, bandwidth, weights)
+    result = run_task(backend, task, job, loaded.load_s, emit, loaded.info, bandwidth, loaded.weights_bytes)
     if job.sweep is not None:  # after the task's measurements: this may load the reference too
         add_divergence(backend, task, job, cfg, result)
     return result

@@ -157,6 +157,11 @@ class DeviceMemory(Protocol):
         ...
 
 
+def missing_methods(obj: object, protocol: type) -> list[str]:
+    """The methods of ``protocol`` that ``obj`` lacks (a plugin's model checked against its contract)."""
+    return [m for m, v in vars(protocol).items() if not m.startswith("_") and callable(v) and not hasattr(obj, m)]
+
+
 def load_backend(name: str, config: BackendConfig) -> Backend:
     """Load the model on the registered backend ``name`` (or one of its aliases)."""
     from smallfit.backends.registry import get_backend

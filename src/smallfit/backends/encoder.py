@@ -26,7 +26,6 @@ _POOLING_KEYS = {
     "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
 }
 # Heads that make a transformers model a generator: such a folder is a causal LM, not an encoder.
-_GENERATIVE_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -78,12 +78,13 @@ def registry() -> dict[str, BackendSpec]:
         raise SmallfitError("smallfit's built-in backends are not registered: smallfit is not installed as a "
                             "package; install it with: pip install -e .")
     for ep in eps:
-        who = f"backend plugin {ep.name!r} ({_dist(ep) or ep.value})"
+        dist = _dist(ep)
+        who = f"backend plugin {ep.name!r} ({dist or ep.value})"
         try:
             spec = ep.load()
         except Exception as exc:  # noqa: BLE001 - any failure of a plugin's import is the plugin's
             raise SmallfitError(f"{who} failed to import: {type(exc).__name__}: {exc}; fix or uninstall "
-                                f"{_dist(ep) or 'it'}") from None
+                                f"{dist or 'it'}") from None
         if not isinstance(spec, BackendSpec):
             raise SmallfitError(f"{who} does not point to a BackendSpec ({ep.value} is a {type(spec).__name__}); "
                                 "see smallfit.backends.registry")
@@ -94,19 +95,13 @@ def registry() -> dict[str, BackendSpec]:
         if clash is not None:
             raise SmallfitError(f"{who} declares the name {clash!r}, which {taken[clash]!r} already has; "
                                 "rename the plugin's backend")
-        found[spec.name] = _with_dist(spec, _dist(ep))
+        found[spec.name] = replace(spec, distribution=dist)
     return found
 
 
 def _dist(ep: Any) -> str:
     dist = getattr(ep, "dist", None)
     return str(dist.name) if dist is not None else ""
-
-
-def _with_dist(spec: BackendSpec, dist: str) -> BackendSpec:
-    from dataclasses import replace
-
-    return replace(spec, distribution=dist)
 
 
 def _names(found: Mapping[str, BackendSpec]) -> dict[str, str]:
