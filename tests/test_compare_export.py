@@ -60,7 +60,7 @@ def test_quality_test_needs_a_shared_example():
     f1 = [(("q1", "p1"), {"f1": 0.2}), (("q2", "p2"), {"f1": 0.4}), (("q3", "p3"), {"f1": 0.6})]
     up = [(k, {"f1": v["f1"] + 0.1}) for k, v in f1]
     low, high, p, test = quality_test("f1", 0.4, 0.5, row, row, f1, up)
-    assert test.startswith("paired bootstrap") and low == pytest.approx(0.1) == high  # every pair moved 0.1
+    assert test.startswith("paired t") and low == pytest.approx(0.1) == high  # every pair moved 0.1
 
 
 def test_csv_exports(two_runs, tmp_path):

@@ -110,3 +110,21 @@ def test_bits_per_byte_and_words():
     assert scoring.count_words("two  words") == 2
     # lm-eval's definition: re.split on whitespace keeps empty pieces at the ends
     assert scoring.count_words(" two  words\n") == 4
+
+
+def test_t_cdf_matches_closed_forms():
+    # 1 degree of freedom is Cauchy, 2 has F(x) = 1/2 + x / (2 √(2 + x²)); far tails included
+    for x in (-3.0, 0.1, 1.0, 2.26, 40.0, 1e4):
+        assert scoring.t_cdf(x, 1) == pytest.approx(0.5 + math.atan(x) / math.pi, abs=1e-13)
+        assert scoring.t_cdf(x, 2) == pytest.approx(0.5 + x / (2 * math.sqrt(2 + x * x)), abs=1e-13)
+    assert scoring.t_quantile(0.975, 9) == pytest.approx(2.262157, abs=1e-6)  # tables
+
+
+def test_rate_interval_is_delta_method_t():
+    tokens, seconds = [30.0, 30.0, 30.0, 30.0], [1.0, 2.0, 1.0, 2.0]
+    r, low, high = scoring.ratio_t_interval(tokens, seconds)
+    # R = 120 / 6 = 20; residuals 30 − 20 b = ±10; SE = √(400 / (4 · 3)) / 1.5
+    se = math.sqrt(400 / 12) / 1.5
+    t3 = 3.182446  # t_{0.975, 3}
+    assert r == 20.0 and low == pytest.approx(20 - t3 * se, abs=1e-5) and high == pytest.approx(20 + t3 * se, abs=1e-5)
+    assert scoring.ratio_t_interval([1.0], [1.0]) is None

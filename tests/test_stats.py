@@ -10,7 +10,7 @@ from smallfit.judge.stats import (
     difference_z_test,
     mcnemar_exact_p,
     more_needed,
-    paired_bootstrap,
+    paired_t,
     share_interval,
     two_sided_p,
     wilson_interval,
@@ -132,11 +132,20 @@ def test_mcnemar_exact_by_hand():
     assert mcnemar_exact_p(3, 3) == 1.0 and mcnemar_exact_p(0, 0) == 1.0
 
 
-def test_paired_bootstrap_of_differences():
-    diff, low, high, p = paired_bootstrap([1.0] * 20 + [0.0] * 20)
-    assert diff == 0.5 and 0.25 < low < 0.5 < high < 0.75 and p == pytest.approx(0.001)
-    same = paired_bootstrap([0.0] * 30)
-    assert same == (0.0, 0.0, 0.0, 1.0)
+def test_paired_t_by_hand():
+    diff, low, high, p = paired_t([1.0] * 20 + [0.0] * 20)
+    se = math.sqrt(40 * 0.25 / 39) / math.sqrt(40)  # sd of ±0.5 deviations with n − 1 = 39
+    t39 = 2.0226909  # t_{0.975, 39} from tables
+    assert diff == 0.5
+    assert low == pytest.approx(0.5 - t39 * se, abs=1e-6) and high == pytest.approx(0.5 + t39 * se, abs=1e-6)
+    assert p < 1e-6  # t = 6.24 on 39 degrees of freedom
+    assert paired_t([0.0] * 30) == (0.0, 0.0, 0.0, 1.0)
+    assert paired_t([0.1] * 5)[1:] == (0.1, 0.1, 0.0)
+    # the p-value at the 95% edge: a mean exactly t_{0.975, n−1} standard errors from 0
+    edge = paired_t([1.0, 3.0])  # mean 2, se 1, t_{0.975, 1} = 12.706: p = 2 (1 − F(2)) on 1 df
+    assert edge[3] == pytest.approx(1 - 2 * math.atan(2.0) / math.pi, abs=1e-12)
+    with pytest.raises(ValueError):
+        paired_t([1.0])
 
 
 def test_dominators_beyond_the_intervals():

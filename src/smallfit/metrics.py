@@ -6,12 +6,11 @@ direction in which a metric is better, and for the definitions shown by ``smallf
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from smallfit.records import RequestTiming
-from smallfit.scoring import expanded_alpha, percentile, quantile_interval
+from smallfit.scoring import percentile, quantile_interval, ratio_t_interval
 
 
 @dataclass(frozen=True)
@@ -139,11 +138,10 @@ def timed_requests(timings: Sequence[RequestTiming]) -> list[RequestTiming]:
     """The requests the latency figures are computed from (see :func:`is_timed`)."""
     return [t for t in timings if is_timed(t)]
 # Figures whose 95% interval is stored with them (the verdict, the report and the exports read it):
-# percentiles by order statistics, rates by an expanded percentile bootstrap over requests.
+# percentiles by order statistics, rates by a delta-method t interval over requests.
 PERCENTILE_CI_KEYS = tuple(f"{key}{suffix}" for key in ("ttft_s", "tpot_s", "latency_s")
                            for suffix in ("", "_p90", "_p95", "_p99"))
 RATE_CI_KEYS = ("decode_tok_s", "prefill_tok_s", "input_tok_s")
-TIMING_RESAMPLES = 1000
 
 
 def quantile_of(metric: str) -> float | None:
@@ -174,7 +172,7 @@ def _latency_figures(gen: Sequence[RequestTiming]) -> dict[str, float | None]:
 
 
 def _rates(gen: Sequence[RequestTiming]) -> dict[str, float | None]:
-    """Decode, prefill and input token rates (the figures the bootstrap resamples)."""
+    """Decode, prefill and input token rates: ratios of sums over requests."""
     out: dict[str, float | None] = {}
     multi = [t for t in gen if t.n_output_tokens >= 2 and t.ttft_s is not None]
     decode_time = sum(t.latency_s - (t.ttft_s or 0.0) for t in multi)
@@ -200,16 +198,28 @@ def _series(gen: Sequence[RequestTiming], base: str) -> list[float]:
             for t in gen if t.n_output_tokens >= 2 and t.ttft_s is not None]
 
 
-def timing_intervals(gen: Sequence[RequestTiming], figures: dict[str, float | None],
-                     resamples: int = TIMING_RESAMPLES) -> dict[str, float | None]:
+def _rate_pairs(gen: Sequence[RequestTiming]) -> dict[str, tuple[list[float], list[float]]]:
+    """Per-request (tokens, seconds) of each rate of :func:`_rates`, the pairs its interval is over."""
+    multi = [t for t in gen if t.n_output_tokens >= 2 and t.ttft_s is not None]
+    out = {"decode_tok_s": ([t.n_output_tokens - 1.0 for t in multi],
+                            [t.latency_s - (t.ttft_s or 0.0) for t in multi])}
+    if all(t.n_prompt_tokens is not None for t in gen):
+        out["prefill_tok_s"] = ([float(t.n_prompt_tokens or 0) for t in gen], [t.ttft_s or 0.0 for t in gen])
+    embeds = [t for t in gen if t.phase == EMBED_PHASE]
+    if all(t.n_prompt_tokens is not None for t in embeds):
+        out["input_tok_s"] = ([float(t.n_prompt_tokens or 0) for t in embeds], [t.latency_s for t in embeds])
+    return {k: v for k, v in out.items() if len(v[0]) >= 2 and sum(v[1]) > 0}
+
+
+def timing_intervals(gen: Sequence[RequestTiming], figures: dict[str, float | None]) -> dict[str, float | None]:
     """95% intervals of the timing figures, as ``<metric>_ci_low/_ci_high``, from timed requests.
 
     - p50/p90/p95/p99 of TTFT, TPOT and latency: distribution-free order statistics over the
       requests (:func:`smallfit.scoring.quantile_interval`). Where too few requests exist to
       bound the percentile from above (p95: fewer than 72), ``_ci_high`` is None (open); from
       below, ``_ci_low`` is 0 (a time is never negative).
-    - decode, prefill and input rates: an expanded percentile bootstrap over requests (resampled
-      with replacement, the rate recomputed on each).
+    - decode, prefill and input rates (ratios of sums over requests): ``R ± t_{0.975, n−1} SE(R)``,
+      SE by the delta method (:func:`smallfit.scoring.ratio_t_interval`), the low end at least 0.
     ITL percentiles pool gaps within requests, which are not independent: no interval (point checks).
     """
     out: dict[str, float | None] = {}
@@ -220,21 +230,17 @@ def timing_intervals(gen: Sequence[RequestTiming], figures: dict[str, float | No
             continue
         low, high = quantile_interval(values, q)
         out[f"{key}_ci_low"], out[f"{key}_ci_high"] = (0.0 if low is None else low), high
-    if len(gen) >= 2 and resamples:
-        rng = random.Random(0)
-        draws = [_rates([gen[rng.randrange(len(gen))] for _ in gen]) for _ in range(resamples)]
-        tail = 100 * expanded_alpha(len(gen))
-        for key in RATE_CI_KEYS:
-            values = [v for d in draws if (v := d.get(key)) is not None]
-            if figures.get(key) is not None and values:
-                out[f"{key}_ci_low"], out[f"{key}_ci_high"] = percentile(values, tail), percentile(values, 100 - tail)
+    for key, (tokens, seconds) in _rate_pairs(gen).items():
+        interval = ratio_t_interval(tokens, seconds) if figures.get(key) is not None else None
+        if interval is not None:
+            out[f"{key}_ci_low"], out[f"{key}_ci_high"] = max(0.0, interval[1]), interval[2]
     return out
 
 
 def efficiency_from_timings(timings: Sequence[RequestTiming],
-                            resamples: int = TIMING_RESAMPLES) -> dict[str, float | None]:
+                            intervals: bool = True) -> dict[str, float | None]:
     """Latency and throughput figures (p50 is the bare name) from raw generation timings, with
-    their 95% intervals (:func:`timing_intervals`; ``resamples=0``: the figures alone).
+    their 95% intervals (:func:`timing_intervals`; ``intervals=False``: the figures alone).
 
     Only generation requests with a first token, and single-text embedding requests, count
     (:func:`is_timed`). A figure that cannot be computed from what was measured is ``None``,
@@ -249,6 +255,6 @@ def efficiency_from_timings(timings: Sequence[RequestTiming],
     if not gen:
         return out
     out.update(_latency_figures(gen))
-    if resamples:
-        out.update(timing_intervals(gen, out, resamples))
+    if intervals:
+        out.update(timing_intervals(gen, out))
     return out

@@ -242,29 +242,78 @@ def bootstrap_ci(
     return percentile(stats, 100 * alpha), percentile(stats, 100 * (1 - alpha))
 
 
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function ``I_x(a, b)`` for ``0 <= x <= 1``."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _beta_fraction(a, b, x) / a
+    return 1.0 - front * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def t_cdf(x: float, df: int) -> float:
+    """P(T <= x) for Student's t with ``df`` degrees of freedom, through the incomplete beta
+    function: the upper tail beyond ``|x|`` is ``I_{df/(df+x²)}(df/2, 1/2) / 2``."""
+    if df < 1:
+        raise ValueError("t distribution needs df >= 1")
+    tail = 0.5 * incomplete_beta(df / 2.0, 0.5, df / (df + x * x))
+    return 1.0 - tail if x >= 0 else tail
+
+
 @functools.lru_cache(maxsize=256)
 def t_quantile(p: float, df: int) -> float:
-    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on its CDF,
-    which is integrated by Simpson's rule: no third-party library; accurate to about 1e-6)."""
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on :func:`t_cdf`)."""
     if df < 1 or not 0.0 < p < 1.0:
         raise ValueError("t quantile needs df >= 1 and 0 < p < 1")
     if p < 0.5:
         return -t_quantile(1.0 - p, df)
-    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-
-    def cdf(x: float) -> float:
-        steps = 400
-        h = x / steps
-        f = [math.exp(log_c - (df + 1) / 2 * math.log1p((i * h) ** 2 / df)) for i in range(steps + 1)]
-        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
-
     lo, hi = 0.0, 1.0
-    while cdf(hi) < p:
+    while t_cdf(hi, df) < p:
         lo, hi = hi, hi * 2
-    for _ in range(40):
+    for _ in range(60):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
     return (lo + hi) / 2
+
+
+def ratio_t_interval(numerators: Sequence[float], denominators: Sequence[float],
+                     level: float = 0.95) -> tuple[float, float, float] | None:
+    """A ratio of sums ``R = sum(a) / sum(b)`` (a rate: tokens over seconds) and its ``level``
+    interval ``R ± t_{(1+level)/2, n−1} · SE(R)``, SE by the delta method
+    (:func:`ratio_and_stderr`); None with fewer than two pairs.
+
+    Chosen over a bootstrap of the rate by simulation (``benchmarks/coverage.py``): 94-95% at
+    n = 10 to 200 for per-request times with a coefficient of variation up to 0.47, where the
+    expanded percentile bootstrap gave 91.4-93.5%.
+    """
+    n = len(numerators)
+    if n < 2:
+        return None
+    r, se = ratio_and_stderr(numerators, denominators)
+    half = t_quantile(0.5 + level / 2, n - 1) * se
+    return r, r - half, r + half
 
 
 def expanded_alpha(n: int, level: float = 0.95) -> float:

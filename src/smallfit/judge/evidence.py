@@ -28,6 +28,7 @@ from smallfit.scoring import requests_to_bound
 SHARE_METRICS = ("acc", "acc_norm", "exact_match")
 TIMING_METRICS = (*PERCENTILE_CI_KEYS, *RATE_CI_KEYS)
 ORDER_STATISTIC = "order statistic (requests)"
+RATE_INTERVAL = "delta-method t (requests)"  # "bootstrap (requests)" in runs stored before
 OPEN_ABOVE = ", open above"
 
 
@@ -39,7 +40,8 @@ class Interval:
     high: float  # math.inf where too few requests bound a percentile from above (open)
     n: int
     method: str  # "clopper-pearson" ("wilson" in runs stored before), "bootstrap" (stored), "normal"
-    #              (value ± 1.96 s.e.), "bootstrap (requests)", "order statistic (requests)"[", open above"]
+    #              (value ± 1.96 s.e.), "delta-method t (requests)" ("bootstrap (requests)"
+    #              before), "order statistic (requests)"[", open above"]
     unit: str  # "examples" or "requests": what more of would narrow it
     bound_n: int | None = None
     """Percentiles: the fewest requests whose order statistics bound it from above at 95%."""
@@ -66,7 +68,7 @@ def interval_methods(metrics: Mapping[str, float | None]) -> dict[str, str]:
         if metric in PERCENTILE_CI_KEYS:
             out[metric] = ORDER_STATISTIC + (OPEN_ABOVE if metrics.get(f"{metric}_ci_high") is None else "")
         else:
-            out[metric] = ("bootstrap (requests)" if metric in RATE_CI_KEYS
+            out[metric] = (RATE_INTERVAL if metric in RATE_CI_KEYS
                            else SHARE_INTERVAL if metric in SHARE_METRICS else "bootstrap (examples)")
     return out
 

@@ -10,7 +10,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from smallfit.scoring import binomial_pmfs, expanded_alpha, percentile
+from smallfit.scoring import binomial_pmfs, percentile, t_cdf, t_quantile
 
 T = TypeVar("T")
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -120,24 +120,24 @@ def mcnemar_exact_p(only_a: int, only_b: int) -> float:
     return min(1.0, 2.0 * sum(pmf[: min(only_a, only_b) + 1]))
 
 
-def paired_bootstrap(diffs: Sequence[float], resamples: int = 1000, seed: int = 0) -> tuple[float, float, float, float]:
-    """Mean of paired differences ``b − a`` (one per example), its 95% expanded-percentile
-    bootstrap interval (pairs resampled together, :func:`smallfit.scoring.expanded_alpha`) and a
-    two-sided p-value: twice the smaller share of resampled means on either side of 0, at least
-    ``1 / resamples``."""
-    if not diffs:
-        raise ValueError("bootstrap of an empty sequence")
+def paired_t(diffs: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """Mean of paired differences ``b − a`` (one per example), its ``level`` Student t interval
+    ``mean ± t_{(1+level)/2, n−1} · sd/√n`` and the two-sided p-value of the paired t test.
+
+    Chosen over a paired bootstrap by simulation (``benchmarks/coverage.py``: partial-credit
+    scores, n = 10 to 100): 94-96% coverage where the expanded bootstrap gave 92.9-94.4%. All
+    differences equal: a zero-width interval, p = 1 when they are 0 and 0 otherwise.
+    """
+    if len(diffs) < 2:
+        raise ValueError("a paired t interval needs at least two pairs")
     n = len(diffs)
-    rng = random.Random(seed)
-    means = [sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples)]
-    tail = expanded_alpha(n)
-    low, high = percentile(means, 100 * tail), percentile(means, 100 * (1 - tail))
-    observed = sum(diffs) / n
-    if all(d == 0 for d in diffs):
-        return observed, low, high, 1.0
-    below = sum(m <= 0 for m in means) / resamples
-    above = sum(m >= 0 for m in means) / resamples
-    return observed, low, high, min(1.0, max(1.0 / resamples, 2 * min(below, above)))
+    mean = math.fsum(diffs) / n
+    se = math.sqrt(math.fsum((d - mean) ** 2 for d in diffs) / (n - 1) / n)
+    if se == 0:
+        return mean, mean, mean, 1.0 if mean == 0 else 0.0
+    half = t_quantile(0.5 + level / 2, n - 1) * se
+    p = 2.0 * (1.0 - t_cdf(abs(mean) / se, n - 1))
+    return mean, mean - half, mean + half, max(0.0, min(1.0, p))
 
 
 def difference_z_test(mean_a: float, se_a: float, mean_b: float, se_b: float) -> tuple[float, float, float]:

@@ -297,8 +297,8 @@ def _definitions() -> str:
             "acc_norm and exact_match; "
             "an expanded percentile bootstrap (1000 resamples of the examples) for other quality metrics; "
             "distribution-free order statistics of the requests for p50/p90/p95/p99 of TTFT, TPOT and latency "
-            "(open above where too few requests bound the percentile: 72 for a p95); an expanded bootstrap over "
-            "the requests for decode, prefill and input rates; none for ITL, memory, size, load time, energy, "
+            "(open above where too few requests bound the percentile: 72 for a p95); a delta-method t interval "
+            "over the requests for decode, prefill and input rates; none for ITL, memory, size, load time, energy, "
             "cost and KL (point checks). 'About N more' is n × ((1.96 + 0.84) se / |value − threshold|)² − n: "
             "the count that decides the check with 80% power.</p>")
 

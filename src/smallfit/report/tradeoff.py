@@ -2,7 +2,7 @@
 
 A quality change is tested as ``smallfit compare`` tests it (:func:`smallfit.report.compare.quality_test`):
 paired by example when both candidates scored the same examples (exact McNemar for 0/1 scores,
-paired bootstrap otherwise), an unpaired z test that says why when they did not; each line names
+paired t otherwise), an unpaired z test that says why when they did not; each line names
 the test that ran.
 """
 
