@@ -68,6 +68,30 @@ def test_streamed_generation_with_timings_and_token_counts(smollm2):
 
 @needs_models
 @pytest.mark.models
+def test_latency_prompts_are_cut_to_the_declared_context(smollm2, smollm2_server):
+    from smallfit.measure import fitting_prompts
+    from smallfit.records import GenerationRequest
+
+    # llama-cpp-python's server states no context (no max_model_len, no /props): nothing is cut
+    assert smollm2.info()["context_size"] is None
+    long = "Tell me about bees. " * 200  # about 1,000 tokens, twice the server's 512
+    assert fitting_prompts(smollm2, [long], 32, {}) == [long]
+    declared = _load(smollm2_server, context_size=512)
+    try:
+        assert declared.info()["context_size"] == 512
+        assert declared.info()["context_size_from"] == "options.context_size"
+        details: dict = {}
+        (cut,) = fitting_prompts(declared, [long], 32, details)
+        assert long.startswith(cut) and len(declared.tokenize(cut)) <= 512 - 32 - 1
+        assert details["timing_prompts_truncated"] == 1
+        (c,) = declared.generate([GenerationRequest(cut, max_tokens=32)])  # fits: the server answers
+        assert c.n_output_tokens > 0
+    finally:
+        declared.close()
+
+
+@needs_models
+@pytest.mark.models
 def test_stop_sequences(smollm2):
     from smallfit.records import GenerationRequest
 

@@ -66,6 +66,8 @@ class OpenAIOptions(BaseModel):
     backoff_s: float = Field(default=0.5, ge=0, le=60, description="wait before the first retry; doubles each time")
     concurrency: list[int] = Field(default=[1, 2, 4], max_length=8,
                                    description="requests in flight at each level of the concurrency pass")
+    context_size: int | None = Field(default=None, ge=64, description="the server's context in tokens, where it "
+                                     "does not say (vLLM's max_model_len and llama-server's /props are read)")
 
 
 def _import() -> Any:
@@ -116,6 +118,7 @@ class OpenAIBackend:
         try:
             self.model = self._pick_model(self.opts.model or fragment)
             self._tokenize_path = self._probe_tokenize()
+            self.context_size, self.context_from = self._probe_context()
             self.scoring_problem = self._probe_echo()
         except BaseException:
             self.http.close()
@@ -151,6 +154,27 @@ class OpenAIBackend:
             if isinstance(tokens, list) and tokens and all(isinstance(t, int) for t in tokens):
                 return path, key
         return None
+
+    def _probe_context(self) -> tuple[int | None, str | None]:
+        """The server's context size in tokens and where it came from: the user's option, the
+        model's ``max_model_len`` in ``/v1/models`` (vLLM) or ``/props`` (llama-server's
+        ``default_generation_settings.n_ctx``); (None, None) where the server does not say, and
+        then the latency pass cannot cut its prompts to fit."""
+        if self.opts.context_size is not None:
+            return self.opts.context_size, "options.context_size"
+        data, _ = self.http.get_json("models", "listing the served models")
+        listed = data.get("data")
+        for entry in listed if isinstance(listed, list) else []:
+            length = entry.get("max_model_len") if isinstance(entry, dict) else None
+            if isinstance(entry, dict) and entry.get("id") == self.model and isinstance(length, int):
+                return length, "max_model_len (/v1/models)"
+        try:
+            props, _ = self.http.get_json("/props", "server properties")
+        except SmallfitError:
+            return None, None
+        settings = props.get("default_generation_settings")
+        n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
+        return (int(n_ctx), "n_ctx (/props)") if isinstance(n_ctx, int) and n_ctx > 0 else (None, None)
 
     def _probe_echo(self) -> str | None:
         """Why this server's echoed log-probabilities cannot score, or None when they can.
@@ -332,6 +356,7 @@ class OpenAIBackend:
             "retries": self.http.counter.retries, "requests_retried": self.http.counter.requests_retried,
             "loglikelihood": self.scoring_problem is None, "loglikelihood_unsupported_because": self.scoring_problem,
             "tokenize_endpoint": self._tokenize_path[0] if self._tokenize_path else None,
+            "context_size": self.context_size, "context_size_from": self.context_from,
             "output_tokens_counted_by": "+".join(by) or None,
             "decoding": "greedy (temperature 0, server side)", "ttft_from": "first non-empty streamed chunk",
             "prompt_cache_disabled": _cache_disabled(stats),
