@@ -70,3 +70,63 @@ def change_aggregate(files: dict[str, bytes], metric: str = "acc", by: float = 0
     res = next(r for r in manifest["results"] if r["metrics"].get(metric) is not None)
     res["metrics"][metric] += by
     return {**files, "manifest.json": canonical(manifest)}
+
+
+def _retask(files: dict[str, bytes], samples: list[dict[str, Any]]) -> dict[str, bytes]:
+    """Task hashes, the configuration and its hash made consistent with changed ``samples``."""
+    from smallfit.share.bundle import task_hash
+    from smallfit.share.canonical import digest
+
+    manifest = json.loads(files["manifest.json"])
+    hashes: dict[str, list[str]] = {}
+    for res in manifest["results"]:
+        mine = [r for r in samples if r["candidate"] == res["candidate"] and r["task"] == res["task"]]
+        if mine:
+            res["task_hash"] = task_hash(res["info"]["kind"], mine)
+            if res["task_hash"] not in hashes.setdefault(res["task"], []):
+                hashes[res["task"]].append(res["task_hash"])
+    manifest["config"]["tasks"] = hashes
+    manifest["config_sha256"] = digest(manifest["config"])
+    return rehash({**files, "manifest.json": canonical(manifest), "samples.jsonl": jsonl(samples)})
+
+
+def change_prompt(files: dict[str, bytes]) -> dict[str, bytes]:
+    """Every candidate's first example of each task given another prompt, and every hash made to
+    match: a self-consistent bundle of a task the board has never seen."""
+    samples = rows(files["samples.jsonl"])
+    for r in samples:
+        if r["idx"] == 0:
+            r["prompt"] = "Another question entirely?\nAnswer:"
+            r["prompt_sha256"] = sha256_hex(r["prompt"])
+    return _retask(files, samples)
+
+
+def rename(files: dict[str, bytes], old: str, new: str) -> dict[str, bytes]:
+    """A candidate renamed everywhere (manifest, configuration, rows), every hash made to match."""
+    from smallfit.share.canonical import digest
+
+    manifest = json.loads(files["manifest.json"])
+    for item in [*manifest["candidates"], *manifest["config"]["candidates"]]:
+        if item["name"] == old:
+            item["name"] = new
+    for res in manifest["results"]:
+        if res["candidate"] == old:
+            res["candidate"] = new
+    manifest["config_sha256"] = digest(manifest["config"])
+    out = {}
+    for name in ("samples.jsonl", "timings.jsonl"):
+        items = rows(files[name])
+        for r in items:
+            if r["candidate"] == old:
+                r["candidate"] = new
+        out[name] = jsonl(items)
+    return rehash({**files, **out, "manifest.json": canonical(manifest)})
+
+
+def state(files: dict[str, bytes], candidate: str, **metrics: float) -> dict[str, bytes]:
+    """Stated measurements (not recomputable from rows) of one candidate changed on every task."""
+    manifest = json.loads(files["manifest.json"])
+    for res in manifest["results"]:
+        if res["candidate"] == candidate:
+            res["metrics"].update(metrics)
+    return {**files, "manifest.json": canonical(manifest)}

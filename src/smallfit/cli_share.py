@@ -76,3 +76,120 @@ def verify_bundle(file: Annotated[Path, typer.Argument(help="The bundle file.")]
                   f"{v.stated_only} stated measurements (memory, load time, energy) taken as signed", highlight=False)
     else:
         raise typer.Exit(1)
+
+
+BoardDbOption = Annotated[Path | None, typer.Option(
+    "--board-db", help="The board's database (SQLite, its own schema). Default: $SMALLFIT_BOARD_DB, else "
+    "~/.local/share/smallfit/board.db.", show_default=False)]
+
+
+def _board(path: Path | None) -> object:
+    from smallfit.board.db import BoardDB, default_board_path
+
+    return BoardDB.open(path or default_board_path())
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind; another than 127.0.0.1 exposes the board.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port.")] = 8765,
+    uploads_per_minute: Annotated[int, typer.Option(min=1, help="Uploads a token may make per minute.")] = 10,
+    board_db: BoardDbOption = None,
+) -> None:
+    """Run the leaderboard web app: boards per task and hardware class, submission pages, a JSON API
+    (/docs, /openapi.json), uploads of signed bundles with a token."""
+    try:
+        import uvicorn
+
+        from smallfit.board.app import Limits, create_app
+        from smallfit.board.db import default_board_path
+    except ImportError:
+        from smallfit.errors import MissingExtraError
+
+        raise MissingExtraError("fastapi/uvicorn/jinja2", "board") from None
+    path = board_db or default_board_path()
+    web = create_app(path, Limits(uploads_per_minute=uploads_per_minute))
+    err.print(f"board at http://{host}:{port}/ · database {path}")
+    uvicorn.run(web, host=host, port=port, log_level="warning")
+
+
+board_app = typer.Typer(help="Manage a board: upload tokens, the tasks it ranks, its configuration allowlist.",
+                        no_args_is_help=True)
+app.add_typer(board_app, name="board")
+
+
+@board_app.command("add-token")
+def add_token(name: Annotated[str, typer.Argument(help="Who the token is for.")],
+              board_db: BoardDbOption = None) -> None:
+    """Make an upload token (printed once; the board stores only its SHA-256)."""
+    from smallfit.board.db import BoardDB
+
+    db = _board(board_db)
+    assert isinstance(db, BoardDB)
+    token = db.add_token(name)
+    err.print(f"upload token for {escape(name)} (shown once, keep it secret):")
+    out.print(token, highlight=False)
+
+
+def _checked(file: Path) -> object:
+    from smallfit.errors import SmallfitError
+    from smallfit.share.bundle import read
+    from smallfit.share.verify import verify
+
+    b = read(file)
+    v = verify(b)
+    if not v.ok:
+        raise SmallfitError(f"{file} does not check out: {v.problems[0]}; see 'smallfit verify-bundle {file}'")
+    return b
+
+
+@board_app.command("allow-tasks")
+def allow_tasks(file: Annotated[Path, typer.Argument(help="A bundle whose tasks the board should rank.")],
+                board_db: BoardDbOption = None) -> None:
+    """Make the task hashes of a (verified) bundle known to the board: uploads are ranked only on
+    tasks the board knows."""
+    from smallfit.board.db import BoardDB
+    from smallfit.share.bundle import Bundle
+
+    b = _checked(file)
+    db = _board(board_db)
+    assert isinstance(b, Bundle) and isinstance(db, BoardDB)
+    seen = set()
+    for r in b.manifest.get("results", []):
+        h = r.get("task_hash")
+        if r.get("status") != "done" or not h or h in seen or str(r.get("task")).startswith("probe:"):
+            continue
+        seen.add(h)
+        new = db.add_task(h, str(r["task"]), str((r.get("info") or {}).get("kind", "")), int(r.get("n_samples") or 0))
+        out.print(f"{'added' if new else 'known'}  {escape(str(r['task']))}  {h}", highlight=False)
+
+
+@board_app.command("allow-config")
+def allow_config(file: Annotated[Path, typer.Argument(help="A bundle whose configuration to allowlist.")],
+                 note: Annotated[str, typer.Option(help="Why it is allowed.")] = "",
+                 board_db: BoardDbOption = None) -> None:
+    """Put a bundle's configuration (its SHA-256) on the board's allowlist: every submission with
+    that configuration shows the 'allowlisted config' tier."""
+    from smallfit.board.db import BoardDB
+    from smallfit.share.bundle import Bundle
+
+    b = _checked(file)
+    db = _board(board_db)
+    assert isinstance(b, Bundle) and isinstance(db, BoardDB)
+    sha = str(b.manifest["config_sha256"])
+    new = db.allow_config(sha, note or f"from {file.name}")
+    out.print(f"{'allowed' if new else 'already allowed'}  config {sha}", highlight=False)
+
+
+@app.command()
+def upload(
+    file: Annotated[Path, typer.Argument(help="The bundle file.")],
+    to: Annotated[str, typer.Option("--to", help="The board's URL, e.g. http://127.0.0.1:8765.")],
+    token: Annotated[str | None, typer.Option(help="Upload token. Default: $SMALLFIT_BOARD_TOKEN.",
+                                              show_default=False)] = None,
+) -> None:
+    """Upload a signed bundle to a board; prints the submission's permalink."""
+    from smallfit.board.client import post_bundle
+
+    sid, url = post_bundle(file, to, token)
+    out.print(f"accepted as submission {sid}: {url}", highlight=False)

@@ -66,7 +66,7 @@ def hardware_class(hardware: dict[str, Any], threads: int | None, device: str | 
     """The class a result is ranked within: CPU model, architecture, threads used, and the device
     when the model ran on an accelerator. Runs are compared only inside one class."""
     cpu = str(hardware.get("cpu_model") or "unknown CPU")
-    where = f"{cpu} · {hardware.get('machine') or '?'} · {threads or '?'} threads"
+    where = f"{cpu} · {hardware.get('machine') or '?'} · {threads or '?'} thread{'' if threads == 1 else 's'}"
     return where if device in (None, "", "cpu") else f"{where} · {device}"
 
 
