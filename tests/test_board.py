@@ -340,3 +340,51 @@ def test_api_fuzzed_from_its_openapi_description(server, accepted, tmp_path):
     print(f"schemathesis: {cases.group(0) if cases else '?'} test cases; exit {proc.returncode}")
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert cases and int(cases.group(1)) > 100
+
+
+def test_a_reproduction_on_the_same_class_earns_the_reproduced_tier(server, made, accepted, tmp_path):
+    base, db = server
+    env = {**os.environ, "SMALLFIT_KEY": str(tmp_path / "reproducer.pem")}
+    subprocess.run([sys.executable, "-m", "smallfit", "keys", "--generate"], env=env, check=True, capture_output=True)
+    report = tmp_path / "repro.json"
+    proc = subprocess.run([sys.executable, "-m", "smallfit", "reproduce", str(made[0]), "--examples", "4", "-o",
+                           str(report), "--to", base, "--token", _token(db)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    signed = json.loads(report.read_text())
+    entries = signed["report"]["entries"]
+    assert entries and all(e["examples"] == 4 and e["matched"] == 4 for e in entries)  # same model, same scores
+    agreed = {(e["candidate"], e["task"]) for e in entries if e["agreed"]}
+    assert agreed, entries  # the slower toys' time per token is far above noise
+    for b in httpx.get(base + "/api/boards").json():
+        for r in httpx.get(base + "/api/boards/" + b["url"].removeprefix("/board/")).json()["rows"]:
+            if r["submission_id"] == accepted["id"]:
+                assert ("reproduced" in r["tiers"]) == ((r["candidate"], b["task"]) in agreed)
+    # the board checks the report, not the reproducer's word
+    before = _counts(db)
+    url = base + f"/api/submissions/{accepted['id']}/reproductions"
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {_token(db)}"}
+    forged = json.loads(report.read_text())
+    forged["report"]["entries"][0]["matched"] = 0
+    answer = httpx.post(url, content=json.dumps(forged), headers=headers)
+    assert answer.status_code == 422 and "signature does not match" in answer.json()["error"]
+    other = base + "/api/submissions/0123456789abcdef/reproductions"
+    assert httpx.post(other, content=report.read_text(), headers=headers).status_code == 404
+    assert _counts(db) == before
+
+
+def test_the_submitter_cannot_reproduce_their_own_bundle(server, made, accepted, tmp_path):
+    from smallfit.share.keys import load
+    from smallfit.share.reproduce import FORMAT, dumps
+
+    base, db = server
+    key = load(made[0].parent / "key.pem")
+    manifest = bundles.entries(made[0])["manifest.json"]
+    from smallfit.share.canonical import canonical, sha256_hex
+
+    report = {"format": FORMAT, "bundle_manifest_sha256": sha256_hex(manifest), "entries": [],
+              "hardware_class": "x", "submission_id": accepted["id"]}
+    signed = {"report": report, "public_key": key.public_hex, "key_id": key.key_id,
+              "signature": key.sign(canonical(report))}
+    answer = httpx.post(base + f"/api/submissions/{accepted['id']}/reproductions", content=dumps(signed),
+                        headers={"Content-Type": "application/json", "Authorization": f"Bearer {_token(db)}"})
+    assert answer.status_code == 422 and "another key" in answer.json()["error"]

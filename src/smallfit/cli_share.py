@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from smallfit.cli import DbOption, app, db_path, err, out
+from smallfit.errors import SmallfitError
 
 KeyOption = Annotated[Path | None, typer.Option(
     "--key", help="Signing key file. Default: $SMALLFIT_KEY, else ~/.config/smallfit/signing-key.pem.",
@@ -132,7 +133,6 @@ def add_token(name: Annotated[str, typer.Argument(help="Who the token is for.")]
 
 
 def _checked(file: Path) -> object:
-    from smallfit.errors import SmallfitError
     from smallfit.share.bundle import read
     from smallfit.share.verify import verify
 
@@ -193,3 +193,49 @@ def upload(
 
     sid, url = post_bundle(file, to, token)
     out.print(f"accepted as submission {sid}: {url}", highlight=False)
+
+
+@app.command()
+def reproduce(
+    file: Annotated[Path, typer.Argument(help="The bundle to reproduce (it must check out).")],
+    examples: Annotated[int, typer.Option("--examples", "-k", min=1,
+                                          help="Random examples per candidate x task.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the random pick.")] = 0,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the signed report here.",
+                                                show_default=False)] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Upload the report to this board (with --token).",
+                                           show_default=False)] = None,
+    token: Annotated[str | None, typer.Option(help="Upload token. Default: $SMALLFIT_BOARD_TOKEN.",
+                                              show_default=False)] = None,
+    key: KeyOption = None,
+) -> None:
+    """Re-run K random examples of each candidate x task of a bundle on this machine (same hardware
+    class, same model by SHA-256, same task by its examples' hashes), compare scores and time per
+    output token, and sign the comparison; --to uploads it to a board (the 'reproduced' tier)."""
+    from smallfit.share.bundle import Bundle
+    from smallfit.share.keys import load
+    from smallfit.share.reproduce import dumps
+    from smallfit.share.reproduce import reproduce as run_reproduction
+
+    signer = load(_key_path(key))
+    b = _checked(file)
+    assert isinstance(b, Bundle)
+    signed = run_reproduction(b, examples, seed, signer)
+    for e in signed["report"]["entries"]:
+        state = "[green]agrees[/]" if e["agreed"] else "[red]differs[/]"
+        out.print(f"{state}  {escape(e['candidate'])} · {escape(e['task'])}: {e['matched']}/{e['examples']} examples "
+                  f"match" + "".join(f"\n        {escape(d)}" for d in e["differences"][:5]), highlight=False)
+    if output is not None:
+        try:
+            output.write_text(dumps(signed), encoding="utf-8")
+        except OSError as exc:
+            raise SmallfitError(f"cannot write {output}: {exc.strerror}; pass another path with -o") from None
+        err.print(f"signed reproduction report written to {output}")
+    if to is not None:
+        from smallfit.board.client import post
+
+        sid = signed["report"]["submission_id"]
+        answer = post(to, f"/api/submissions/{sid}/reproductions", dumps(signed).encode("utf-8"), token,
+                      "application/json")
+        out.print(f"uploaded: {answer.get('agreed')} of {answer.get('stored')} candidate x task(s) reproduced "
+                  f"({to.rstrip('/')}/submission/{sid})", highlight=False)

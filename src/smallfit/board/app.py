@@ -132,6 +132,14 @@ class Accepted(BaseModel):
     recomputed: int
 
 
+class Reproduced(BaseModel):
+    """An accepted reproduction report."""
+
+    stored: int
+    agreed: int
+    url: str
+
+
 class RateLimiter:
     """At most ``per_minute`` uploads per token in any 60 seconds (in memory, per process)."""
 
@@ -287,6 +295,21 @@ def create_app(db_path: Path, limits: Limits | None = None) -> FastAPI:
         n = int(conn.conn.execute("SELECT COUNT(*) FROM entries WHERE submission_id = ?", (sid,)).fetchone()[0])
         return Accepted(id=sid, url=f"/submission/{sid}", entries=n, recomputed=recomputed)
 
+    @app.post("/api/submissions/{sid}/reproductions", status_code=201, responses=UPLOAD_ERRORS,
+              summary="Upload a signed reproduction report (smallfit reproduce --to)",
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": {"type": "object"}}}}})
+    async def reproduction(request: Request, sid: SUB, conn: DB,
+                           auth: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None) -> Reproduced:
+        token_id = _token(conn, auth)
+        wait = limiter.allow(token_id)
+        if wait is not None:
+            raise HTTPException(429, f"this token may upload {limits.uploads_per_minute} times a minute; retry in "
+                                f"{math.ceil(wait)} s", headers={"Retry-After": str(math.ceil(wait))})
+        data = await _body(request, ingest.MAX_REPRODUCTION_BYTES, ("application/json",))
+        stored, agreed = ingest.add_reproduction(conn, sid, data, token_id)
+        return Reproduced(stored=stored, agreed=agreed, url=f"/submission/{sid}")
+
     return app
 
 
@@ -301,12 +324,11 @@ def _token(conn: BoardDB, auth: HTTPAuthorizationCredentials | None) -> int:
     return int(row["id"])
 
 
-async def _body(request: Request, limit: int) -> bytes:
+async def _body(request: Request, limit: int, kinds: tuple[str, ...] = UPLOAD_TYPES) -> bytes:
     """The request body, read no further than ``limit`` bytes whatever Content-Length says."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind not in UPLOAD_TYPES:
-        raise HTTPException(415, f"send the bundle file as the body with Content-Type: application/zip "
-                            f"(got {kind or 'none'!r})")
+    if kind not in kinds:
+        raise HTTPException(415, f"send the file as the body with Content-Type: {kinds[0]} (got {kind or 'none'!r})")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"the upload is {declared} bytes, over this board's limit of {limit} bytes for a "

@@ -11,7 +11,7 @@ from pathlib import Path
 from smallfit.errors import SmallfitError
 
 
-def post(url: str, path: str, data: bytes, token: str | None) -> dict[str, object]:
+def post(url: str, path: str, data: bytes, token: str | None, kind: str = "application/zip") -> dict[str, object]:
     """POST ``data`` (a zip) to ``url + path`` with the token; the JSON answer, or the board's
     one-line error as a SmallfitError."""
     token = token or os.environ.get("SMALLFIT_BOARD_TOKEN")
@@ -19,7 +19,7 @@ def post(url: str, path: str, data: bytes, token: str | None) -> dict[str, objec
         raise SmallfitError("no upload token: pass --token or set SMALLFIT_BOARD_TOKEN (the board's owner makes "
                             "one with 'smallfit board add-token NAME')")
     request = urllib.request.Request(url.rstrip("/") + path, data=data, method="POST", headers={
-        "Content-Type": "application/zip", "Authorization": f"Bearer {token}"})
+        "Content-Type": kind, "Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(request, timeout=120) as answer:
             body: dict[str, object] = json.loads(answer.read())

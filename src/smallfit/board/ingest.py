@@ -106,3 +106,49 @@ def store(db: BoardDB, b: Bundle, recomputed: int, token_id: int, data: bytes) -
                        [(sid, e.candidate, e.task, e.task_hash, e.hardware_class, class_id(e.hardware_class),
                          e.model_sha256, json.dumps(e.metrics), json.dumps(e.info)) for e in entries(b)])
     return sid
+
+
+MAX_REPRODUCTION_BYTES = 2 * 2**20
+
+
+def add_reproduction(db: BoardDB, sid: str, data: bytes, token_id: int) -> tuple[int, int]:
+    """Check and store a signed reproduction report of submission ``sid``: its signature, that it
+    reproduces this very bundle (the manifest's SHA-256), from another key than the submitter's, on
+    a machine of the same hardware class as each entry it covers. (stored, agreed) entry counts."""
+    from smallfit.errors import SmallfitError
+    from smallfit.share.reproduce import check_signed
+
+    sub = db.conn.execute("SELECT * FROM submissions WHERE id = ?", (sid,)).fetchone()
+    if sub is None:
+        raise LookupError(f"no submission {sid}; the boards are at /")
+    try:
+        signed = json.loads(data)
+        report = check_signed(signed if isinstance(signed, dict) else {})
+    except (ValueError, SmallfitError) as exc:
+        raise BundleError(f"not a valid reproduction: {str(exc).splitlines()[0]}", 422) from None
+    if report.get("bundle_manifest_sha256") != sha256_hex(sub["manifest_json"].encode("utf-8")):
+        raise BundleError(f"this reproduction is of another bundle than submission {sid}", 422)
+    if signed["public_key"] == sub["public_key"]:
+        raise BundleError("a reproduction must be signed by another key than the submission's", 422)
+    entries = {(e["candidate"], e["task"]): e for e in db.conn.execute(
+        "SELECT candidate, task, hardware_class FROM entries WHERE submission_id = ?", (sid,))}
+    rows = []
+    for e in report.get("entries") or []:
+        if not isinstance(e, dict):
+            raise BundleError("a reproduction's entries must be objects", 422)
+        known = entries.get((e.get("candidate"), e.get("task")))
+        if known is None:
+            raise BundleError(f"submission {sid} has no {e.get('candidate')} · {e.get('task')} on its boards", 422)
+        if known["hardware_class"] != report.get("hardware_class"):
+            raise BundleError(f"reproduced on '{report.get('hardware_class')}', not on the entry's class "
+                              f"'{known['hardware_class']}'", 422)
+        n, matched = int(e.get("examples") or 0), int(e.get("matched") or 0)
+        agreed = bool(e.get("agreed")) and n > 0 and matched == n and not e.get("differences")
+        rows.append((sid, e["candidate"], e["task"], time.time(), token_id, str(signed["key_id"]),
+                     str(report["hardware_class"]), n, int(agreed), json.dumps(e)))
+    if not rows:
+        raise BundleError("the reproduction covers no candidate x task", 422)
+    with db.transaction() as tx:
+        tx.executemany("INSERT INTO reproductions (submission_id, candidate, task, created_at, token_id, key_id, "
+                       "hardware_class, examples, agreed, report_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    return len(rows), sum(r[8] for r in rows)
