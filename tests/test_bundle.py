@@ -55,6 +55,7 @@ def test_bundle_of_a_run_checks_out_and_carries_everything(keyed, made, demo_run
     b = read_bytes(made.read_bytes())
     m = b.manifest
     assert m["smallfit_version"] and m["hardware"]["cpu_model"] and m["versions"]
+    assert "hostname" not in m["hardware"]
     assert {c["name"] for c in m["candidates"]} == {"tiny", "mid", "slow", "big", "crashy"}
     assert all(len(c["model_sha256"]) == 64 for c in m["candidates"])
     # every stored example and request is in the bundle
@@ -158,3 +159,16 @@ def test_bundle_bytes_do_not_depend_on_when_they_are_written(keyed, demo_run, tm
     keyed("bundle", run_id, "-o", str(b), "--db", str(db), check=True)
     assert a.read_bytes() == b.read_bytes()
     assert json.loads(bundles.entries(a)["manifest.json"])["run_id"] == run_id
+
+
+def test_a_run_whose_figures_this_smallfit_computes_otherwise_is_not_bundled(keyed, tmp_path):
+    """An old database's run (figures stored under older rules) would not verify: refused, no file."""
+    import shutil
+
+    from tests.conftest import REPO
+
+    db = tmp_path / "old.db"
+    shutil.copy(REPO / "tests" / "data" / "schema2.db", db)
+    result = keyed("bundle", "2", "-o", str(tmp_path / "old.zip"), "--db", str(db))
+    assert result.returncode == 2 and "cannot be bundled" in result.stderr and "run it again" in result.stderr
+    assert not (tmp_path / "old.zip").exists()

@@ -236,6 +236,10 @@ def create_app(db_path: Path, limits: Limits | None = None) -> FastAPI:
     async def _missing(_: Request, exc: LookupError) -> JSONResponse:
         return JSONResponse({"error": str(exc.args[0]) if exc.args else "not found"}, 404)
 
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); nothing was stored"}, 500)
+
     @app.get("/", response_class=HTMLResponse, summary="Every board")
     def index(request: Request, conn: DB) -> HTMLResponse:
         return page("index.html", boards=rank.boards(conn), tasks=list(conn.known_tasks().values()),

@@ -38,6 +38,8 @@ MAX_ENTRY_BYTES = 256 * 2**20
 """The largest entry, uncompressed; all entries together get the same limit."""
 MAX_RATIO = 200
 """The most an entry may expand on decompression (text JSON compresses 5-30x): above it, a bomb."""
+PRIVATE = ("hostname",)
+"""Fingerprint fields a bundle leaves out: they name the machine, not its class."""
 _ZIP_TIME = (2000, 1, 1, 0, 0, 0)  # fixed entry times: the same run gives the same bytes
 
 
@@ -155,7 +157,7 @@ def build(store: Store, run_id: str | None) -> tuple[dict[str, Any], list[dict[s
     results.sort(key=lambda r: (order.get(r["candidate"], 0), r["task"]))
     spec = json.loads(run["spec_json"])
     config = config_of(spec, candidates, hashes)
-    hardware = _json(run["hardware_json"], {})
+    hardware = {k: v for k, v in _json(run["hardware_json"], {}).items() if k not in PRIVATE}
     manifest = {
         "format": FORMAT, "smallfit_version": __version__, "run_id": rid, "created_at": run["created_at"],
         "finished_at": run["finished_at"], "config": config, "config_sha256": digest(config), "spec": spec,
@@ -186,11 +188,23 @@ def write(store: Store, run_id: str | None, key: SigningKey, path: Path) -> dict
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             zf.writestr(info, data)
+    _self_check(buffer.getvalue(), manifest["run_id"])
     try:
         path.write_bytes(buffer.getvalue())
     except OSError as exc:
         raise SmallfitError(f"cannot write {path}: {exc.strerror}; pass another path with -o") from None
     return manifest
+
+
+def _self_check(data: bytes, run_id: str) -> None:
+    """Refuse to write a bundle that would not verify: a run stored by an older smallfit whose
+    rules for a figure differed from today's cannot be recomputed from its rows."""
+    from smallfit.share.verify import verify
+
+    v = verify(read_bytes(data))
+    if not v.ok:
+        raise SmallfitError(f"run {run_id} cannot be bundled: {v.problems[0]}; its figures were stored by a smallfit "
+                            "whose rules differ from this one's, so a bundle of it would not verify: run it again")
 
 
 def _entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -> bytes:
