@@ -53,32 +53,44 @@ def made(demo_run, tmp_path_factory):
     return path, forger
 
 
-@pytest.fixture(scope="module")
-def server(made, tmp_path_factory):
-    """`smallfit serve` on a free port with the demo run's tasks known: (base URL, board database)."""
-    folder = tmp_path_factory.mktemp("board")
-    db = folder / "board.db"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    subprocess.run([sys.executable, "-m", "smallfit", "board", "allow-tasks", str(made[0]), "--board-db", str(db)],
-                   check=True, capture_output=True, env=env)
+def _serve(folder: Path, db: Path, per_minute: int) -> tuple[subprocess.Popen[bytes], str]:
+    """`smallfit serve` on a free port, as a process of its own, once it answers."""
+    log = (folder / f"serve-{per_minute}.log").open("w")
     port = _free_port()
-    log = (folder / "serve.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "smallfit", "serve", "--port", str(port), "--board-db", str(db),
-                             "--uploads-per-minute", "4"], stdout=log, stderr=subprocess.STDOUT, env=env)
+                             "--uploads-per-minute", str(per_minute)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    log.close()
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
             if httpx.get(base + "/api/boards", timeout=2).status_code == 200:
-                break
+                return proc, base
         except httpx.TransportError:
             pass
         if proc.poll() is not None:
-            raise AssertionError((folder / "serve.log").read_text())
+            break
         time.sleep(0.1)
-    yield base, db
+    proc.kill()
+    raise AssertionError((folder / f"serve-{per_minute}.log").read_text())
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     proc.wait(timeout=10)
-    log.close()
+
+
+@pytest.fixture(scope="module")
+def server(made, tmp_path_factory):
+    """`smallfit serve` on a free port with the demo run's tasks known: (base URL, board database).
+    Its rate limit is high, so the fuzzer reaches the upload's checks (the limit has its own test)."""
+    folder = tmp_path_factory.mktemp("board")
+    db = folder / "board.db"
+    subprocess.run([sys.executable, "-m", "smallfit", "board", "allow-tasks", str(made[0]), "--board-db", str(db)],
+                   check=True, capture_output=True)
+    proc, base = _serve(folder, db, 10_000)
+    yield base, db
+    _stop(proc)
 
 
 def _token(db: Path) -> str:
@@ -203,14 +215,18 @@ def test_an_oversized_upload_without_a_length_is_cut_off(server):
     assert answer.status_code == 413 and "limit" in answer.json()["error"]
 
 
-def test_uploads_are_rate_limited_per_token(server):
-    base, db = server
-    token, other = _token(db), _token(db)
-    codes = [_upload(base, b"junk", token).status_code for _ in range(5)]
-    assert codes == [400, 400, 400, 400, 429]
-    limited = _upload(base, b"junk", token)
-    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) > 0
-    assert _upload(base, b"junk", other).status_code == 400  # another token has its own allowance
+def test_uploads_are_rate_limited_per_token(server, tmp_path):
+    _, db = server
+    proc, base = _serve(tmp_path, db, 4)  # the same board, served with 4 uploads a minute per token
+    try:
+        token, other = _token(db), _token(db)
+        codes = [_upload(base, b"junk", token).status_code for _ in range(5)]
+        assert codes == [400, 400, 400, 400, 429]
+        limited = _upload(base, b"junk", token)
+        assert limited.status_code == 429 and int(limited.headers["Retry-After"]) > 0
+        assert _upload(base, b"junk", other).status_code == 400  # another token has its own allowance
+    finally:
+        _stop(proc)
 
 
 def test_bad_requests_get_json_errors(server, accepted):
@@ -323,23 +339,32 @@ def test_html_from_a_bundle_is_never_run(server, made, accepted, browser):
 def test_api_fuzzed_from_its_openapi_description(server, accepted, tmp_path):
     """schemathesis generates requests from /openapi.json (every operation, a bounded number of
     cases) and checks each answer: no server error, documented status codes, content types and
-    headers, response bodies matching their schemas, invalid input refused. Not run:
-    positive_data_acceptance, whose premise (any value the schema allows is accepted) cannot hold
-    for a free-text budget filter or a binary bundle, refused for what they say, not their form."""
+    headers, response bodies matching their schemas, invalid input refused. Two passes: one with
+    every parameter generated, one with the ids of a real submission and board, so that the
+    requests reach past "not found". Not run: positive_data_acceptance, whose premise (any value
+    the schema allows is accepted) cannot hold for a free-text budget filter or a binary bundle,
+    refused for what they say, not their form."""
     base, db = server
     st = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which("schemathesis")
     if st is None:
         pytest.skip("schemathesis is not installed (pip install -e '.[dev]')")
-    report = tmp_path / "junit.xml"
-    proc = subprocess.run([st, "run", base + "/openapi.json", "--checks", "all", "--exclude-checks",
-                           "positive_data_acceptance", "-n", "25", "--seed", "1", "-w", "1",
-                           "-H", f"Authorization: Bearer {_token(db)}", "--report", "junit",
-                           "--report-junit-path", str(report)], capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path)
-    cases = re.search(r"(\d+) generated", proc.stdout)
-    print(f"schemathesis: {cases.group(0) if cases else '?'} test cases; exit {proc.returncode}")
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    assert cases and int(cases.group(1)) > 100
+    board = httpx.get(base + "/api/boards").json()[0]
+    real = tmp_path / "real-ids.toml"
+    real.write_text(f'[parameters]\nsid = "{accepted["id"]}"\ntask_hash = "{board["task_hash"]}"\n'
+                    f'class_id = "{board["class_id"]}"\n')
+    counts = []
+    for config in ([], ["--config-file", str(real)]):
+        proc = subprocess.run([st, *config, "run", base + "/openapi.json", "--checks", "all", "--exclude-checks",
+                               "positive_data_acceptance", "-n", "25", "--seed", "1", "-w", "1",
+                               "-H", f"Authorization: Bearer {_token(db)}"], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)
+        cases = re.search(r"(\d+) generated, (\d+) passed", proc.stdout)
+        print(f"schemathesis{' (real ids)' if config else ''}: {cases.group(0) if cases else '?'}; "
+              f"exit {proc.returncode}")
+        assert proc.returncode == 0, proc.stdout[-4000:]
+        assert cases and cases.group(1) == cases.group(2)
+        counts.append(int(cases.group(1)))
+    assert min(counts) > 100
 
 
 def test_a_reproduction_on_the_same_class_earns_the_reproduced_tier(server, made, accepted, tmp_path):
@@ -388,3 +413,20 @@ def test_the_submitter_cannot_reproduce_their_own_bundle(server, made, accepted,
     answer = httpx.post(base + f"/api/submissions/{accepted['id']}/reproductions", content=dumps(signed),
                         headers={"Content-Type": "application/json", "Authorization": f"Bearer {_token(db)}"})
     assert answer.status_code == 422 and "another key" in answer.json()["error"]
+
+
+def test_smallfit_upload_from_the_command_line(server, made, tmp_path):
+    base, db = server
+    path = tmp_path / "renamed.zip"
+    path.write_bytes(bundles.pack(bundles.resign(bundles.rename(bundles.entries(made[0]), "tiny", "tiny2"), made[1])))
+    cmd = [sys.executable, "-m", "smallfit", "upload", str(path), "--to", base]
+    refused = subprocess.run([*cmd, "--token", "sfb_wrong"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "refused it (401)" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "SMALLFIT_BOARD_TOKEN": _token(db)})
+    assert done.returncode == 0 and "accepted as submission" in done.stdout
+    sid = done.stdout.split("submission ")[1].split(":")[0]
+    assert httpx.get(base + f"/api/submissions/{sid}").json()["manifest"]["candidates"][0]["name"] == "tiny2"
+    nowhere = subprocess.run([*cmd[:-1], f"http://127.0.0.1:{_free_port()}", "--token", "x"], capture_output=True,
+                             text=True)
+    assert nowhere.returncode == 2 and "cannot reach the board" in nowhere.stderr
