@@ -430,3 +430,23 @@ def test_smallfit_upload_from_the_command_line(server, made, tmp_path):
     nowhere = subprocess.run([*cmd[:-1], f"http://127.0.0.1:{_free_port()}", "--token", "x"], capture_output=True,
                              text=True)
     assert nowhere.returncode == 2 and "cannot reach the board" in nowhere.stderr
+
+
+def test_two_uploads_of_one_bundle_at_once_store_it_once(made, tmp_path):
+    """Both pass the checks before either is stored; the second insert answers 409, not a crash."""
+    from smallfit.board import ingest
+    from smallfit.share.bundle import BundleError
+
+    board = BoardDB.open(tmp_path / "board.db")
+    data = made[0].read_bytes()
+    b = sb.read_bytes(data)
+    for r in b.manifest["results"]:
+        if r["task_hash"]:
+            board.add_task(r["task_hash"], r["task"], r["info"]["kind"], r["n_samples"])
+    board.add_token("t")
+    first, second = ingest.check(board, data), ingest.check(board, data)
+    ingest.store(board, *first, 1, data)
+    with pytest.raises(BundleError) as refused:
+        ingest.store(board, *second, 1, data)
+    assert refused.value.status == 409 and board.counts()["submissions"] == 1
+    board.close()

@@ -10,6 +10,7 @@ the board knows, each candidate's speed against the physics of its stated machin
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +97,15 @@ def check(db: BoardDB, data: bytes) -> tuple[Bundle, int]:
 def store(db: BoardDB, b: Bundle, recomputed: int, token_id: int, data: bytes) -> str:
     """Store a checked bundle and its entries in one transaction; the submission id."""
     sid = submission_id(b)
+    try:
+        _insert(db, b, sid, recomputed, token_id, data)
+    except sqlite3.IntegrityError:  # the same bundle, uploaded twice at once: the other one won
+        raise BundleError(f"this bundle is already on the board as submission {sid} (/submission/{sid})", 409) \
+            from None
+    return sid
+
+
+def _insert(db: BoardDB, b: Bundle, sid: str, recomputed: int, token_id: int, data: bytes) -> None:
     m = b.manifest
     with db.transaction() as tx:
         tx.execute("INSERT INTO submissions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -105,7 +115,6 @@ def store(db: BoardDB, b: Bundle, recomputed: int, token_id: int, data: bytes) -
         tx.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        [(sid, e.candidate, e.task, e.task_hash, e.hardware_class, class_id(e.hardware_class),
                          e.model_sha256, json.dumps(e.metrics), json.dumps(e.info)) for e in entries(b)])
-    return sid
 
 
 MAX_REPRODUCTION_BYTES = 2 * 2**20
