@@ -102,7 +102,8 @@ def _bar(p: Point, pos: tuple[float, float], sx: tuple[float, float], sy: tuple[
     return "".join(out)
 
 
-def _labels(points: list[Point], pos: dict[str, tuple[float, float]], colours: dict[str, str]) -> list[str]:
+def _labels(points: list[Point], pos: dict[str, tuple[float, float]], colours: dict[str, str],
+            radii: dict[str, float] | None = None) -> list[str]:
     """A label beside each point, moved up or down (and kept inside the plot) until its box
     overlaps no label placed before it; a box is estimated from the text length."""
     placed: list[tuple[float, float, float]] = []  # x0, x1, baseline
@@ -112,7 +113,8 @@ def _labels(points: list[Point], pos: dict[str, tuple[float, float]], colours: d
         text = p.candidate + (" (dominated)" if p.dominated else " (not distinguishable)" if p.indistinct_from
                               else "")
         width = 7.6 * len(text) + 6  # bold 12px sans, generously
-        anchor, dx = ("end", -10.0) if x + 10 + width > _W - _RIGHT else ("start", 10.0)
+        gap = 10.0 + max(0.0, (radii or {}).get(p.candidate, 7.0) - 7.0)  # clear of a bigger bubble
+        anchor, dx = ("end", -gap) if x + gap + width > _W - _RIGHT else ("start", gap)
         x0 = x + dx - width if anchor == "end" else x + dx
         for shift in (0, -16, 16, -32, 32, -48, 48, -64, 64):
             ly = min(max(y + 4 + shift, _TOP + 12), _H - _BOTTOM - 4)
@@ -125,11 +127,13 @@ def _labels(points: list[Point], pos: dict[str, tuple[float, float]], colours: d
     return out
 
 
-def scatter(frontier: Frontier, colours: dict[str, str]) -> str:
+def scatter(frontier: Frontier, colours: dict[str, str], radii: dict[str, float] | None = None) -> str:
     """One frontier as an SVG scatter with each figure's 95% interval as an error bar: frontier
     candidates in colour, those the point estimates alone put behind another half-filled (not
     distinguishable), the point-estimate frontier joined by a dashed line, candidates dominated
-    beyond the intervals hollow and grey; every point labelled with its candidate."""
+    beyond the intervals hollow and grey; every point labelled with its candidate. ``radii``
+    gives a point its own radius (a bubble chart: the board sizes points by peak memory)."""
+    size = radii or {}
     pts = frontier.points
     xs = [v for p in pts for v in _ends(p.x, p.x_low, p.x_high)]
     ys = [v for p in pts for v in _ends(p.y, p.y_low, p.y_high)]
@@ -161,18 +165,21 @@ def scatter(frontier: Frontier, colours: dict[str, str]) -> str:
     for p in sorted(pts, key=lambda q: not q.dominated):  # frontier points drawn on top
         x, y = pos[p.candidate]
         if p.dominated:
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="#fff" stroke="{GREY}" stroke-width="2" '
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{size.get(p.candidate, 6):g}" fill="#fff" '
+                         f'stroke="{GREY}" stroke-width="2" '
                          f'class="point dominated"><title>{escape(p.candidate)}: dominated by '
                          f'{escape(", ".join(p.dominated_by))}</title></circle>')
         elif p.indistinct_from:
             colour = colours.get(p.candidate, "#111827")
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="7" fill="{colour}" fill-opacity="0.35" '
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{size.get(p.candidate, 7):g}" fill="{colour}" '
+                         'fill-opacity="0.35" '
                          f'stroke="{colour}" stroke-width="2" class="point indistinct"><title>{escape(p.candidate)}: '
                          f'not distinguishable from {escape(", ".join(p.indistinct_from))}</title></circle>')
         else:
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="7" fill="{colours.get(p.candidate, "#111827")}" '
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{size.get(p.candidate, 7):g}" '
+                         f'fill="{colours.get(p.candidate, "#111827")}" '
                          f'stroke="#fff" stroke-width="1.5" class="point frontier-point">'
                          f"<title>{escape(p.candidate)}: on the frontier</title></circle>")
-    parts.extend(_labels(pts, pos, colours))
+    parts.extend(_labels(pts, pos, colours, size))
     parts.append("</svg>")
     return "".join(parts)

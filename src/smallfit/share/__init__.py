@@ -1,0 +1,2 @@
+"""Shareable, verifiable results: signed result bundles (:mod:`.bundle`), the signing key
+(:mod:`.keys`), the offline check (:mod:`.verify`) and physical plausibility bounds (:mod:`.physics`)."""
