@@ -95,8 +95,8 @@ def print_cascade(console: Console, a: Analysis) -> None:
     if a.chosen is not None:
         parts.append(Text(_budget_text(a)))
     if a.peak_rss_bytes is not None:
-        parts.append(Text(f"Peak memory of the pair: {a.peak_rss_bytes / 1e6:.1f} MB (the sum of each model's peak "
-                          "in its own process: both stay loaded)."))
+        parts.append(Text(f"Peak memory of the cascade's models: {a.peak_rss_bytes / 1e6:.1f} MB (the sum of each "
+                          "model's peak in its own process: all stay loaded)."))
     console.print(Group(*parts))
 
 
