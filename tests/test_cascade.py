@@ -173,3 +173,51 @@ def test_cascade_report_in_headless_chromium(cli, demo_db, tmp_path):
     shot = tmp_path / "cascade.png"
     proc = _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1400,2000", page.as_uri())
     assert proc.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_live_cascade_candidate_agrees_with_its_replay(cli, tmp_path):
+    """``cascade:SMALL,LARGE@T`` runs both toy models in one worker, deferring live: every example
+    gets the score the replay of the two models' stored examples gives it at the same threshold."""
+    from smallfit.cascade.data import load
+    from smallfit.cascade.replay import Arrays, per_request
+    from smallfit.store import Store
+    from tests.toy_runs import write_model, write_tasks
+
+    words = write_tasks(tmp_path, 16)[0]
+    tiny, big = write_model(tmp_path, Toy("tiny", 5, 0.2), 16), write_model(tmp_path, Toy("big", 13, 0.2), 16)
+    live = f"cascade:{tiny},{big}@0.9"
+    cli("run", "-m", str(tiny), "-m", str(big), "-m", live, "-t", words, "--quick", "--threads", "1", check=True)
+    store = Store.open(cli.db)
+    run_id = str(store.run()["id"])
+    data = load(store, [run_id], ["tiny", "big", live], "words")
+    small, large, cascade_stage = data.stages
+    replayed = per_request(Arrays([small.quality, large.quality], [small.signals["prob"]],
+                                  [small.latency_s, large.latency_s]), np.array([0.9]))
+    assert (replayed.quality[0] == cascade_stage.quality).all()
+    assert 0 < (small.signals["prob"] < 0.9).sum() < 16  # some deferred, some not: the test can tell
+    assert cascade_stage.quality.mean() > small.quality.mean()
+    cand = {c["name"]: c for c in store.candidates(run_id)}[live]
+    assert cand["model_size_bytes"] == tiny.stat().st_size + big.stat().st_size and cand["model_sha256"]
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ("cascade:{tiny},{tmp}/nope.toy@0.9", "cascade member"),
+    ("cascade:{tiny}@0.9", "at least two models"),
+    ("cascade:{tiny},{tiny}", "malformed cascade reference"),
+    ("cascade:{tiny},{tiny}@0.5,0.5", "need 1 threshold"),
+])
+def test_bad_live_cascade_is_one_line_exit_2(cli, tmp_path, model, message):
+    from tests.toy_runs import write_model, write_tasks
+
+    words = write_tasks(tmp_path, 4)[0]
+    tiny = write_model(tmp_path, Toy("tiny", 2, 0.2), 4)
+    proc = cli("run", "-m", model.format(tiny=tiny, tmp=tmp_path), "-t", words, "--quick")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert _stored_runs(cli.db) == 0  # refused before anything was stored
+
+
+def _stored_runs(db):
+    import sqlite3
+
+    return sqlite3.connect(db).execute("SELECT COUNT(*) FROM runs").fetchone()[0] if db.exists() else 0
