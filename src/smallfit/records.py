@@ -117,8 +117,9 @@ class SampleResult:
     signals: dict[str, float] = field(default_factory=dict)
     """Confidence signals of the answer (:mod:`smallfit.signals`), as the backend could give them."""
     latency_s: float | None = None
-    """Seconds this example's requests took: its own generation request, or an even share of the
-    batched scoring call it was in (scoring tasks score several examples per call)."""
+    """Seconds this example's requests took: its own generation request, or its share of the
+    batched scoring call it was in, in proportion to the characters it scored (scoring tasks
+    score several examples per call)."""
 
 
 @dataclass

@@ -160,13 +160,14 @@ class MultipleChoice:
             lls = iter(backend.loglikelihood(requests))  # one call: the backend may batch them all
             elapsed = time.perf_counter() - t0
             timings.append(RequestTiming(lo // SCORE_CHUNK, "quality", None, 0, None, elapsed))
+            sizes = [_scored_chars(s) for s in chunk]
             for j, s in enumerate(chunk):
                 logprobs = [next(lls).logprob for _ in s.choices]
                 scores = scoring.multiple_choice_scores(logprobs, s.choice_texts(), s.gold)
                 scores.update({f"logprob_{k}": lp for k, lp in enumerate(logprobs)})  # kept for inspection
                 pred = s.choices[scoring.argmax(logprobs)]
                 results.append(SampleResult(lo + j, s.id, s.context, s.choices[s.gold], pred, scores,
-                                            signals.choice_signals(logprobs), elapsed / len(chunk)))
+                                            signals.choice_signals(logprobs), elapsed * sizes[j] / sum(sizes)))
             progress(lo + len(chunk))
         return results, timings
 
@@ -175,6 +176,15 @@ class MultipleChoice:
 
     def prompt_of(self, sample: MultipleChoiceSample) -> str:
         return sample.context
+
+
+def _scored_chars(s: MultipleChoiceSample) -> int:
+    """What a question costs to score, in characters: its context once (a backend evaluates a
+    shared context once) and each choice (each contexts' own, for partial evaluation). A scoring
+    call's seconds are shared among its questions in proportion to these: a question's own time
+    is not separable inside a batched call."""
+    contexts = sum(len(c) for c in s.contexts) if s.contexts else len(s.context)
+    return max(1, contexts + sum(len(c) for c in s.choices))
 
 
 @dataclass(frozen=True)
