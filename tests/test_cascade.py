@@ -10,6 +10,7 @@ from smallfit.cascade import curves
 from smallfit.cascade.choose import Bounds, bounds, choose, parse
 from smallfit.cascade.replay import Arrays, all_thresholds, replay
 from smallfit.errors import SmallfitError
+from tests.conftest import needs_models
 from tests.test_report_html import CHROMIUM, _chromium
 from tests.toy_runs import REPO, Toy, make_run
 
@@ -221,3 +222,25 @@ def _stored_runs(db):
     import sqlite3
 
     return sqlite3.connect(db).execute("SELECT COUNT(*) FROM runs").fetchone()[0] if db.exists() else 0
+
+
+@pytest.mark.models
+@needs_models
+def test_bundled_models_cascade_live_and_replayed(cli, tmp_path):
+    """The real path: SmolLM2 and Gemma-3 through llama.cpp on the ticket classifier, the live
+    cascade beside them; the replay prints its figures and gives every example the live score."""
+    from smallfit.cascade.data import load
+    from smallfit.cascade.replay import Arrays, per_request
+    from smallfit.store import Store
+
+    live = "cascade:smollm2-135m,gemma3-270m@0.9"
+    cli("run", "-m", "smollm2-135m", "-m", "gemma3-270m", "-m", live, "-t", str(REPO / "examples" / "tickets.toml"),
+        "--limit", "24", "--quick", check=True)
+    out = cli("cascade", "--models", "smollm2-135m,gemma3-270m", "--budget", "acc>=0.5", check=True).stdout
+    assert "APGR" in out and "gemma3-270m alone" in out and "(chosen)" in out
+    store = Store.open(cli.db)
+    data = load(store, [str(store.run()["id"])], ["smollm2-135m", "gemma3-270m", live], "tickets")
+    small, large, cascade_stage = data.stages
+    replayed = per_request(Arrays([small.quality, large.quality], [small.signals["prob"]],
+                                  [small.latency_s, large.latency_s]), np.array([0.9]))
+    assert (replayed.quality[0] == cascade_stage.quality).all()

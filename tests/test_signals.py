@@ -37,7 +37,7 @@ def test_token_signals_by_hand():
 def test_a_run_stores_signals_and_seconds_per_example(tmp_path):
     """A real toy run: the examples a model knows carry a high signal, the guesses a lower one,
     for multiple choice (prob, margin) and generation (token log-probabilities)."""
-    run_id = make_run(tmp_path / "r.db", tmp_path, [Toy("m", knows=4, delay_ms=0.2)], n=8)
+    run_id = make_run(tmp_path / "r.db", tmp_path, [Toy("m", knows=4, delay_ms=0.2)], n=12)
     conn = sqlite3.connect(tmp_path / "r.db")
     conn.row_factory = sqlite3.Row
     rows = conn.execute("SELECT * FROM samples WHERE run_id = ? ORDER BY task, idx", (run_id,)).fetchall()
@@ -47,6 +47,14 @@ def test_a_run_stores_signals_and_seconds_per_example(tmp_path):
     assert all(set(s) == {"prob", "margin"} for s in sig)
     assert min(s["prob"] for s in sig[:4]) > 0.99 > max(s["prob"] for s in sig[4:])  # known vs guessed
     assert all(r["latency_s"] is not None and r["latency_s"] > 0 for r in rows)
+    # the scoring call's seconds are shared among its examples, in proportion to what each scored
+    (call,) = conn.execute("SELECT latency_s FROM timings WHERE run_id = ? AND candidate = 'm' AND task = 'words'"
+                           " AND phase = 'quality'", (run_id,)).fetchall()
+    assert sum(r["latency_s"] for r in words) == pytest.approx(call[0])
+    shares = [r["latency_s"] / call[0] for r in words]
+    assert shares[0] < shares[-1]  # question 0 is a few characters shorter than question 11
+    assert shares[0] / shares[-1] > 0.9  # and only a few
+
     gen = [json.loads(r["signals_json"]) for r in caps]
     assert all(set(s) == {"logprob_mean", "logprob_min", "logprob_p10"} for s in gen)
     assert min(s["logprob_mean"] for s in gen[:4]) > max(s["logprob_mean"] for s in gen[4:])
