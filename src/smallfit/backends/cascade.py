@@ -5,16 +5,19 @@ Scoring (multiple choice, classification): requests that share a context are one
 first model scores all questions of a call at once, the ones whose ``prob`` (or the signal the
 cascade names) falls below its threshold go to the next model, and so on; each question's
 log-likelihoods are those of the model that answered it. Generation: the first model generates
-with token log-probabilities, and a request whose signal (default ``logprob_p10``) falls below
-the threshold is generated again by the next; the answer, its tokens and their times are the
-answering model's, its times counted from the start of the whole request, so the latency of a
-deferred request includes every model it passed through. Perplexity has no answer to defer: the
-last (largest) model scores the text. Question grouping needs one shared context per question: partial-evaluation tasks
-(a context per choice, WinoGrande) never defer.
+with token log-probabilities, and a request whose signal (default ``logprob_p10``) falls
+below the threshold is generated again by the next (a positive threshold is a probability:
+the signal's exponential is compared with it; one at most 0 a log-probability); the answer,
+its tokens and their times are the answering model's, its times counted from the start of the
+whole request, so the latency of a deferred request includes every model it passed through.
+Perplexity has no answer to defer: the last (largest) model scores the text. Question grouping
+needs one shared context per question: partial-evaluation tasks (a context per choice,
+WinoGrande) never defer.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -121,7 +124,8 @@ class CascadeBackend:
                 if c.token_logprobs is None:
                     raise SmallfitError(f"cascade member {self.names[j]} gives no token log-probabilities; "
                                         "a generating cascade needs them to defer")
-                if token_signals(c.token_logprobs)[signal] < self.thresholds[j]:
+                sure = _as_threshold_scale(token_signals(c.token_logprobs)[signal], self.thresholds[j])
+                if sure < self.thresholds[j]:
                     continue
             self.answered[j] += 1
             times = tuple(start + t for t in c.token_times_s)
@@ -145,6 +149,13 @@ class CascadeBackend:
         for m in self.members:
             m.close()
         self.members = []
+
+
+def _as_threshold_scale(logprob: float, threshold: float) -> float:
+    """A token log-probability statistic on its threshold's scale: as it is against a threshold
+    of at most 0 (a log-probability), as a probability (its exponential) against a positive one,
+    so that ``@0.9`` means the same confidence for a generating task as for a classifying one."""
+    return math.exp(logprob) if threshold > 0 else logprob
 
 
 def check_model(location: str, options: Mapping[str, Any]) -> None:
