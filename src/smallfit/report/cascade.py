@@ -150,7 +150,22 @@ def _budget_text(a: Analysis) -> str:
                        f" {'pass' if c.passed else 'fail'}" for c in ch.checks)
     tail = ("it meets the budget with confidence there." if ch.met_on_heldout
             else "it does not meet the budget with confidence there.")
-    return f"{head} On the held-out split: {checks}; {tail}"
+    return f"{head} On the held-out split: {checks}; {tail}{_cheaper_alone(a)}"
+
+
+def _cheaper_alone(a: Analysis) -> str:
+    """A model alone that meets the budget on held-out at a lower mean cost than the cascade."""
+    ch = a.chosen
+    assert ch is not None
+    mine = ch.point.figures.get(COST_FIGURE[a.cost])
+    if mine is None or mine.value is None:
+        return ""
+    for name, figs in a.singles.items():
+        cost = figs.get(COST_FIGURE[a.cost])
+        if ch.singles.get(name) and cost is not None and cost.value is not None and cost.value < mine.value:
+            return (f" But {name} alone meets it too, at {_cost(a, figs)} per request against the cascade's "
+                    f"{_cost(a, ch.point.figures)}: on this task and machine the cascade does not pay.")
+    return ""
 
 
 # -- HTML ---------------------------------------------------------------------------------------
