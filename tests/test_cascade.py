@@ -184,8 +184,8 @@ def test_live_cascade_candidate_agrees_with_its_replay(cli, tmp_path):
     from smallfit.store import Store
     from tests.toy_runs import write_model, write_tasks
 
-    words = write_tasks(tmp_path, 16)[0]
-    tiny, big = write_model(tmp_path, Toy("tiny", 5, 0.2), 16), write_model(tmp_path, Toy("big", 13, 0.2), 16)
+    words = write_tasks(tmp_path, 20)[0]
+    tiny, big = write_model(tmp_path, Toy("tiny", 6, 0.2), 20), write_model(tmp_path, Toy("big", 16, 0.2), 20)
     live = f"cascade:{tiny},{big}@0.9"
     cli("run", "-m", str(tiny), "-m", str(big), "-m", live, "-t", words, "--quick", "--threads", "1", check=True)
     store = Store.open(cli.db)
@@ -195,10 +195,14 @@ def test_live_cascade_candidate_agrees_with_its_replay(cli, tmp_path):
     replayed = per_request(Arrays([small.quality, large.quality], [small.signals["prob"]],
                                   [small.latency_s, large.latency_s]), np.array([0.9]))
     assert (replayed.quality[0] == cascade_stage.quality).all()
-    assert 0 < (small.signals["prob"] < 0.9).sum() < 16  # some deferred, some not: the test can tell
+    assert 0 < (small.signals["prob"] < 0.9).sum() < 20  # some deferred, some not: the test can tell
     assert cascade_stage.quality.mean() > small.quality.mean()
     cand = {c["name"]: c for c in store.candidates(run_id)}[live]
     assert cand["model_size_bytes"] == tiny.stat().st_size + big.stat().st_size and cand["model_sha256"]
+    # the run's own report replays the live cascade's members at its threshold, beside it
+    cli("report", "-o", str(tmp_path / "r.html"), check=True)
+    page = (tmp_path / "r.html").read_text()
+    assert "Cascade: tiny → big" in page and "at: prob&lt;0.9" in page and "deferral curve on words" in page
 
 
 @pytest.mark.parametrize(("model", "message"), [

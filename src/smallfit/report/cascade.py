@@ -4,6 +4,7 @@ oracle and the chosen threshold), the cascade's verdict beside each single model
 
 from __future__ import annotations
 
+import math
 from html import escape
 
 from rich.console import Console, Group
@@ -12,7 +13,9 @@ from rich.text import Text
 
 from smallfit.cascade.analysis import Analysis, Point, SignalSummary
 from smallfit.cascade.curves import Estimate
+from smallfit.errors import SmallfitError
 from smallfit.report.svg import GREY, PALETTE, Mark, Series, line_chart
+from smallfit.store import Store
 
 COST_FIGURE = {"seconds": "seconds_per_request", "joules": "energy_j_per_request", "dollars": "cost_usd_per_request"}
 COST_TITLE = {"seconds": "seconds per request (mean)", "joules": "joules per request (mean, estimated)",
@@ -193,7 +196,7 @@ def _charts(a: Analysis) -> str:
     if chosen is not None:
         f = chosen.figures
         e, share, cost = f[a.metric], f["deferred_share"], f.get(COST_FIGURE[a.cost])
-        label = f"chosen: {_rule(a, chosen.thresholds)}"
+        label = f"{'chosen' if a.chosen is not None else 'at'}: {_rule(a, chosen.thresholds)}"
         marks.append(Mark(label, share.value or 0.0, e.value or 0.0, "#dc2626", e.low, e.high))
         if cost is not None and cost.value is not None:
             cost_marks.append(Mark(label, cost.value, e.value or 0.0, "#dc2626", e.low, e.high))
@@ -238,3 +241,37 @@ def cascade_section(a: Analysis) -> str:
     budget = f"<p>{escape(_budget_text(a))}</p>" if a.chosen is not None else ""
     return (f"<h2>Cascade: {escape(' → '.join(a.models))}</h2><p class=\"sub\">{escape(_header(a))}</p>"
             f"{charts}{table}{budget}{signals}")
+
+
+def live_cascade_sections(store: Store, run_id: str) -> str:
+    """For each live cascade candidate of a run whose members also ran alone in it, the cascade
+    section of its replay on each task they all finished, at the candidate's thresholds (a positive
+    threshold on a generation signal is a probability, as the live cascade reads it)."""
+    from smallfit.cascade.analysis import Options, analyse, pick_signal
+    from smallfit.cascade.data import load
+    from smallfit.cascade.live import parse
+    from smallfit.models import parse_model_ref
+    from smallfit.signals import TOKEN_SIGNALS
+
+    names = {str(c["name"]): str(c["model_ref"]) for c in store.candidates(run_id)}
+    done = {(str(t["candidate"]), str(t["task"])) for t in store.task_results(run_id) if t["status"] == "done"}
+    parts = []
+    for ref in names.values():
+        if not ref.startswith("cascade:"):
+            continue
+        try:
+            cascade = parse(ref)
+            members = [parse_model_ref(m).name for m in cascade.members]
+        except SmallfitError:
+            continue
+        for task in sorted({t for _, t in done}):
+            if not all(m in names and (m, task) in done for m in members):
+                continue
+            try:
+                data = load(store, [run_id], members, task)
+                signal = pick_signal(data, None)
+                ts = tuple(math.log(t) if signal in TOKEN_SIGNALS and t > 0 else t for t in cascade.thresholds)
+                parts.append(cascade_section(analyse(data, Options(thresholds=ts))))
+            except SmallfitError:
+                continue  # too few examples, no signal: the candidate's own figures stand alone
+    return "".join(parts)
