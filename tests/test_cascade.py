@@ -127,6 +127,11 @@ def test_cascade_command_on_a_toy_run(cli, demo_db, tmp_path):
     chain = cli("cascade", run_id, "--db", str(db), "--models", "tiny,mid,big", "--task", "words",
                 "--threshold", "0.9,0.9", check=True).stdout
     assert "tiny → mid → big" in chain and "cascade, defer when" in chain and "prob<0.9" in chain
+    chosen = cli("cascade", run_id, "--db", str(db), "--models", "tiny,mid,big", "--task", "words",
+                 "--budget", "acc>=0.5", check=True).stdout
+    assert "(chosen)" in chosen and "Budget acc>=0.5" in chosen
+    need = cli("cascade", run_id, "--db", str(db), "--models", "tiny,mid,big", "--task", "words")
+    assert need.returncode == 2 and "needs thresholds per stage" in need.stderr
 
 
 @pytest.mark.parametrize(("args", "message"), [

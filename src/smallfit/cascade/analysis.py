@@ -254,7 +254,7 @@ def analyse(data: CascadeData, opts: Options) -> Analysis:
                       signal, opts.cost, data.n, len(cal_idx), len(held_idx), _singles(data, held, peaks),
                       pair_peak, data.energy_label)
     if len(data.stages) == 2:
-        _pair_curves(result, data, full, cal, held, held_idx, opts)
+        _pair_curves(result, data, cal, held, held_idx, opts)
     if opts.thresholds is not None:
         if len(opts.thresholds) != len(data.stages) - 1:
             raise SmallfitError(f"--threshold takes one value per deferring stage ({len(data.stages) - 1} for "
@@ -265,7 +265,7 @@ def analyse(data: CascadeData, opts: Options) -> Analysis:
         b = bounds(held, np.array([opts.thresholds]), data.metric, pair_peak, names, opts.seed)
         result.fixed = _with_shares(_point(b, 0, opts.thresholds), held, opts.cost, opts.seed)
     if opts.budget:
-        result.chosen = _choose(data, cal, held, pair_peak, signal, opts)
+        result.chosen = _choose(data, cal, held, pair_peak, opts)
         checks = parse(opts.budget, data.metric, data.task)
         result.chosen.singles.update({name: _meets(checks, figs) for name, figs in result.singles.items()})
     elif len(data.stages) > 2 and opts.thresholds is None:
@@ -283,8 +283,7 @@ def _grid(data: CascadeData, cal: Arrays) -> Array:
     return np.array(list(itertools.product(*per_stage)))
 
 
-def _choose(data: CascadeData, cal: Arrays, held: Arrays, peak: float | None, signal: str,
-            opts: Options) -> Chosen:
+def _choose(data: CascadeData, cal: Arrays, held: Arrays, peak: float | None, opts: Options) -> Chosen:
     assert opts.budget is not None
     checks: list[Check] = parse(opts.budget, data.metric, data.task)
     wanted = {c.metric for c in checks} | _figure_names(cal, data.metric, peak)
@@ -305,8 +304,8 @@ def _choose(data: CascadeData, cal: Arrays, held: Arrays, peak: float | None, si
     return Chosen(point, pick.met, pick.candidates, results, met, opts.budget)
 
 
-def _pair_curves(result: Analysis, data: CascadeData, full: Arrays, cal: Arrays, held: Arrays,
-                 held_idx: NDArray[np.int64], opts: Options) -> None:
+def _pair_curves(result: Analysis, data: CascadeData, cal: Arrays, held: Arrays, held_idx: NDArray[np.int64],
+                 opts: Options) -> None:
     """APGR, CPT and calibration of every stored signal, and the plotted curves, on held-out."""
     small, large = held.quality
     weights = resample_weights(held.n, seed=opts.seed)
@@ -338,4 +337,3 @@ def _pair_curves(result: Analysis, data: CascadeData, full: Arrays, cal: Arrays,
     ends = np.array([0.0, 1.0])
     result.random_curve = CurveSeries(ends.tolist(), (small.mean() + ends * (large.mean() - small.mean())).tolist(),
                                       (cost_small + ends * cost_large).tolist())
-    del full
