@@ -63,9 +63,13 @@ def _pct(x: np.ndarray, q: float) -> tuple[float, float | None, float | None]:
 
 def _fmt(v: tuple[float, float | None, float | None], scale: float = 1.0) -> str:
     value, low, high = v
-    lo = "-" if low is None else f"{low * scale:.4g}"
-    hi = "open" if high is None else f"{high * scale:.4g}"
-    return f"{value * scale:.4g} [{lo}, {hi}]"
+
+    def num(x: float) -> str:
+        return f"{x * scale:.0f}" if abs(x * scale) >= 100 else f"{x * scale:.4g}"
+
+    lo = "-" if low is None else num(low)
+    hi = "open" if high is None else num(high)
+    return f"{num(value)} [{lo}, {hi}]"
 
 
 def _overlap(a: tuple[float, float | None, float | None], b: tuple[float, float | None, float | None]) -> bool:
