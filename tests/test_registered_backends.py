@@ -18,7 +18,7 @@ from tests.conftest import have_bundled
 from tests.servers import have_server_deps, llama_server
 
 NEEDS = {"llamacpp": ("llama_cpp",), "transformers": ("torch", "transformers"),
-         "onnx": ("onnxruntime", "onnx", "torch", "transformers"), "openai": ("httpx",)}
+         "onnx": ("onnxruntime", "onnx", "torch", "transformers"), "openai": ("httpx",), "cascade": ("llama_cpp",)}
 
 
 def _cases():

@@ -238,6 +238,7 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
+    import smallfit.cli_cascade  # noqa: F401 - registers the cascade command on the app
     import smallfit.cli_read  # noqa: F401 - registers the reading commands on the app
     import smallfit.cli_share  # noqa: F401 - registers the sharing commands (bundle, keys, serve...)
 

@@ -76,12 +76,16 @@ def report(
     output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")] = Path("report.html"),
     db: DbOption = None,
 ) -> None:
-    """Write one self-contained HTML report (plots, verdicts, trade-offs, machine) that works offline."""
+    """Write one self-contained HTML report (plots, verdicts, trade-offs, machine) that works offline.
+    A run with a live cascade candidate whose models also ran alone gets the cascade's curves too."""
+    from smallfit.report.cascade import live_cascade_sections
     from smallfit.report.html import render
     from smallfit.results import collect
     from smallfit.store import Store
 
-    page = render(collect(Store.open(db_path(db), create=False), run_id))
+    store = Store.open(db_path(db), create=False)
+    res = collect(store, run_id)
+    page = render(res, live_cascade_sections(store, str(res.run["id"])))
     _write(output, page)
     err.print(f"report written to {output}")
 

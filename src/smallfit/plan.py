@@ -134,7 +134,7 @@ def preflight(planned: list[PlannedCandidate], quantize: list[str]) -> dict[str,
                     for t in unknown if p.variant == t]
         if not problems:
             try:
-                _check_candidate(p)
+                check_candidate(p)
             except SmallfitError as exc:
                 problems.append(str(exc))
         out[p.name] = problems
@@ -147,7 +147,9 @@ def _backend_variants() -> list[str]:
     return [v for s in registry().values() for v in s.variants]
 
 
-def _check_candidate(p: PlannedCandidate) -> None:
+def check_candidate(p: PlannedCandidate) -> None:
+    """Cheap checks before any model loads: a bundled model's packages, a hub file's presence,
+    the backend's own check of a file or server."""
     ref = p.ref()
     backend = get_backend(p.backend)
     check = backend.check_model
@@ -198,7 +200,7 @@ def resolve(p: PlannedCandidate, threads: int, on_step: OnStep) -> tuple[Resolve
                              backend_package=package), None
     if ref.kind in ("alias", "hub", "hub-repo"):
         on_step(f"locating {ref.raw}")
-    path = resolve_model(ref)
+    path = resolve_model(ref, p.options)
     source, sweep = path, None
     if p.variant is not None:
         path, sweep = _variant(path, p.variant, threads, on_step)

@@ -59,6 +59,7 @@ class GenerationRequest:
     max_tokens: int = 32
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # keep generating past end-of-text: a fixed-length timing request
+    logprobs: bool = False  # fill Completion.token_logprobs (backends with the token_logprobs capability)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,9 @@ class Completion:
     latency_s: float
     token_times_s: tuple[float, ...]
     finish_reason: str  # "stop", "length" or "eos"
+    token_logprobs: tuple[float, ...] | None = None
+    """Natural-log probability of each output token under the model, from the same greedy pass;
+    None where the request did not ask for them or the backend cannot give them."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,12 @@ class SampleResult:
     target: str
     prediction: str
     scores: dict[str, float] = field(default_factory=dict)
+    signals: dict[str, float] = field(default_factory=dict)
+    """Confidence signals of the answer (:mod:`smallfit.signals`), as the backend could give them."""
+    latency_s: float | None = None
+    """Seconds this example's requests took: its own generation request, or its share of the
+    batched scoring call it was in, in proportion to the characters it scored (scoring tasks
+    score several examples per call)."""
 
 
 @dataclass
@@ -175,6 +185,11 @@ class TaskInfo:
     """A probe this backend cannot run, and why."""
     memory_budget_bytes: float | None = None
     """The context probe's memory budget (the budget's tightest peak_rss_bytes bound)."""
+    signals: list[str] = field(default_factory=list)
+    """Confidence signals stored with every example (:mod:`smallfit.signals`); empty for runs
+    stored before signals were."""
+    signals_missing: str | None = None
+    """Why a signal this task kind has was not given (a backend without token log-probabilities)."""
     details: dict[str, Any] = field(default_factory=dict)
     """Anything else a probe records (batch sizes, lengths tried, knee rule)."""
 

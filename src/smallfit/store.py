@@ -117,6 +117,12 @@ ALTER TABLE candidates ADD COLUMN resolved_json TEXT;
 ALTER TABLE candidates ADD COLUMN model_sha256 TEXT;
 ALTER TABLE candidates ADD COLUMN variant TEXT;
 """),
+    # Each scored example's confidence signals (smallfit.signals) and the seconds its requests
+    # took, so a cascade can be replayed from a stored run; NULL in runs stored before.
+    ("0004_confidence_signals", """
+ALTER TABLE samples ADD COLUMN signals_json TEXT;
+ALTER TABLE samples ADD COLUMN latency_s REAL;
+"""),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -287,9 +293,10 @@ class Store:
                        (*key, _dumps(asdict(result.info)), time.time()))
             tx.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
                            [(*key, name, value, i) for i, (name, value) in enumerate(result.metrics.items())])
-            tx.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           [(*key, s.index, s.sample_id, s.prompt, s.target, s.prediction, _dumps(s.scores))
-                            for s in result.samples])
+            tx.executemany("INSERT INTO samples (run_id, candidate, task, idx, sample_id, prompt, target, prediction,"
+                           " scores_json, signals_json, latency_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(*key, s.index, s.sample_id, s.prompt, s.target, s.prediction, _dumps(s.scores),
+                             _dumps(s.signals), s.latency_s) for s in result.samples])
             tx.executemany("INSERT INTO timings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            [(*key, t.phase, t.index, t.n_prompt_tokens, t.n_output_tokens, t.ttft_s,
                              t.latency_s, json.dumps(t.token_times_s)) for t in result.timings])
@@ -365,6 +372,11 @@ class Store:
         return self.conn.execute("SELECT s.* FROM samples s JOIN candidates c ON c.run_id = s.run_id AND"
                                  " c.name = s.candidate WHERE s.run_id = ? ORDER BY c.position, s.task, s.idx",
                                  (run_id,)).fetchall()
+
+    def task_samples(self, run_id: str, candidate: str, task: str) -> list[sqlite3.Row]:
+        """A candidate x task's scored examples in index order (signals_json NULL before 0004)."""
+        return self.conn.execute("SELECT * FROM samples WHERE run_id = ? AND candidate = ? AND task = ? ORDER BY idx",
+                                 (run_id, candidate, task)).fetchall()
 
     def timings(self, run_id: str, candidate: str, task: str) -> list[sqlite3.Row]:
         """Raw per-request timings of a candidate x task."""

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -93,6 +94,7 @@ def run_job(job: Job, emit: Emitter) -> int:
         emit(Fatal(str(exc)))
         return 1
     info = backend.info()
+    info.setdefault("capabilities", asdict(backend.capabilities))  # what it declared, detected at load
     if job.prepare_s is not None:  # built before this process started (see smallfit.prepare)
         info["prepared_in_own_process_s"] = round(job.prepare_s, 3)
     size = info.get("model_size_bytes")  # the weights the backend actually loaded (a converted copy)

@@ -36,6 +36,7 @@ class Capabilities:
     embedding: bool = False  # embed(): an encoder (sentence embeddings), see EmbeddingBackend
     concurrency: bool = False  # measure_concurrency(): several requests in flight (a server), see ConcurrentBackend
     device_memory: bool = False  # reset/peak_device_memory_bytes(): peak memory on an accelerator, see DeviceMemory
+    token_logprobs: bool = False  # generate() fills Completion.token_logprobs when a request asks (logprobs=True)
 
 
 @dataclass(frozen=True)

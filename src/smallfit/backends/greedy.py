@@ -52,6 +52,9 @@ class GreedyModel(Generic[State]):
     """Prompt and output tokens together may not exceed this."""
     sync: Callable[[], None] = _no_sync
     """Waits until the device has finished (CUDA); called before each token is timestamped."""
+    logprob: Callable[[Any, int], float] | None = None
+    """log-softmax of the logits at a token (the chosen token's log-probability), for requests
+    that ask for ``logprobs``; None where the backend does not give them."""
 
 
 class IncrementalDetokenizer:
@@ -148,6 +151,7 @@ def generate(model: GreedyModel[State], req: GenerationRequest, prompt: Sequence
     keep = max([len(s) - 1 for s in req.stop if s], default=0)
     detok = IncrementalDetokenizer(model.decode)
     times: list[float] = []
+    logprobs: list[float] = []
     finish, cut = "length", None
     state, logits = model.prefill(prompt)
     while len(times) < limit:
@@ -159,6 +163,8 @@ def generate(model: GreedyModel[State], req: GenerationRequest, prompt: Sequence
             finish = "eos"
             break
         times.append(time.perf_counter() - t0)
+        if req.logprobs and model.logprob is not None:  # after the timestamp, as llama.cpp's backend
+            logprobs.append(model.logprob(logits, tok))
         # a stop sequence not found before must end in what this token changed
         start = max(0, detok.add(tok) - keep)
         hit = first_stop(detok.since(start), req.stop) if req.stop else None
@@ -171,4 +177,5 @@ def generate(model: GreedyModel[State], req: GenerationRequest, prompt: Sequence
     return Completion(text=text, n_prompt_tokens=len(prompt), n_output_tokens=len(times),
                       ttft_s=times[0] if times else None,
                       latency_s=times[-1] if times else time.perf_counter() - t0,
-                      token_times_s=tuple(times), finish_reason=finish)
+                      token_times_s=tuple(times), finish_reason=finish,
+                      token_logprobs=tuple(logprobs) if req.logprobs and model.logprob is not None else None)

@@ -49,7 +49,8 @@ class HFOptions(BaseModel):
 class TransformersBackend(HFTokenScoring):
     """A causal LM loaded through transformers, on CPU or CUDA."""
 
-    capabilities = Capabilities(loglikelihood=True, generation=True, streaming=True, device_memory=True)
+    capabilities = Capabilities(loglikelihood=True, generation=True, streaming=True, device_memory=True,
+                                token_logprobs=True)
 
     def __init__(self, config: BackendConfig) -> None:
         self._torch, tf = import_torch_transformers()
@@ -294,7 +295,7 @@ class TransformersBackend(HFTokenScoring):
         an empty cache; each token timestamped once the device has finished it."""
         model = greedy.GreedyModel(prefill=self._prefill, step=self._step, decode=self.detokenize,
                                    eos_ids=frozenset(self.eos_ids), context_size=self.max_length,
-                                   sync=self._sync)
+                                   sync=self._sync, logprob=self._token_logprob)
         out = []
         for req in requests:
             t0 = time.perf_counter()  # the request starts before tokenisation
@@ -313,6 +314,10 @@ class TransformersBackend(HFTokenScoring):
         result = self.model(self._torch.tensor([[token]], device=self.device), use_cache=True,
                             **{self._cache_kw: cache})
         return _cache_of(result), result.logits[0, -1]
+
+    def _token_logprob(self, logits: Any, token: int) -> float:
+        """The chosen token's log-probability under ``logits`` (one row, any dtype)."""
+        return float(self._torch.log_softmax(logits.float(), dim=-1)[token])
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

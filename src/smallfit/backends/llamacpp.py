@@ -55,7 +55,7 @@ def split_pair(context: str, continuation: str) -> tuple[str, str]:
 class LlamaCppBackend:
     """A GGUF model loaded through llama-cpp-python."""
 
-    capabilities = Capabilities(loglikelihood=True, generation=True, streaming=True, batching=True)
+    capabilities = Capabilities(loglikelihood=True, generation=True, streaming=True, batching=True, token_logprobs=True)
 
     def __init__(self, config: BackendConfig) -> None:
         self._lib, self._np = _import()
@@ -221,6 +221,7 @@ class LlamaCppBackend:
         out: list[int] = []
         out_bytes = bytearray()
         times: list[float] = []
+        logprobs: list[float] = []
         finish, text = "length", ""
         self._clear()
         self._eval_prefix(prompt[:-1])
@@ -237,6 +238,8 @@ class LlamaCppBackend:
                 tok = self._best_non_eog(logits)
             times.append(time.perf_counter() - t0)
             out.append(tok)
+            if req.logprobs:  # after the timestamp: the signal's cost falls on the next token, as a cascade pays it
+                logprobs.append(self._token_logprob(logits, tok))
             if req.stop:  # text is needed per token only to look for a stop sequence
                 out_bytes += self._llm.detokenize([tok])
                 text = out_bytes.decode("utf-8", errors="ignore")
@@ -251,7 +254,14 @@ class LlamaCppBackend:
             text=text, n_prompt_tokens=len(prompt), n_output_tokens=len(times),
             ttft_s=times[0] if times else None, latency_s=latency,
             token_times_s=tuple(times), finish_reason=finish,
+            token_logprobs=tuple(logprobs[: len(times)]) if req.logprobs else None,
         )
+
+    def _token_logprob(self, logits: Any, tok: int) -> float:
+        """log-softmax of ``logits`` at ``tok``: x[tok] - (max + log(sum(exp(x - max))))."""
+        np = self._np
+        peak = float(logits.max())
+        return float(logits[tok]) - peak - float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))
 
     def _last_logits(self) -> Any:
         """A zero-copy view of the last decoded position's logits."""

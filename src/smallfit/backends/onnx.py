@@ -105,7 +105,7 @@ def load_onnx(config: BackendConfig) -> Backend | EmbeddingBackend:
 class OnnxCausalLM(HFTokenScoring):
     """A causal LM run by ONNX Runtime, with the KV cache fed back between graph runs."""
 
-    capabilities = Capabilities(loglikelihood=True, generation=True, streaming=True)
+    capabilities = Capabilities(loglikelihood=True, generation=True, streaming=True, token_logprobs=True)
 
     def __init__(self, config: BackendConfig, model: Path, origin: dict[str, Any]) -> None:
         self._ort, self._np = _import()
@@ -319,13 +319,21 @@ class OnnxCausalLM(HFTokenScoring):
         """Greedy generation (:mod:`smallfit.backends.greedy`), one request at a time, each from
         an empty past."""
         model = greedy.GreedyModel(prefill=self._prefill, step=self._step, decode=self.detokenize,
-                                   eos_ids=frozenset(self.eos_ids), context_size=self.max_length)
+                                   eos_ids=frozenset(self.eos_ids), context_size=self.max_length,
+                                   logprob=self._token_logprob)
         out = []
         for req in requests:
             t0 = time.perf_counter()  # the request starts before tokenisation
             prompt = self.tokenize(req.prompt) or [self.prefix_token]
             out.append(greedy.generate(model, req, prompt, t0))
         return out
+
+    def _token_logprob(self, logits: Any, token: int) -> float:
+        """The chosen token's log-probability under one row of logits (float64 arithmetic)."""
+        np = self._np
+        row = np.asarray(logits, dtype=np.float64)
+        peak = float(row.max())
+        return float(row[token]) - peak - float(np.log(np.exp(row - peak).sum()))
 
     def _step(self, past: list[Any], token: int, position: int) -> tuple[list[Any], Any]:
         """One token at ``position`` on top of ``past``: the new past and the next logits."""

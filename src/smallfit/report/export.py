@@ -27,14 +27,19 @@ def candidate_records(store: Store, run_id: str | None) -> list[dict[str, Any]]:
 
 
 def sample_records(store: Store, run_id: str | None) -> list[dict[str, Any]]:
-    """One record per scored example, each score in its own column."""
+    """One record per scored example, each score in its own column, then the example's seconds
+    and each confidence signal (``signal_<name>``; empty in runs stored before signals were)."""
     run = str(store.run(run_id)["id"])
     rows = store.samples(run)
     scores = [json.loads(r["scores_json"]) for r in rows]
+    signals = [json.loads(r["signals_json"] or "{}") for r in rows]
     names = list(dict.fromkeys(k for s in scores for k in s))
+    kinds = list(dict.fromkeys(k for s in signals for k in s))
     return [{"run_id": run, "candidate": r["candidate"], "task": r["task"], "index": r["idx"],
              "sample_id": r["sample_id"], "prompt": r["prompt"], "target": r["target"],
-             "prediction": r["prediction"], **{k: s.get(k) for k in names}} for r, s in zip(rows, scores, strict=True)]
+             "prediction": r["prediction"], **{k: s.get(k) for k in names}, "latency_s": r["latency_s"],
+             **{f"signal_{k}": g.get(k) for k in kinds}}
+            for r, s, g in zip(rows, scores, signals, strict=True)]
 
 
 def write(records: list[dict[str, Any]], path: Path, fmt: str) -> None:

@@ -303,10 +303,10 @@ def _definitions() -> str:
             "the count that decides the check with 80% power.</p>")
 
 
-def render(res: RunResults) -> str:
-    """The whole report as one HTML document."""
+def render(res: RunResults, extra: str = "") -> str:
+    """The whole report as one HTML document; ``extra`` (a cascade's section) follows the budget."""
     colours = {c["name"]: PALETTE[i % len(PALETTE)] for i, c in enumerate(res.candidates)}
-    body = "".join([_header(res), _budget(res), _plots(res, colours), _tradeoffs(res), _results_table(res),
+    body = "".join([_header(res), _budget(res), extra, _plots(res, colours), _tradeoffs(res), _results_table(res),
                     _sweep(res), _efficiency(res), _probes(res), _machine(res), _definitions()])
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>smallfit report {escape(res.run['id'])}</title><style>{_CSS}</style></head>"

@@ -183,3 +183,69 @@ def scatter(frontier: Frontier, colours: dict[str, str], radii: dict[str, float]
     parts.extend(_labels(pts, pos, colours, size))
     parts.append("</svg>")
     return "".join(parts)
+
+
+class Series:
+    """A line of a line chart: points joined in order, solid, dashed or dotted."""
+
+    def __init__(self, name: str, xs: list[float], ys: list[float], colour: str, dash: str = "") -> None:
+        self.name, self.xs, self.ys, self.colour, self.dash = name, xs, ys, colour, dash
+
+
+class Mark:
+    """A labelled point of a line chart, with an optional 95% interval on y."""
+
+    def __init__(self, name: str, x: float, y: float, colour: str, y_low: float | None = None,
+                 y_high: float | None = None) -> None:
+        self.name, self.x, self.y, self.colour, self.y_low, self.y_high = name, x, y, colour, y_low, y_high
+
+
+def line_chart(title: str, x_title: str, y_title: str, series: list[Series], marks: list[Mark],
+               x_label: str = "") -> str:
+    """An SVG line chart: each series a polyline, each mark a labelled dot with its interval,
+    a legend of the series below the plot; ``x_label`` picks the tick format (a metric name)."""
+    xs = [x for s in series for x in s.xs] + [m.x for m in marks]
+    ys = [y for s in series for y in s.ys] + [v for m in marks for v in _ends(m.y, m.y_low, m.y_high)]
+    xs, ys = [x for x in xs if math.isfinite(x)], [y for y in ys if math.isfinite(y)]
+    xt, yt = nice_ticks(min(xs), max(xs)), nice_ticks(min(ys), max(ys))
+    height = _H + 18 * len(series)
+    sx = _scale(xt[0], xt[-1], _LEFT, _W - _RIGHT)
+    sy = _scale(yt[0], yt[-1], _H - _BOTTOM, _TOP)
+    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {height}" role="img" class="plot" '
+              f'aria-label="{escape(title)}">'),
+             (f'<rect x="{_LEFT}" y="{_TOP}" width="{_W - _LEFT - _RIGHT}" height="{_H - _TOP - _BOTTOM}" '
+              'fill="#fafafa" stroke="#d1d5db"/>')]
+    for t in xt:
+        x = t * sx[0] + sx[1]
+        parts.append(f'<line x1="{x:.1f}" y1="{_TOP}" x2="{x:.1f}" y2="{_H - _BOTTOM}" stroke="#e5e7eb"/>'
+                     f'<text x="{x:.1f}" y="{_H - _BOTTOM + 18}" text-anchor="middle" class="tick">'
+                     f"{escape(tick_label(x_label, t))}</text>")
+    for t in yt:
+        y = t * sy[0] + sy[1]
+        parts.append(f'<line x1="{_LEFT}" y1="{y:.1f}" x2="{_W - _RIGHT}" y2="{y:.1f}" stroke="#e5e7eb"/>'
+                     f'<text x="{_LEFT - 8}" y="{y + 4:.1f}" text-anchor="end" class="tick">{t:g}</text>')
+    parts.append(f'<text x="{(_LEFT + _W - _RIGHT) / 2}" y="{_H - 12}" text-anchor="middle" class="axis">'
+                 f"{escape(x_title)}</text>")
+    parts.append(f'<text transform="translate(16 {(_TOP + _H - _BOTTOM) / 2}) rotate(-90)" text-anchor="middle" '
+                 f'class="axis">{escape(y_title)}</text>')
+    for i, s in enumerate(series):
+        pts = " ".join(f"{x * sx[0] + sx[1]:.1f},{y * sy[0] + sy[1]:.1f}" for x, y in zip(s.xs, s.ys, strict=True))
+        dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
+        parts.append(f'<polyline points="{pts}" fill="none" stroke="{s.colour}" stroke-width="2"{dash} '
+                     f'class="series"><title>{escape(s.name)}</title></polyline>')
+        ly = _H + 4 + 18 * i
+        parts.append(f'<line x1="{_LEFT}" y1="{ly}" x2="{_LEFT + 28}" y2="{ly}" stroke="{s.colour}" stroke-width="2"'
+                     f'{dash}/><text x="{_LEFT + 36}" y="{ly + 4}" class="tick">{escape(s.name)}</text>')
+    for m in marks:
+        x, y = m.x * sx[0] + sx[1], m.y * sy[0] + sy[1]
+        if m.y_low is not None and m.y_high is not None:
+            y0, y1 = m.y_low * sy[0] + sy[1], m.y_high * sy[0] + sy[1]
+            parts.append(f'<line x1="{x:.1f}" y1="{y0:.1f}" x2="{x:.1f}" y2="{y1:.1f}" stroke="{m.colour}" '
+                         'stroke-width="1.5"/>')
+        right = x > _W - _RIGHT - 170  # near the right edge the label reads leftwards
+        lx, anchor = (x - 9, "end") if right else (x + 9, "start")
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{m.colour}" stroke="#fff" stroke-width="1.5" '
+                     f'class="point mark"><title>{escape(m.name)}</title></circle>'
+                     f'<text x="{lx:.1f}" y="{y - 8:.1f}" text-anchor="{anchor}" class="label">{escape(m.name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)

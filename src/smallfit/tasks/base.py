@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from smallfit import scoring
+from smallfit import scoring, signals
 from smallfit.backends.base import Backend
 from smallfit.records import (
     GenerationRequest,
@@ -158,13 +158,16 @@ class MultipleChoice:
                         for s in chunk for k, c in enumerate(s.choices)]
             t0 = time.perf_counter()
             lls = iter(backend.loglikelihood(requests))  # one call: the backend may batch them all
-            timings.append(RequestTiming(lo // SCORE_CHUNK, "quality", None, 0, None, time.perf_counter() - t0))
+            elapsed = time.perf_counter() - t0
+            timings.append(RequestTiming(lo // SCORE_CHUNK, "quality", None, 0, None, elapsed))
+            sizes = [_scored_chars(s) for s in chunk]
             for j, s in enumerate(chunk):
                 logprobs = [next(lls).logprob for _ in s.choices]
                 scores = scoring.multiple_choice_scores(logprobs, s.choice_texts(), s.gold)
                 scores.update({f"logprob_{k}": lp for k, lp in enumerate(logprobs)})  # kept for inspection
                 pred = s.choices[scoring.argmax(logprobs)]
-                results.append(SampleResult(lo + j, s.id, s.context, s.choices[s.gold], pred, scores))
+                results.append(SampleResult(lo + j, s.id, s.context, s.choices[s.gold], pred, scores,
+                                            signals.choice_signals(logprobs), elapsed * sizes[j] / sum(sizes)))
             progress(lo + len(chunk))
         return results, timings
 
@@ -173,6 +176,15 @@ class MultipleChoice:
 
     def prompt_of(self, sample: MultipleChoiceSample) -> str:
         return sample.context
+
+
+def _scored_chars(s: MultipleChoiceSample) -> int:
+    """What a question costs to score, in characters: its context once (a backend evaluates a
+    shared context once) and each choice (each contexts' own, for partial evaluation). A scoring
+    call's seconds are shared among its questions in proportion to these: a question's own time
+    is not separable inside a batched call."""
+    contexts = sum(len(c) for c in s.contexts) if s.contexts else len(s.context)
+    return max(1, contexts + sum(len(c) for c in s.choices))
 
 
 @dataclass(frozen=True)
@@ -192,13 +204,15 @@ class Generation:
         results, timings = [], []
         for lo in range(0, len(samples), CHUNK):
             chunk = samples[lo : lo + CHUNK]
-            reqs = [GenerationRequest(s.prompt, self.max_tokens, self.stop) for s in chunk]
+            wants = backend.capabilities.token_logprobs
+            reqs = [GenerationRequest(s.prompt, self.max_tokens, self.stop, logprobs=wants) for s in chunk]
             for j, (s, c) in enumerate(zip(chunk, backend.generate(reqs), strict=True)):
                 i = lo + j
                 answer = self.extract(c.text)
                 scores = {"exact_match": scoring.exact_match(answer, s.answer), "f1": scoring.token_f1(answer,
                                                                                                        s.answer)}
-                results.append(SampleResult(i, s.id, s.prompt, s.answer, c.text, scores))
+                results.append(SampleResult(i, s.id, s.prompt, s.answer, c.text, scores,
+                                            signals.token_signals(c.token_logprobs), c.latency_s))
                 timings.append(RequestTiming.of(i, "quality", c))
             progress(lo + len(chunk))
         return results, timings

@@ -5,7 +5,9 @@ A ``.toy`` model file is JSON: ``{"corpus": "text the model learns from", "smoot
 P(next byte | previous byte) comes from the corpus's bigram counts with additive smoothing, so
 every score is exact, deterministic arithmetic and generation is the greedy argmax. A fact makes
 the model know an answer: after a context ending in its suffix, the answer's log-likelihood gains
-``FACT_BONUS`` nats and generation writes the answer first. ``delay_ms`` sleeps per generated
+``FACT_BONUS`` nats and generation writes the answer first (each of its bytes at log-probability
+near 0, where a bigram guess has the bigram's: the token log-probability signals tell them apart).
+``delay_ms`` sleeps per generated
 token, so timings are real and of a known size. Its ``options`` can make it fail at load
 (``{"fail": "load"}``) or kill its own process on the first generation (``{"crash": "generate"}``):
 faults the runner must survive.
@@ -43,7 +45,7 @@ FACT_BONUS = 50.0
 class ToyBackend:
     """A byte-bigram model loaded from a ``.toy`` file."""
 
-    capabilities = Capabilities(loglikelihood=True, generation=True, streaming=True)
+    capabilities = Capabilities(loglikelihood=True, generation=True, streaming=True, token_logprobs=True)
 
     def __init__(self, config: BackendConfig) -> None:
         self.options = dict(config.options)
@@ -108,10 +110,15 @@ class ToyBackend:
         self._check_length(len(prompt) + 1)
         prev, out, times, finish = prompt[-1] if prompt else BOS, bytearray(), [], "length"
         known = list(f" {self._fact(req.prompt)}\n".encode()) if self._fact(req.prompt) is not None else []
+        logprobs: list[float] = []
         for _ in range(min(req.max_tokens, self.context_size - len(prompt))):
             if self.delay_s:
                 time.sleep(self.delay_s)
-            prev = known.pop(0) if known else self.best[prev]
+            forced = bool(known)
+            nxt = known.pop(0) if known else self.best[prev]
+            # a known answer's byte is as sure as the fact bonus makes it; others are the bigram's
+            logprobs.append(min(0.0, self.logp[prev][nxt] + FACT_BONUS) if forced else self.logp[prev][nxt])
+            prev = nxt
             out.append(prev)
             times.append(time.perf_counter() - t0)
             text = out.decode("utf-8", "ignore")
@@ -122,7 +129,8 @@ class ToyBackend:
         else:
             text = out.decode("utf-8", "ignore")
         return Completion(text, len(prompt), len(times), times[0] if times else None,
-                          times[-1] if times else time.perf_counter() - t0, tuple(times), finish)
+                          times[-1] if times else time.perf_counter() - t0, tuple(times), finish,
+                          tuple(logprobs) if req.logprobs else None)
 
     def chat_prompt(self, user_message: str) -> str:
         """A plain two-turn template."""
