@@ -6,8 +6,10 @@ safetensors folder) on the CPU with the same thread count, and score, in one run
 - three multiple-choice tasks built from local data (the first N questions of evals-registry
   folders: QuaRTz, two short choices; LogiQA, long passages and four multi-token choices of
   different lengths; CISSP study questions, four choices);
-- a rolling-perplexity task: documents made of 1 to 12 LogiQA passages, so long documents that
-  span several of the model's windows' worth of text sit beside short ones.
+- a rolling-perplexity task: documents made of 1 to 12 LogiQA passages, short ones beside long
+  ones (up to about 1,800 tokens: one window of SmolLM2's 8192-token training context, the
+  window both lm-eval and smallfit's transformers backend use; how longer documents are cut into
+  windows is checked against lm-eval's rule in tests/test_rolling.py).
 
 Printed per task: per-request log-likelihood differences (target |difference| <= 1e-3), acc,
 acc_norm (log-likelihood / len(choice) in characters) and acc_bytes of each (target:
@@ -130,7 +132,7 @@ def build_inputs(n: int, docs: int, threads: int, batch: int) -> tuple[Path, Pat
     with data.open("w") as fh:
         at = 0
         for i in range(docs):
-            k = 1 + (i * 11) // max(1, docs - 1)  # 1 to 12 passages: short to several thousand tokens
+            k = 1 + (i * 11) // max(1, docs - 1)  # 1 to 12 passages: short to about 1,800 tokens
             fh.write(json.dumps({"id": i, "text": "\n\n".join(passages[at : at + k])}) + "\n")
             at += k
     names.append(rolling)
