@@ -51,6 +51,8 @@ class PlannedCandidate:
     batch_size: int = 512
     variant: str | None = None
     """A quantization sweep's variant (``f32`` is the reference of a GGUF sweep)."""
+    hardware: str | None = None
+    """The hardware class (a Ray custom resource) its jobs must run on, with ``--executor ray``."""
 
     def ref(self) -> ModelRef:
         """The parsed reference on this candidate's backend."""
@@ -86,7 +88,7 @@ def plan(spec: RunSpec) -> tuple[list[PlannedCandidate], list[str]]:
 
 def _planned(cand: CandidateSpec, ref: ModelRef, **changes: Any) -> PlannedCandidate:
     base = PlannedCandidate(ref.name, cand.model, ref.backend, dict(cand.options), cand.threads, cand.context_size,
-                            cand.batch_size)
+                            cand.batch_size, hardware=cand.hardware)
     return PlannedCandidate(**{**asdict(base), **changes})
 
 
