@@ -159,3 +159,12 @@ def test_executor_ray_without_the_extra_is_one_line(cli, tmp_path, monkeypatch):
     assert proc.stderr.strip() == "error: the Ray library is not installed; install it with: pip install " \
                                   "'smallfit[ray]'"
     assert not sqlite3.connect(cli.db).execute("SELECT * FROM runs").fetchall()
+
+
+def test_version_skew_names_what_differs():
+    from smallfit.executors.ray import version_skew
+
+    driver = {"smallfit": "0.1.0", "ray": "2.60.0", "python": "3.11.7"}
+    assert version_skew(dict(driver), driver) == ""
+    node = {**driver, "ray": "2.59.0", "python": "3.12.1"}
+    assert version_skew(node, driver) == "Ray 2.59.0, Python 3.12.1 where the driver runs Ray 2.60.0, Python 3.11.7"

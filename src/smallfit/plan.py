@@ -53,6 +53,9 @@ class PlannedCandidate:
     """A quantization sweep's variant (``f32`` is the reference of a GGUF sweep)."""
     hardware: str | None = None
     """The hardware class (a Ray custom resource) its jobs must run on, with ``--executor ray``."""
+    hardware_id: str | None = None
+    """The hardware fingerprint class (:func:`smallfit.jobs.hardware_id`) its jobs run on: set when
+    a cluster has several, each candidate then being one per class (``NAME@CLASS``)."""
 
     def ref(self) -> ModelRef:
         """The parsed reference on this candidate's backend."""

@@ -66,6 +66,8 @@ def start_run(spec: RunSpec, store: Store, keep_going: bool = False, executor: E
     Problems found before any model loads raise :class:`PreflightError` (one line each), unless
     ``keep_going``: then the candidates that passed run and the others are recorded as errors."""
     planned, problems = plan(spec)
+    if executor is not None:
+        planned = executor.expand(planned)
     names, task_problems = check_tasks(spec)
     candidate_problems = preflight(planned, spec.quantize)
     blocked = {name: lines for name, lines in candidate_problems.items() if lines}

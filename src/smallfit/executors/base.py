@@ -116,7 +116,8 @@ class RunContext:
             self.fail_candidate(name, list(tasks.values()), str(exc))
             return None
         shape = {"threads": self.requested_threads(planned), "context_size": planned.context_size,
-                 "batch_size": planned.batch_size}
+                 "batch_size": planned.batch_size, "hardware": planned.hardware,
+                 "hardware_id": planned.hardware_id}
         hashes: dict[str, str] = {}
         for ref, task in tasks.items():
             if ref not in self.digests:
@@ -206,6 +207,11 @@ class Executor(Protocol):
 
     def check(self, spec: RunSpec) -> None:
         """Before a run is recorded: can this executor run the spec? A one-line error if not."""
+        ...
+
+    def expand(self, planned: list[PlannedCandidate]) -> list[PlannedCandidate]:
+        """The candidates as this executor runs them (a cluster of several hardware classes runs
+        each candidate once per class)."""
         ...
 
     def run(self, ctx: RunContext, work: list[tuple[PlannedCandidate, dict[str, str]]]) -> None:

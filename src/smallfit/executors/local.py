@@ -34,6 +34,10 @@ class LocalExecutor:
             raise SmallfitError(f"hardware = {classes[0]!r} picks the nodes of a Ray cluster; run with --executor ray "
                                 "--address ..., or drop it to run here")
 
+    def expand(self, planned: list[PlannedCandidate]) -> list[PlannedCandidate]:
+        """One machine, one hardware class: the candidates as planned."""
+        return planned
+
     def run(self, ctx: RunContext, work: list[tuple[PlannedCandidate, dict[str, str]]]) -> None:
         """Each candidate in turn: resolve it, run its pending tasks in one worker, store the outcome."""
         fingerprint = json.loads(ctx.store.run(ctx.run_id)["hardware_json"])

@@ -25,7 +25,7 @@ import logging
 import platform
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from smallfit.contract import decode_event, encode_job
 from smallfit.errors import MissingExtraError, SmallfitError
 from smallfit.executors.base import Event, Outcome, Prepared, RunContext
 from smallfit.executors.ray_node import bundle, has_models, node_facts, run_job
+from smallfit.jobs import hardware_id
 from smallfit.plan import PlannedCandidate
 from smallfit.probes.load import machine_load
 from smallfit.spec import RunSpec
@@ -97,6 +98,25 @@ class RayExecutor:
             self._close()
             raise
 
+    def classes(self) -> dict[str, list[str]]:
+        """Hardware class (fingerprint id) -> ids of the slot nodes of that class (from :meth:`check`)."""
+        out: dict[str, list[str]] = {}
+        for nid, facts in sorted(self.nodes.items()):
+            out.setdefault(hardware_id(facts["fingerprint"]), []).append(nid)
+        return out
+
+    def expand(self, planned: list[PlannedCandidate]) -> list[PlannedCandidate]:
+        """On a cluster of several hardware classes, each candidate that does not name its
+        hardware becomes one candidate per class, ``NAME@CLASS`` (the class's first 6 digits): a
+        verdict, a frontier or a comparison never mixes machines."""
+        classes = sorted(self.classes())
+        if len(classes) < 2:
+            return planned
+        out: list[PlannedCandidate] = []
+        for p in planned:
+            out += [p] if p.hardware else [replace(p, name=f"{p.name}@{c[:6]}", hardware_id=c) for c in classes]
+        return out
+
     def run(self, ctx: RunContext, work: list[tuple[PlannedCandidate, dict[str, str]]]) -> None:
         """Resolve every candidate here, then run all their jobs on the cluster."""
         if not self.nodes:
@@ -136,13 +156,17 @@ class RayExecutor:
         if ray.is_initialized():
             ray.shutdown()
 
-    def alive(self, hardware: str | None = None) -> list[str]:
-        """Ids of the live nodes with a slot (and ``hardware``'s resource, when given)."""
+    def alive(self, planned: PlannedCandidate | None = None) -> list[str]:
+        """Ids of the live nodes with a slot that may run ``planned``'s jobs (its hardware
+        resource, its hardware class), or any job."""
         import ray
 
         nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+        hardware = planned.hardware if planned else None
+        of_class = set(self.classes().get(planned.hardware_id, [])) if planned and planned.hardware_id else None
         return [n["NodeID"] for n in nodes if n["Alive"] and n["Resources"].get(SLOT, 0) >= 1
-                and (hardware is None or n["Resources"].get(hardware, 0) > 0)]
+                and (hardware is None or n["Resources"].get(hardware, 0) > 0)
+                and (of_class is None or n["NodeID"] in of_class)]
 
     def _survey(self, spec: RunSpec) -> None:
         import ray
@@ -203,6 +227,7 @@ class _Driver:
         self.left: dict[str, int] = {}
         self.attempts: dict[str, list[_Attempt]] = {}
         self.active: dict[Any, _Attempt] = {}
+        self.turn = 0
 
     def run(self, work: list[tuple[PlannedCandidate, dict[str, str]]]) -> None:
         ctx, ready = self.ctx, []
@@ -274,8 +299,13 @@ class _Driver:
         if planned.hardware:
             resources[planned.hardware] = HARDWARE_SHARE
         strategy: Any = "DEFAULT"
-        others = [n for n in self.ex.alive(planned.hardware) if n not in a.tried]
-        if a.tried and others:  # a retry goes to another eligible node when there is one
+        eligible = self.ex.alive(planned)
+        others = [n for n in eligible if n not in a.tried]
+        if planned.hardware_id and eligible:  # a class is a set of nodes: each job goes to one of them in turn
+            self.turn += 1
+            pool = others or eligible
+            strategy = NodeAffinitySchedulingStrategy(pool[self.turn % len(pool)], soft=False)
+        elif a.tried and others:  # a retry goes to another eligible node when there is one
             strategy = NodeAffinitySchedulingStrategy(others[0], soft=False)
         job = ctx.job(a.prepared, {a.ref: a.task}, ctx.requested_threads(planned) or 0)
         gen = ray.remote(run_job).options(
@@ -312,7 +342,7 @@ class _Driver:
         import ray
 
         for gen, a in list(self.active.items()):
-            if a.node is None and not self.ex.alive(a.prepared.planned.hardware):
+            if a.node is None and not self.ex.alive(a.prepared.planned):
                 ray.cancel(gen, force=True)
                 del self.active[gen]
                 self._fail(a, f"no live node with a {SLOT}" + (f" and hardware {a.prepared.planned.hardware!r}"
@@ -346,7 +376,7 @@ class _Driver:
     def _retry_or_fail(self, a: _Attempt, reason: str, retriable: bool = True) -> None:
         if a.node_id:
             a.tried.append(a.node_id)
-        if retriable and a.number <= self.ex.retries and self.ex.alive(a.prepared.planned.hardware):
+        if retriable and a.number <= self.ex.retries and self.ex.alive(a.prepared.planned):
             jobs.end_attempt(self.ctx.store, self.ctx.run_id, a.candidate, a.task, "queued", reason)
             self.ctx.on_event(Event("job_retry", a.candidate, a.task, message=f"{reason}; trying again on another "
                                     f"node (attempt {a.number + 1} of {self.ex.retries + 1})"))

@@ -88,7 +88,21 @@ def comparison(results: RunResults) -> Group:
     table.columns[2].no_wrap = False
     extra = [t for t in (sweep_table(results), efficiency_table(results), load_curve_table(results),
                          context_table(results)) if t]
-    return Group(table, *extra, *verdict_lines(results))
+    return Group(table, *extra, *node_lines(results), *verdict_lines(results))
+
+
+def node_lines(results: RunResults) -> list[Text]:
+    """Where a cluster run's jobs ran: each hardware class (its fingerprint id, CPU, cores, memory)
+    with its nodes and candidates; nothing for a run on this machine alone."""
+    if not results.remote():
+        return []
+    lines = []
+    for hw, group in results.hardware.items():
+        fp = group["fingerprint"]
+        lines.append(Text(f"Hardware {hw}: {fp.get('cpu_model') or '?'}, {fp.get('logical_cpus') or '?'} CPUs, "
+                          f"{fmt_bytes(fp.get('ram_bytes'))} RAM; nodes {', '.join(group['nodes'])}; "
+                          f"candidates {', '.join(group['candidates'])}"))
+    return lines
 
 
 def task_rows(results: RunResults) -> list[ResultRow]:
@@ -245,6 +259,13 @@ def verdict_lines(results: RunResults) -> list[Text]:
         lines.append(line)
     best = results.smallest_passing
     undecided = [n for n, v in results.verdicts.items() if v.verdict == UNCERTAIN]
+    if results.smallest_by_hardware:
+        for hw, smallest in results.smallest_by_hardware.items():
+            cpu = results.hardware[hw]["fingerprint"].get("cpu_model") or "?"
+            answer = f"smallest candidate that passes with confidence: {smallest}" if smallest else \
+                "no candidate passes with confidence"
+            lines.append(Text(f"On hardware {hw} ({cpu}): {answer}", style="bold"))
+        return lines
     if best:
         answer = f"Smallest candidate that passes with confidence: {best}"
     else:
