@@ -22,9 +22,13 @@ timed job per node at a time, results streamed into the driver's one store as th
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import socket
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,7 @@ from smallfit import __version__, jobs
 from smallfit.contract import decode_event, encode_job
 from smallfit.errors import MissingExtraError, SmallfitError
 from smallfit.executors.base import Event, Outcome, Prepared, RunContext
-from smallfit.executors.ray_node import bundle, has_models, node_facts, run_job
+from smallfit.executors.ray_node import bundle, has_models, node_facts, run_job, run_job_whole
 from smallfit.jobs import hardware_id
 from smallfit.plan import PlannedCandidate
 from smallfit.probes.load import machine_load
@@ -144,7 +148,8 @@ class RayExecutor:
                 raise SmallfitError(f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one (see the "
                                     "README's cluster section) or pass its --address") from None
         try:
-            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+            with _quiet_stderr():  # Ray's C++ client logs each failed try there, before our one line
+                ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         except Exception as exc:  # noqa: BLE001 - Ray raises several types here; each is one line
             raise SmallfitError(f"cannot connect to the Ray cluster at {address}: {_first_line(exc)}; check --address "
                                 "(auto, HOST:PORT or ray://HOST:PORT) and the cluster's token") from None
@@ -206,6 +211,21 @@ class RayExecutor:
             raise SmallfitError("\n".join(lines))
 
 
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the duration (native libraries write there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def version_skew(node: dict[str, str], driver: dict[str, str]) -> str:
     """``smallfit 0.1.0, Python 3.12.1 where the driver runs smallfit 0.2.0, Python 3.11.7`` for
     the versions that differ, or ``""`` when none does."""
@@ -228,6 +248,8 @@ class _Driver:
         self.attempts: dict[str, list[_Attempt]] = {}
         self.active: dict[Any, _Attempt] = {}
         self.turn = 0
+        self.streaming = not executor.address.startswith("ray://")
+        """Items stream as the node yields them; through Ray Client, they come when the job ends."""
 
     def run(self, work: list[tuple[PlannedCandidate, dict[str, str]]]) -> None:
         ctx, ready = self.ctx, []
@@ -308,7 +330,7 @@ class _Driver:
         elif a.tried and others:  # a retry goes to another eligible node when there is one
             strategy = NodeAffinitySchedulingStrategy(others[0], soft=False)
         job = ctx.job(a.prepared, {a.ref: a.task}, ctx.requested_threads(planned) or 0)
-        gen = ray.remote(run_job).options(
+        gen = ray.remote(run_job if self.streaming else run_job_whole).options(
             num_cpus=0, resources=resources, max_retries=0, retry_exceptions=False, scheduling_strategy=strategy,
             name=f"smallfit {a.candidate} x {a.task}").remote(encode_job(job), ctx.digests[a.ref],
                                                               self.ex.job_timeout_s, self.files[a.candidate])
@@ -323,6 +345,9 @@ class _Driver:
             ready, _ = ray.wait(list(self.active), num_returns=1, timeout=1.0)
             for gen in ready:
                 a = self.active.pop(gen)
+                if not self.streaming:
+                    self._whole(gen, a)
+                    continue
                 try:
                     item: dict[str, Any] = ray.get(next(gen))  # type: ignore[arg-type, assignment]
                 except StopIteration:
@@ -336,6 +361,19 @@ class _Driver:
             if time.monotonic() - checked > 5:
                 checked = time.monotonic()
                 self._strand_check()
+
+    def _whole(self, ref: Any, a: _Attempt) -> None:
+        """A job's items, all at once (Ray Client)."""
+        import ray
+
+        try:
+            items: list[dict[str, Any]] = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            self._retry_or_fail(a, f"node {a.node or '(unknown)'} lost the job: {_first_line(exc)}")
+            return
+        for item in items:
+            self._item(a, item)
+        self._ended(a)
 
     def _strand_check(self) -> None:
         """Jobs waiting for a node of a kind the cluster no longer has fail instead of waiting forever."""

@@ -153,6 +153,13 @@ def run_job(job_json: str, digest: str, timeout_s: float | None, files: dict[str
            "timed_out": end.timed_out, "finished_at": time.time(), "threads": threads}
 
 
+def run_job_whole(job_json: str, digest: str, timeout_s: float | None, files: dict[str, tuple[str, list[Any]]],
+                  ) -> list[dict[str, Any]]:
+    """:func:`run_job`'s items all at once, when the job ends: for Ray Client (``ray://``), which
+    does not stream a task's items."""
+    return list(run_job(job_json, digest, timeout_s, files))
+
+
 def _localize(job: Any, files: dict[str, tuple[str, list[Any]]]) -> Any:
     """The job with its model (and a sweep's reference model) at checked paths on this node."""
     from smallfit.executors.base import with_location

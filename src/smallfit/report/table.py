@@ -321,6 +321,21 @@ def frontier_table(f: Frontier) -> Table:
     return table
 
 
+def jobs_table(run_id: str, rows: Sequence[sqlite3.Row]) -> Table:
+    """The ``smallfit jobs`` listing: one row per job, its attempts' nodes and times."""
+    table = Table(title=f"jobs of run {run_id}", title_justify="left", header_style="bold")
+    for col in ("candidate", "task", "state", "attempts", "node", "hardware", "seconds", "error"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        took = (f"{r['finished_at'] - r['started_at']:.2f}" if r["started_at"] and r["finished_at"]
+                and r["finished_at"] >= r["started_at"] else "")
+        table.add_row(r["candidate"], r["task"], r["state"], str(r["attempts"]), r["node"] or "",
+                      r["hardware_id"] or "", took, r["error"] or "")
+    if not rows:
+        table.caption = "no jobs stored: this run was made before smallfit stored jobs"
+    return table
+
+
 def runs_table(rows: Sequence[sqlite3.Row]) -> Table:
     """The ``smallfit runs`` listing."""
     table = Table(header_style="bold")
