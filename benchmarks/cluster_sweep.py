@@ -1,5 +1,6 @@
-"""The same sweep on the local executor and on a 2-node Ray cluster started on 127.0.0.1: models x
-quantizations x tasks, each run by the real CLI into one results database.
+"""The same sweep on the local executor and on a 2-node Ray cluster on this machine: models x
+quantizations x tasks, each run by the real CLI into one results database (the cluster is
+``ray.cluster_utils.Cluster``: two raylets on this machine).
 
 Prints, per job (candidate x task), the quality figure from each executor and whether they are
 identical (they must be: the same job, the same examples, the same numbers); each run's wall
@@ -83,9 +84,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "sweep.db"
         cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 1, "resources": {"smallfit_slot": 1}, "include_dashboard": False,
-            "node_ip_address": "127.0.0.1"})
-        cluster.add_node(num_cpus=1, resources={"smallfit_slot": 1}, node_ip_address="127.0.0.1")
+            "num_cpus": 1, "resources": {"smallfit_slot": 1}, "include_dashboard": False})
+        cluster.add_node(num_cpus=1, resources={"smallfit_slot": 1})
         cluster.wait_for_nodes()
         try:
             local_wall, local_id = _run(db, sweep)
