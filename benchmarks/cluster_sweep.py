@@ -116,8 +116,12 @@ def _report(conn: sqlite3.Connection, local_id: str, ray_id: str, local_wall: fl
     gaps = [b[3] - a[4] for a, b in zip(spans, spans[1:], strict=False) if a[0] == b[0]]
     busy = sum(s[4] - s[3] for s in spans)
     print(f"wall time: local {local_wall:.1f} s, Ray (2 nodes) {ray_wall:.1f} s")
-    print(f"Ray overhead: {min(s[3] for s in spans) - start:.2f} s from the run's start to its first job (connect, "
-          f"check the nodes, resolve the models); between jobs on a node: mean {_mean(gaps):.3f} s, max "
+    last = max(s[4] for s in spans)
+    print(f"Ray overhead: {ray_wall - (last - start):.2f} s of the Ray run's wall time outside its jobs' window "
+          f"(Python start, connecting, checking each node's versions before the run is recorded, the table after); "
+          f"{min(s[3] for s in spans) - start:.2f} s from the run being recorded to its first job (resolving the "
+          f"models, asking the nodes which they hold, submitting); between jobs on a node: mean {_mean(gaps):.3f} s, "
+          f"max "
           f"{max(gaps, default=0):.3f} s over {len(gaps)} hand-overs; slots busy {busy:.1f} s of "
           f"{2 * (max(s[4] for s in spans) - min(s[3] for s in spans)):.1f} slot-seconds")
     candidates = conn.execute("SELECT COUNT(*) FROM candidates WHERE run_id = ? AND load_s IS NOT NULL",
