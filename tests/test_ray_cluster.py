@@ -227,6 +227,37 @@ def test_two_hardware_classes_each_run_every_candidate_and_are_never_mixed(clust
     assert f"{names[0]} → {names[1]}" in across and "acc" in across
 
 
+def test_a_node_with_another_smallfit_version_is_named_before_anything_runs(cluster, cli, tmp_path):
+    """A real version skew: a third node whose Python finds another smallfit distribution first."""
+    site = tmp_path / "site"
+    (site / "smallfit-0.0.1.dist-info").mkdir(parents=True)
+    (site / "smallfit-0.0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: smallfit\n"
+                                                                "Version: 0.0.1\n")
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(site), *([before] if before else [])])
+    try:
+        skewed = cluster.add_node(num_cpus=1, resources={"smallfit_slot": 1})
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
+    cluster.wait_for_nodes()
+    try:
+        proc = cli("run", "-m", str(write_model(tmp_path, Toy("m", 2, 1.0), 4)), "-t", write_tasks(tmp_path, 4)[0],
+                   "--executor", "ray", "--address", cluster.address)
+    finally:
+        cluster.remove_node(skewed)
+    from smallfit import __version__
+
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: node "), line
+    assert f"/{skewed.node_id[:12]} runs smallfit 0.0.1 where the driver runs smallfit {__version__}: install the " \
+           "same smallfit, Ray and Python on every node" in line
+    assert not sqlite3.connect(cli.db).execute("SELECT * FROM runs").fetchall()
+
+
 def test_a_node_killed_mid_job_has_its_job_retried_on_another_and_the_results_are_complete(cluster, cli, tmp_path):
     """Last of the toy tests: it leaves the cluster with its head node only."""
     (victim,) = cluster.worker_nodes
