@@ -131,6 +131,7 @@ def test_old_databases_gain_the_jobs_table_and_read_as_before(tmp_path):
     (["--executor", "slurm"], "unknown --executor 'slurm': choose from local, ray"),
     (["--address", "127.0.0.1:6379"], "--address is where a Ray cluster listens; use it with --executor ray"),
     (["--retries", "-1"], "--retries must be 0 or more"),
+    (["--retries", "1"], "--retries and --job-timeout-s apply to jobs on a cluster; use them with --executor ray"),
     (["--job-timeout-s", "0"], "--job-timeout-s must be more than 0"),
 ])
 def test_executor_options_are_checked(cli, tmp_path, args, fragment):

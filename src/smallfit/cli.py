@@ -212,6 +212,8 @@ def _executor(chosen: dict[str, object], stored_json: str | None) -> Executor:
     if chosen["executor"] and chosen["executor"] != described.get("executor"):
         described = {"executor": chosen["executor"]}  # another executor: the stored one's settings do not apply
     described.update({k: v for k, v in chosen.items() if v is not None})
+    if described.get("executor") == "local" and (chosen["retries"] is not None or chosen["job_timeout_s"] is not None):
+        raise SmallfitError("--retries and --job-timeout-s apply to jobs on a cluster; use them with --executor ray")
     return stored_executor(described)
 
 
