@@ -112,11 +112,11 @@ def test_a_killed_worker_and_a_job_over_time_are_retried_on_the_other_node_then_
     toys = [Toy("ok", 3, 1.0), Toy("crashy", 3, 1.0, pad_bytes=10, options=(("crash", "generate"),)),
             Toy("slow", 3, 1500.0, pad_bytes=20)]
     proc = cli("run", _spec(tmp_path, toys, 6), "--executor", "ray", "--address", cluster.address, "--retries", "1",
-               "--job-timeout-s", "6")
+               "--job-timeout-s", "10")
     assert proc.returncode == 0, proc.stderr
     rows = {r["candidate"]: r for r in _jobs(cli.db)}
     assert rows["ok"]["state"] == "done" and rows["ok"]["attempts"] == 1
-    for name, why in (("crashy", "worker killed by SIGKILL"), ("slow", "over its time limit of 6 s")):
+    for name, why in (("crashy", "worker killed by SIGKILL"), ("slow", "over its time limit of 10 s")):
         row = rows[name]
         assert row["state"] == "failed" and row["attempts"] == 2, dict(row)
         assert why in row["error"] and "(attempt 2 of 2)" in row["error"]

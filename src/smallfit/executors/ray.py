@@ -447,10 +447,10 @@ class _Driver:
                 merged.weights_bytes = a.outcome.weights_bytes
             rss = (a.end or {}).get("peak_rss_bytes")
             merged.peak_rss_bytes = max(merged.peak_rss_bytes or 0, rss or 0) or None
-        errors = [e for a in tries for e in a.outcome.task_errors.values()]
         finished = {a.task for a in tries if a.outcome.done}
+        # an attempt that failed and was retried successfully is not the candidate's error
         error = next((e for a in tries for e in a.outcome.task_errors.values() if a.task not in finished), None)
-        status = "error" if errors and error else "done"
+        status = "error" if error else "done"
         self.ctx.store_candidate(name, p.resolved, merged, status=status, error=error, finished_at=time.time())
         self.ctx.on_event(Event("candidate_error", name, message=error) if error else
                           Event("candidate_done", name, message=status))
