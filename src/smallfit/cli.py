@@ -23,6 +23,7 @@ from smallfit import __version__
 from smallfit.errors import SmallfitError
 
 if TYPE_CHECKING:
+    from smallfit.executors.base import Executor
     from smallfit.spec import RunSpec
 
 app = typer.Typer(
@@ -68,6 +69,10 @@ class _ProgressView:
             p.update(self.bars[name], description=f"{name} · {ev.task}", total=ev.total, completed=0)
         elif ev.kind == "progress":
             p.update(self.bars[name], completed=ev.done)
+        elif ev.kind == "job_started" and name in self.bars:
+            p.update(self.bars[name], description=f"{name} · {ev.task} on {ev.message}")
+        elif ev.kind == "job_retry":
+            p.console.print(f"[yellow]↻[/] {escape(name)} · {escape(ev.task or '')}: {escape(ev.message)}")
         elif ev.kind == "task_error":
             p.console.print(f"[magenta]✗[/] {escape(name)} · {escape(ev.task or '')}: {escape(ev.message)}")
         elif ev.kind == "candidate_error":
@@ -126,6 +131,19 @@ def run(
     keep_going: Annotated[bool, typer.Option(
         "--keep-going", help="Run the candidates that pass the checks made before any model loads, and record "
         "the others as errors (default: list the problems and stop, exit 2).")] = False,
+    executor: Annotated[str | None, typer.Option(
+        "--executor", help="Where jobs (candidate x task) run: local (this machine, one job at a time; the default) "
+        "or ray (a Ray cluster, one timed job per node at a time: each node needs the custom resource smallfit_slot=1; "
+        "pip install 'smallfit[ray]'). --resume uses the run's own unless given.", show_default=False)] = None,
+    address: Annotated[str | None, typer.Option(
+        "--address", help="The Ray cluster (--executor ray): auto (the cluster this machine belongs to), HOST:PORT "
+        "(its GCS) or ray://HOST:PORT (Ray Client).", show_default=False)] = None,
+    retries: Annotated[int | None, typer.Option(
+        "--retries", help="Times a job is tried again on another eligible node after its node died, its worker "
+        "was killed or it ran over --job-timeout-s (--executor ray; default 2).", show_default=False)] = None,
+    job_timeout_s: Annotated[float | None, typer.Option(
+        "--job-timeout-s", help="Seconds a job may run on a node before it is killed and retried "
+        "(--executor ray; default: no limit).", show_default=False)] = None,
     db: DbOption = None,
 ) -> None:
     """Evaluate candidates on tasks (quality and efficiency on the same prompts) and give a verdict.
@@ -144,6 +162,10 @@ def run(
         raise SmallfitError(f"--sample must be at least 1 (got {sample})")
     if threads is not None and threads < 1:
         raise SmallfitError(f"--threads must be at least 1 (got {threads})")
+    if retries is not None and retries < 0:
+        raise SmallfitError(f"--retries must be 0 or more (got {retries})")
+    if job_timeout_s is not None and job_timeout_s <= 0:
+        raise SmallfitError(f"--job-timeout-s must be more than 0 (got {job_timeout_s:g})")
     if resume and (model or task or budget or limit or threads or sample or seed is not None or chat is not None
                    or probe or quick or max_context or quantize or keep_going or timing_max_s):
         raise SmallfitError("--resume continues a run with its stored settings; drop --model/--task/--budget/"
@@ -154,17 +176,22 @@ def run(
                                     "quantize": [quantize] if quantize else None}
     run_spec = None if resume else _build_spec(spec, model, task, budget, overrides)
     store = Store.open(db_path(db))
+    chosen: dict[str, object] = {"executor": executor, "address": address, "retries": retries,
+                                 "job_timeout_s": job_timeout_s}
     if resume:
         run_id = _resume_target(store, spec)
+        where = _executor(chosen, store.run(run_id)["executor_json"])
     else:
         assert run_spec is not None
-        run_id = runner.start_run(run_spec, store, keep_going)
+        where = _executor(chosen, None)
+        where.check(run_spec)  # a cluster that cannot run the spec is bad input: nothing is recorded
+        run_id = runner.start_run(run_spec, store, keep_going, where)
     err.print(f"run [bold]{run_id}[/] · results in {store.path}")
     _say_timing(store, run_id)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=err, transient=False) as progress:
-            runner.execute(store, run_id, _ProgressView(progress), resume=resume)
+            runner.execute(store, run_id, _ProgressView(progress), resume=resume, executor=where)
     except KeyboardInterrupt:
         err.print(f"\ninterrupted: finished results are stored; continue with: smallfit run --resume {run_id}",
                   soft_wrap=True)
@@ -173,6 +200,21 @@ def run(
     print_comparison(out, results)
     if all(r.error for r in results.rows):
         raise typer.Exit(1)
+
+
+def _executor(chosen: dict[str, object], stored_json: str | None) -> Executor:
+    """The executor from the command line, else the one the run was stored with, else local."""
+    import json
+
+    from smallfit.executors import stored_executor
+
+    described = json.loads(stored_json) if stored_json else {"executor": "local"}
+    if chosen["executor"] and chosen["executor"] != described.get("executor"):
+        described = {"executor": chosen["executor"]}  # another executor: the stored one's settings do not apply
+    described.update({k: v for k, v in chosen.items() if v is not None})
+    if described.get("executor") == "local" and (chosen["retries"] is not None or chosen["job_timeout_s"] is not None):
+        raise SmallfitError("--retries and --job-timeout-s apply to jobs on a cluster; use them with --executor ray")
+    return stored_executor(described)
 
 
 def _say_timing(store: object, run_id: str) -> None:

@@ -51,6 +51,22 @@ RunArg = Annotated[str | None, typer.Argument(help="Run id or a unique prefix; d
 
 
 @app.command()
+def jobs(
+    run_id: Annotated[str | None, typer.Argument(help="Run id or a unique prefix; default: the latest run.",
+                                                    show_default=False)] = None,
+    db: DbOption = None,
+) -> None:
+    """A run's jobs (candidate x task): state, attempts, the node that ran each and its hardware class."""
+    from smallfit.jobs import jobs as job_rows
+    from smallfit.report.table import jobs_table
+    from smallfit.store import Store
+
+    store = Store.open(db_path(db), create=False)
+    run = store.run(run_id)
+    out.print(jobs_table(str(run["id"]), job_rows(store, str(run["id"]))))
+
+
+@app.command()
 def pareto(
     run_id: RunArg = None,
     x: Annotated[str, typer.Option("--x", help="Figure on the x axis (see 'smallfit metrics').")] = "latency_s_p95",

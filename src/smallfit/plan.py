@@ -51,6 +51,11 @@ class PlannedCandidate:
     batch_size: int = 512
     variant: str | None = None
     """A quantization sweep's variant (``f32`` is the reference of a GGUF sweep)."""
+    hardware: str | None = None
+    """The hardware class (a Ray custom resource) its jobs must run on, with ``--executor ray``."""
+    hardware_id: str | None = None
+    """The hardware fingerprint class (:func:`smallfit.jobs.hardware_id`) its jobs run on: set when
+    a cluster has several, each candidate then being one per class (``NAME@CLASS``)."""
 
     def ref(self) -> ModelRef:
         """The parsed reference on this candidate's backend."""
@@ -86,7 +91,7 @@ def plan(spec: RunSpec) -> tuple[list[PlannedCandidate], list[str]]:
 
 def _planned(cand: CandidateSpec, ref: ModelRef, **changes: Any) -> PlannedCandidate:
     base = PlannedCandidate(ref.name, cand.model, ref.backend, dict(cand.options), cand.threads, cand.context_size,
-                            cand.batch_size)
+                            cand.batch_size, hardware=cand.hardware)
     return PlannedCandidate(**{**asdict(base), **changes})
 
 

@@ -30,6 +30,10 @@ class ResultRow:
     verdict: str
     error: str | None
     info: TaskInfo = field(default_factory=TaskInfo)  # how the task was run and measured
+    node: str | None = None
+    """The node that ran this job (``local:HOST``, or a Ray node ``IP/ID``); None before jobs were stored."""
+    hardware: str | None = None
+    """That node's hardware class (:func:`smallfit.jobs.hardware_id`)."""
 
 
 Scores = list[tuple[tuple[str, str], dict[str, float]]]  # ((sample id, prompt), scores) in index order
@@ -48,6 +52,15 @@ class RunResults:
     probes: list[ResultRow] = field(default_factory=list)  # probe:<name> rows, outside the verdict
     scores: dict[tuple[str, str], Scores] = field(default_factory=dict)
     """(candidate, task) -> per-example scores, for comparisons paired by example."""
+    hardware: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Hardware class -> ``{"fingerprint", "nodes", "candidates"}``: where the run's jobs ran."""
+    smallest_by_hardware: dict[str, str | None] = field(default_factory=dict)
+    """With several hardware classes: each class's smallest candidate that passes (then
+    ``smallest_passing`` is None: a size is compared only among figures from one machine)."""
+
+    def remote(self) -> bool:
+        """Some job ran on a node other than this machine (a cluster)."""
+        return any(not n.startswith("local:") for h in self.hardware.values() for n in h["nodes"])
 
 
 def collect(store: Store, run_id: str | None = None) -> RunResults:
@@ -79,13 +92,36 @@ def collect(store: Store, run_id: str | None = None) -> RunResults:
     pairs = list(zip(base_rows, infos, strict=True))
     task_pairs = [(r, i) for r, i in pairs if not r.task.startswith("probe:")]
     verdicts = judge(checks, [r for r, _ in task_pairs])
-    rows = [ResultRow(r.candidate, r.task, dict(r.metrics), verdicts[r.candidate].verdict, r.error, info)
-            for r, info in task_pairs]
-    probes = [ResultRow(r.candidate, r.task, dict(r.metrics), verdicts[r.candidate].verdict, r.error, info)
+    placed = _placements(store, run_id)
+    rows = [ResultRow(r.candidate, r.task, dict(r.metrics), verdicts[r.candidate].verdict, r.error, info,
+                      *placed.get((r.candidate, r.task), (None, None, None))[:2]) for r, info in task_pairs]
+    probes = [ResultRow(r.candidate, r.task, dict(r.metrics), verdicts[r.candidate].verdict, r.error, info,
+                        *placed.get((r.candidate, r.task), (None, None, None))[:2])
               for r, info in pairs if r.task.startswith("probe:")]
     sizes = {c["name"]: c["model_size_bytes"] for c in candidates}
-    return RunResults(run, candidates, rows, verdicts, budget, smallest_passing(verdicts, sizes), probes,
-                      stored_scores(store, run_id))
+    hardware = _hardware(placed)
+    by_hardware = {hw: smallest_passing({c: v for c, v in verdicts.items() if c in group["candidates"]}, sizes)
+                   for hw, group in hardware.items()} if len(hardware) > 1 else {}
+    best = smallest_passing(verdicts, sizes) if len(hardware) < 2 else None
+    return RunResults(run, candidates, rows, verdicts, budget, best, probes, stored_scores(store, run_id), hardware,
+                      by_hardware)
+
+
+def _placements(store: Store, run_id: str) -> dict[tuple[str, str], tuple[str, str, str]]:
+    """(candidate, task) -> (node, hardware class, fingerprint JSON) of each job that ran."""
+    rows = store.conn.execute("SELECT candidate, task, node, hardware_id, hardware_json FROM jobs WHERE run_id = ?"
+                              " AND hardware_id IS NOT NULL", (run_id,)).fetchall()
+    return {(r["candidate"], r["task"]): (r["node"], r["hardware_id"], r["hardware_json"]) for r in rows}
+
+
+def _hardware(placed: dict[tuple[str, str], tuple[str, str, str]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for (cand, _), (node, hw, fp) in placed.items():
+        group = out.setdefault(hw, {"fingerprint": json.loads(fp or "{}"), "nodes": [], "candidates": []})
+        for key, value in (("nodes", node), ("candidates", cand)):
+            if value not in group[key]:
+                group[key].append(value)
+    return out
 
 
 def stored_scores(store: Store, run_id: str) -> dict[tuple[str, str], Scores]:
@@ -128,12 +164,13 @@ def _intervals(store: Store, run_id: str, candidate: str, task: str, metrics: di
 
 
 def to_json(results: RunResults) -> str:
-    """The stable export: a list of ``{candidate, task, metrics, verdict, error, checks, labels, noisy}``
-    objects; ``labels`` says which figures were measured and which estimated, and from what."""
+    """The stable export: a list of ``{candidate, task, metrics, verdict, error, checks, labels, noisy,
+    node, hardware_id}`` objects; ``labels`` says which figures were measured and which estimated,
+    and from what; ``node`` and ``hardware_id`` where the job ran (null before jobs were stored)."""
     out = []
     for r in [*results.rows, *results.probes]:
         checks = [asdict(c) for c in results.verdicts[r.candidate].checks if c.task in (r.task, "*")]
         out.append({"run_id": results.run["id"], "candidate": r.candidate, "task": r.task,
                     "metrics": r.metrics, "verdict": r.verdict, "error": r.error, "checks": checks,
-                    "labels": r.info.labels, "noisy": r.info.noisy})
+                    "labels": r.info.labels, "noisy": r.info.noisy, "node": r.node, "hardware_id": r.hardware})
     return json.dumps(out, indent=2)

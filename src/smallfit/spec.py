@@ -41,6 +41,8 @@ class CandidateSpec(BaseModel):
     context_size: int = Field(default=2048, ge=64, description="context window in tokens")
     batch_size: int = Field(default=512, ge=1, description="tokens evaluated per decode call (llama.cpp)")
     options: dict[str, Any] = Field(default_factory=dict, description="backend options, e.g. {dtype = \"bfloat16\"}")
+    hardware: str | None = Field(default=None, min_length=1, description="--executor ray: run this candidate's jobs "
+                                 "only on nodes started with this custom resource (a hardware class: gpu, pi5...)")
 
     def ref(self) -> ModelRef:
         """The parsed model reference, with this candidate's name and backend when given (checked

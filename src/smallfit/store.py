@@ -123,6 +123,30 @@ ALTER TABLE candidates ADD COLUMN variant TEXT;
 ALTER TABLE samples ADD COLUMN signals_json TEXT;
 ALTER TABLE samples ADD COLUMN latency_s REAL;
 """),
+    # A run expands into jobs, one per candidate x task: what each will run (content hash of the
+    # model, backend and options, the task and its examples, the settings), its state, its
+    # attempts, and the node that ran it with that node's hardware fingerprint. runs.executor_json
+    # says where the run's jobs go (local, or a Ray cluster's address), for --resume.
+    ("0005_jobs", """
+CREATE TABLE jobs (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    candidate TEXT NOT NULL,
+    task TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    hash TEXT,                         -- NULL until the candidate's model is resolved
+    state TEXT NOT NULL,               -- queued | running | done | failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    node TEXT,
+    hardware_id TEXT,
+    hardware_json TEXT,
+    error TEXT,
+    attempts_json TEXT NOT NULL DEFAULT '[]',
+    started_at REAL,
+    finished_at REAL,
+    PRIMARY KEY (run_id, candidate, task)
+);
+ALTER TABLE runs ADD COLUMN executor_json TEXT;
+"""),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

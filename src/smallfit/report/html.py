@@ -278,7 +278,10 @@ def _machine(res: RunResults) -> str:
     flags = noise_flags(res)
     flag_html = (f'<ul class="flags">{"".join(f"<li>{escape(f)}</li>" for f in flags)}</ul>' if flags
                  else '<p class="muted">No noise flags: the machine was not oversubscribed when load was read.</p>')
-    return ("<h2>Machine and conditions</h2><div class=\"grid\">"
+    nodes = "".join(f'<div class="card"><h3>Hardware class {escape(hw)}</h3><p>nodes: {escape(", ".join(g["nodes"]))}'
+                    f'; candidates: {escape(", ".join(g["candidates"]))}</p>{_kv(g["fingerprint"])}</div>'
+                    for hw, g in res.hardware.items()) if res.remote() else ""
+    return ("<h2>Machine and conditions</h2><div class=\"grid\">" + nodes +
             f'<div class="card"><h3>Hardware</h3>{_kv(hw) if hw else "<p class=missing>not recorded</p>"}</div>'
             f'<div class="card"><h3>Versions</h3>{_kv(versions)}<h3 style="margin-top:12px">Threads and load '
             f"(1, 5, 15 min)</h3>{_kv(loads)}</div></div><h3 style=\"margin-top:16px\">Noise flags</h3>{flag_html}")

@@ -77,9 +77,10 @@ def _axis(name: str, rows: list[ResultRow]) -> str | None:
     return next((q for r in rows if (q := main_quality(r.metrics))), None)
 
 
-def task_frontier(results: RunResults, task: str, x: str, y: str) -> Frontier | None:
-    """The frontier of one task, or None when no candidate of it has both figures."""
-    rows = [r for r in results.rows if r.task == task]
+def task_frontier(results: RunResults, task: str, x: str, y: str, hardware: str | None = None) -> Frontier | None:
+    """The frontier of one task (on one hardware class, when given), or None when no candidate of
+    it has both figures."""
+    rows = [r for r in results.rows if r.task == task and hardware in (None, r.hardware)]
     xm, ym = _axis(x, rows), _axis(y, rows)
     if xm is None or ym is None:
         return None
@@ -102,7 +103,7 @@ def task_frontier(results: RunResults, task: str, x: str, y: str) -> Frontier | 
     points = [Point(c, xs[1], ys[1], tuple(names[j] for j in b), tuple(names[j] for j in d),
                     *_ends(xs), *_ends(ys))
               for (c, xs, ys), b, d in zip(have, beyond, plain, strict=True)]
-    return Frontier(task, xm, ym, points, missing)
+    return Frontier(f"{task} on {hardware}" if hardware else task, xm, ym, points, missing)
 
 
 def figure_span(row: ResultRow, metric: str) -> Span:
@@ -138,7 +139,10 @@ def frontiers(results: RunResults, x: str, y: str, task: str | None = None) -> l
     tasks = list(dict.fromkeys(r.task for r in results.rows))
     if task is not None and task not in tasks:
         raise SmallfitError(f"run {results.run['id']} has no task {task!r}; its tasks: {', '.join(tasks)}")
-    out = [f for t in ([task] if task else tasks) if (f := task_frontier(results, t, x, y)) is not None]
+    # figures from different machines are never on one frontier: one per task and hardware class
+    classes: list[str | None] = list(results.hardware) if len(results.hardware) > 1 else [None]
+    out = [f for t in ([task] if task else tasks) for hw in classes
+           if (f := task_frontier(results, t, x, y, hw)) is not None]
     if not out:
         where = f"task {task!r}" if task else "any task"
         have = sorted({m for r in results.rows if task in (None, r.task) for m, v in r.metrics.items()

@@ -88,7 +88,21 @@ def comparison(results: RunResults) -> Group:
     table.columns[2].no_wrap = False
     extra = [t for t in (sweep_table(results), efficiency_table(results), load_curve_table(results),
                          context_table(results)) if t]
-    return Group(table, *extra, *verdict_lines(results))
+    return Group(table, *extra, *node_lines(results), *verdict_lines(results))
+
+
+def node_lines(results: RunResults) -> list[Text]:
+    """Where a cluster run's jobs ran: each hardware class (its fingerprint id, CPU, cores, memory)
+    with its nodes and candidates; nothing for a run on this machine alone."""
+    if not results.remote():
+        return []
+    lines = []
+    for hw, group in results.hardware.items():
+        fp = group["fingerprint"]
+        lines.append(Text(f"Hardware {hw}: {fp.get('cpu_model') or '?'}, {fp.get('logical_cpus') or '?'} CPUs, "
+                          f"{fmt_bytes(fp.get('ram_bytes'))} RAM; nodes {', '.join(group['nodes'])}; "
+                          f"candidates {', '.join(group['candidates'])}"))
+    return lines
 
 
 def task_rows(results: RunResults) -> list[ResultRow]:
@@ -245,6 +259,13 @@ def verdict_lines(results: RunResults) -> list[Text]:
         lines.append(line)
     best = results.smallest_passing
     undecided = [n for n, v in results.verdicts.items() if v.verdict == UNCERTAIN]
+    if results.smallest_by_hardware:
+        for hw, smallest in results.smallest_by_hardware.items():
+            cpu = results.hardware[hw]["fingerprint"].get("cpu_model") or "?"
+            answer = f"smallest candidate that passes with confidence: {smallest}" if smallest else \
+                "no candidate passes with confidence"
+            lines.append(Text(f"On hardware {hw} ({cpu}): {answer}", style="bold"))
+        return lines
     if best:
         answer = f"Smallest candidate that passes with confidence: {best}"
     else:
@@ -297,6 +318,21 @@ def frontier_table(f: Frontier) -> Table:
                       _with_interval(f.x, p.x, p.x_low, p.x_high), Text(text, style=style))
     for cand, why in f.missing.items():
         table.add_row(cand, "-", "-", Text(f"not plotted: {why}", style="magenta"))
+    return table
+
+
+def jobs_table(run_id: str, rows: Sequence[sqlite3.Row]) -> Table:
+    """The ``smallfit jobs`` listing: one row per job, its attempts' nodes and times."""
+    table = Table(title=f"jobs of run {run_id}", title_justify="left", header_style="bold")
+    for col in ("candidate", "task", "state", "attempts", "node", "hardware", "seconds", "error"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        took = (f"{r['finished_at'] - r['started_at']:.2f}" if r["started_at"] and r["finished_at"]
+                and r["finished_at"] >= r["started_at"] else "")
+        table.add_row(r["candidate"], r["task"], r["state"], str(r["attempts"]), r["node"] or "",
+                      r["hardware_id"] or "", took, r["error"] or "")
+    if not rows:
+        table.caption = "no jobs stored: this run was made before smallfit stored jobs"
     return table
 
 
