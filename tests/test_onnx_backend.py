@@ -81,9 +81,12 @@ def _reqs():
 
 def test_int8_scores_close_to_fp32_from_a_smaller_file(fp32, int8):
     full, small = fp32.loglikelihood(_reqs()), int8.loglikelihood(_reqs())
+    # the bound follows the weights this CPU's path chose: 8 bits with VNNI, 7 on AVX2 alone (an
+    # AVX2-only EPYC, emulated with qemu-x86_64 -cpu EPYC-Rome, took 7 bits: -7.18 against fp32's -9.61)
+    per_token = INT8_7BIT_NATS_PER_TOKEN if int8.info()["int8_reduce_range"] else INT8_NATS_PER_TOKEN
     for x, y in zip(full, small, strict=True):
         assert x.n_tokens == y.n_tokens
-        assert y.logprob == pytest.approx(x.logprob, abs=INT8_NATS_PER_TOKEN * x.n_tokens)
+        assert y.logprob == pytest.approx(x.logprob, abs=per_token * x.n_tokens)
     assert full[0].is_greedy and small[0].is_greedy
     assert (full[2].logprob > full[3].logprob) == (small[2].logprob > small[3].logprob)
     # activation scales span a whole graph run, so each request runs alone: no batch effects
