@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from smallfit.backends.base import BackendConfig, Capabilities
-from smallfit.backends.llamacpp_pack import Call, Item, Unit, calls, choices_unit, packs, window_unit
 from smallfit.backends.registry import BackendSpec
 from smallfit.backends.rolling import rolling_windows
 from smallfit.errors import MissingExtraError, SmallfitError
@@ -29,13 +28,6 @@ from smallfit.records import (
     RollingLoglikelihood,
     RollingRequest,
 )
-
-# Packed scoring runs in a second llama.cpp context of _PACK_SEQS sequences, each in its own KV
-# stream of _PACK_CELLS cells (no cells shared between sequences: with llama.cpp's unified KV cache,
-# a sequence whose cells do not start at cell 0 scores differently, see benchmarks/scoring.py).
-# A context is copied to its continuations' streams. Units longer than a stream go the simple way.
-_PACK_SEQS = 8
-_PACK_CELLS = 512
 
 # Bytes of logits one decode may ask for: caps the rows per step when every position is scored
 # (Gemma's 262k-token vocabulary makes a 512-row output buffer 512 MiB).
@@ -81,9 +73,6 @@ class LlamaCppBackend:
             )
         except (ValueError, RuntimeError) as exc:
             raise SmallfitError(f"llama.cpp could not load {path}: {exc}") from None
-        self.packed = _packed_option(config.options)
-        self._pack_ctx: Any = None  # made at the first packed scoring, freed at close
-        self._pack_batch: Any = None
         self._ctx = self._llm._ctx.ctx
         self._mem = self._lib.llama_get_memory(self._ctx)
         self._vocab = self._lib.llama_model_get_vocab(self._llm._model.model)
@@ -175,37 +164,12 @@ class LlamaCppBackend:
     # -- the three methods ------------------------------------------------------------------
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[Loglikelihood]:
-        """Score each continuation; requests sharing a context evaluate it once. Packed (the
-        default): many contexts and their continuations per decode call, each continuation on its
-        own sequence over its context's cells, logits only where a token is scored."""
-        groups = self._groups(requests)
-        if not self.packed:
-            return self._loglikelihood_simple(len(requests), groups)
-        units, alone = [], []
-        for ctx_tokens, idxs, conts in groups:
-            scored = [(i, c) for i, c in zip(idxs, conts, strict=True) if c]
-            unit = choices_unit(ctx_tokens, scored) if scored else None
-            if unit is not None and self._packable(unit):
-                units.append(unit)
-            elif unit is not None:
-                alone.append((ctx_tokens, idxs, conts))  # too long for a packed stream, or too many choices
-        sums = self._score_units(units)
-        out = self._loglikelihood_simple(len(requests), alone)
-        for ctx_tokens, idxs, conts in groups:
-            for i, cont in zip(idxs, conts, strict=True):
-                if out[i] is None:
-                    logprob, greedy = sums.get(i, (0.0, True))
-                    out[i] = Loglikelihood(logprob, greedy, len(cont))
-        return [o for o in out if o is not None]
-
-    def _groups(self, requests: Sequence[LoglikelihoodRequest]) -> list[tuple[list[int], list[int], list[list[int]]]]:
-        """Requests by context: (context tokens, request indices, continuation tokens). A context
-        that would not fit beside its longest continuation keeps its end."""
+        """Score each continuation; requests sharing a context evaluate it once."""
         groups: dict[str, list[int]] = defaultdict(list)
         pairs = [split_pair(r.context, r.continuation) for r in requests]
         for i, (ctx, _) in enumerate(pairs):
             groups[ctx].append(i)
-        out = []
+        out: list[Loglikelihood | None] = [None] * len(requests)
         for ctx, idxs in groups.items():
             ctx_tokens = self.tokenize(ctx) if ctx else []
             if not ctx_tokens:
@@ -214,15 +178,7 @@ class LlamaCppBackend:
                      else self.tokenize(pairs[i][1], add_bos=False) for i in idxs]
             longest = max(len(c) for c in conts)
             keep = max(1, self.n_ctx - longest)
-            out.append((ctx_tokens[-keep:], idxs, conts))
-        return out
-
-    def _loglikelihood_simple(self, n: int, groups: Sequence[tuple[list[int], list[int], list[list[int]]]],
-                              ) -> list[Loglikelihood | None]:
-        """One sequence at a time: each context once, then each continuation on top of it in its
-        own decode calls (the reference the packed path is tested against)."""
-        out: list[Loglikelihood | None] = [None] * n
-        for ctx_tokens, idxs, conts in groups:
+            ctx_tokens = ctx_tokens[-keep:]  # left-truncate a context that would not fit
             self._clear()
             self._eval_prefix(ctx_tokens[:-1])
             base = len(ctx_tokens) - 1
@@ -234,94 +190,11 @@ class LlamaCppBackend:
                 inputs = [ctx_tokens[-1], *cont[:-1]]
                 logprob, greedy = self._eval_scored(inputs, cont, base)
                 out[i] = Loglikelihood(logprob, greedy, len(cont))
-        return out
-
-    def _packable(self, unit: Unit) -> bool:
-        return unit.longest <= _PACK_CELLS and unit.n_seqs <= _PACK_SEQS
-
-    def _score_units(self, units: Sequence[Unit]) -> dict[int, tuple[float, bool]]:
-        """Decode the units in packs; per request, the summed log-probability of its targets and
-        whether each was the argmax."""
-        sums: dict[int, tuple[float, bool]] = {}
-        if not units:
-            return sums
-        ctx, mem = self._packing_context()
-        for pack in packs(units, _PACK_SEQS):
-            self._lib.llama_memory_clear(mem, True)
-            self._score_items(ctx, pack.prefix_items, sums)
-            for src, dst in pack.copies:
-                self._lib.llama_memory_seq_cp(mem, src, dst, -1, -1)
-            self._score_items(ctx, pack.branch_items, sums)
-        return sums
-
-    def _score_items(self, ctx: Any, items: Sequence[tuple[Item, int]], sums: dict[int, tuple[float, bool]]) -> None:
-        np = self._np
-        for call in calls(items, self.config.batch_size, self._rows_per_logits_step):
-            self._decode_call(ctx, call)
-            if not call.rows:
-                continue
-            ptr = self._lib.llama_get_logits(ctx)
-            logits = np.ctypeslib.as_array(ptr, shape=(len(call.rows), self.n_vocab))
-            peak = logits.max(axis=1)
-            lse = peak + np.log(np.exp(logits - peak[:, None]).sum(axis=1, dtype=np.float64))
-            for r, targets in enumerate(call.rows):
-                for req, tgt in targets:
-                    x = float(logits[r, tgt])
-                    total, greedy = sums.get(req, (0.0, True))
-                    sums[req] = (total + x - float(lse[r]), greedy and x >= float(peak[r]))
-
-    def _decode_call(self, ctx: Any, call: Call) -> None:
-        b = self._pack_batch
-        b.n_tokens = len(call.tokens)
-        for i, (tok, pos, seq, scored) in enumerate(zip(call.tokens, call.pos, call.seqs, call.scored, strict=True)):
-            b.token[i] = tok
-            b.pos[i] = pos
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seq
-            b.logits[i] = scored
-        rc = self._lib.llama_decode(ctx, b)
-        if rc != 0:
-            raise SmallfitError(f"llama_decode failed with code {rc} on a packed batch of {len(call.tokens)} tokens")
-
-    def _packing_context(self) -> tuple[Any, Any]:
-        """The packed-scoring context (made once): the candidate's settings, _PACK_SEQS sequences
-        in separate KV streams of _PACK_CELLS cells."""
-        if self._pack_ctx is None:
-            params = type(self._llm.context_params).from_buffer_copy(self._llm.context_params)
-            params.n_seq_max = _PACK_SEQS
-            params.kv_unified = False
-            params.n_ctx = _PACK_SEQS * _PACK_CELLS
-            params.n_batch = params.n_ubatch = self.config.batch_size
-            ctx = self._lib.llama_init_from_model(self._llm._model.model, params)
-            if not ctx:
-                raise SmallfitError(f"llama.cpp could not create a scoring context of {_PACK_SEQS} x {_PACK_CELLS} "
-                                    "tokens (out of memory?); set options = {packed = false}")
-            self._pack_ctx = ctx
-            self._pack_batch = self._lib.llama_batch_init(self.config.batch_size, 0, 1)
-        return self._pack_ctx, self._lib.llama_get_memory(self._pack_ctx)
+        return [o for o in out if o is not None]
 
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingLoglikelihood]:
         """lm-eval's rolling windows of the loaded context (``n_ctx``): the first token is predicted
         from the BOS (or EOS) token, each later window from a full window of the tokens before it."""
-        if not self.packed:
-            return self._rolling_simple(requests)
-        units, counts, long = [], [], []
-        for r, req in enumerate(requests):
-            tokens = self.tokenize(req.text, add_bos=False)
-            counts.append(len(tokens))
-            for ctx, targets in rolling_windows(tokens, self._prefix_token, self.n_ctx):
-                unit = window_unit(r, ctx, targets)
-                (units if self._packable(unit) else long).append((r, ctx, targets, unit))
-        sums = self._score_units([u for *_, u in units])
-        for r, ctx, targets, _ in long:  # a window longer than a packed stream: alone, as before
-            self._clear()
-            self._eval_prefix(ctx[:-1])
-            logprob, _ = self._eval_scored([ctx[-1], *targets[:-1]], targets, len(ctx) - 1)
-            total, greedy = sums.get(r, (0.0, True))
-            sums[r] = (total + logprob, greedy)
-        return [RollingLoglikelihood(sums.get(r, (0.0, True))[0], n) for r, n in enumerate(counts)]
-
-    def _rolling_simple(self, requests: Sequence[RollingRequest]) -> list[RollingLoglikelihood]:
         results = []
         for req in requests:
             tokens = self.tokenize(req.text, add_bos=False)
@@ -453,11 +326,7 @@ class LlamaCppBackend:
         }
 
     def close(self) -> None:
-        """Free the batches, the packed-scoring context and the model."""
-        if getattr(self, "_pack_ctx", None) is not None:
-            self._lib.llama_batch_free(self._pack_batch)
-            self._lib.llama_free(self._pack_ctx)
-            self._pack_ctx = self._pack_batch = None
+        """Free the batch and the model."""
         if getattr(self, "_batch", None) is not None:
             self._lib.llama_batch_free(self._batch)
             self._batch = None
@@ -465,14 +334,6 @@ class LlamaCppBackend:
         if llm is not None:
             llm.close()
             self._llm = None
-
-
-def _packed_option(options: Mapping[str, Any]) -> bool:
-    """The candidate option ``packed`` (default true): false scores one sequence at a time."""
-    packed = options.get("packed", True)
-    if not isinstance(packed, bool):
-        raise SmallfitError(f"llamacpp option packed must be true or false, not {packed!r}")
-    return packed
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:
