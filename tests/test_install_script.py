@@ -1,0 +1,27 @@
+"""install.sh, the README's first command: its arguments and what it says before it compiles."""
+
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_an_unknown_target_is_one_line_and_exit_2_before_anything_is_made(tmp_path):
+    venv = tmp_path / "venv"
+    proc = subprocess.run(["sh", str(REPO / "install.sh"), "everything"], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "VENV": str(venv)}, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "install.sh: unknown target 'everything'; use 'sh install.sh' or 'sh install.sh dev'"]
+    assert not venv.exists()
+
+
+def test_the_compile_is_announced_with_minutes_for_the_cores_present():
+    text = (REPO / "install.sh").read_text()
+    # the announcement comes before the first pip install that could compile
+    assert text.index("pip compiles $KIND from source once: about $MIN minutes on $CORES cores") < text.index(
+        '$PIP install -e ".[$EXTRAS]"')
+    readme = (REPO / "README.md").read_text().splitlines()
+    assert readme[3] == "sh install.sh && .venv/bin/smallfit run"
+    ci = (REPO / ".ci" / "run").read_text()
+    assert readme[4] in ci  # the README's test command is the one CI runs
