@@ -39,8 +39,8 @@ def logits_after(lib: Any, model: Any, ctx_tokens: list[int], n_vocab: int, thre
     for lo in range(0, len(items), ubatch):
         chunk = items[lo : lo + ubatch]
         batch.n_tokens = len(chunk)
-        for i, (tok, pos, seq, out) in enumerate(chunk):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, pos, 1, out
+        for i, (tok, pos, seq, scored) in enumerate(chunk):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, pos, 1, scored
             batch.seq_id[i][0] = seq
         assert lib.llama_decode(ctx, batch) == 0
     out = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)).copy()
