@@ -41,6 +41,10 @@ def _import() -> tuple[Any, Any]:
         import numpy
     except ImportError:
         raise MissingExtraError("llama-cpp-python", "llamacpp") from None
+    except (OSError, RuntimeError) as exc:  # its shared library: an old glibc, a missing CPU feature
+        cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise SmallfitError(f"llama.cpp's library does not load on this machine ({cause}); rebuild it here: pip "
+                            "install --force-reinstall --no-cache-dir --no-deps llama-cpp-python==0.3.36") from None
     return llama_cpp, numpy
 
 
