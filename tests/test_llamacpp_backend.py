@@ -88,6 +88,16 @@ def test_info_records_threads_context_and_batch(backend):
     assert info["library_version"]
 
 
+def test_info_records_which_llama_cpp_build_ran_and_its_cpu_features(backend):
+    import re
+
+    info = backend.info()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", info["ggml_version"])  # read from the library itself
+    assert info["ggml_commit"] and re.fullmatch(r"[0-9a-f]{16}", info["llama_cpp_lib_sha256"])
+    assert "CPU :" in info["system_info"] and "REPACK" in info["system_info"]
+    assert info["weights_file_type"] != "unknown"
+
+
 def test_not_a_gguf_file(tmp_path):
     from smallfit.backends.base import BackendConfig, load_backend
     from smallfit.errors import SmallfitError

@@ -10,6 +10,7 @@ every generation so that no request benefits from an earlier one's prompt.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,10 @@ def _import() -> tuple[Any, Any]:
         import numpy
     except ImportError:
         raise MissingExtraError("llama-cpp-python", "llamacpp") from None
+    except (OSError, RuntimeError) as exc:  # its shared library: an old glibc, a missing CPU feature
+        cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise SmallfitError(f"llama.cpp's library does not load on this machine ({cause}); rebuild it here: pip "
+                            "install --force-reinstall --no-cache-dir --no-deps llama-cpp-python==0.3.36") from None
     return llama_cpp, numpy
 
 
@@ -333,6 +338,8 @@ class LlamaCppBackend:
             "prefix_cache": False,
             "decoding": "greedy (argmax)",
             "system_info": sysinfo.decode("utf-8", "replace") if isinstance(sysinfo, bytes) else str(sysinfo),
+            "weights_file_type": self._llm.metadata.get("general.file_type", "unknown"),
+            **build_info(self._lib),
         }
 
     def close(self) -> None:
@@ -344,6 +351,28 @@ class LlamaCppBackend:
         if llm is not None:
             llm.close()
             self._llm = None
+
+
+def build_info(lib: Any) -> dict[str, str]:
+    """Which llama.cpp build this is: ggml's version and commit ("unknown" when built from a source
+    distribution without git), and a digest of the shared libraries that ran, which tells two
+    builds of the same version apart (a native build, a reduced build, a prebuilt wheel)."""
+    folder = Path(lib.__file__).parent / "lib"
+    out = {"ggml_version": "unknown", "ggml_commit": "unknown", "llama_cpp_lib": str(folder)}
+    try:
+        base = ctypes.CDLL(str(next(folder.glob("libggml-base.so*"))))
+        for name in ("ggml_version", "ggml_commit"):
+            fn = getattr(base, name)
+            fn.restype = ctypes.c_char_p
+            out[name] = (fn() or b"unknown").decode("utf-8", "replace")
+    except (OSError, StopIteration, AttributeError):
+        pass
+    digest = hashlib.sha256()
+    for so in sorted(folder.glob("lib*.so")):
+        digest.update(so.name.encode())
+        digest.update(so.read_bytes())
+    out["llama_cpp_lib_sha256"] = digest.hexdigest()[:16]
+    return out
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:

