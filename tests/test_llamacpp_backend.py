@@ -131,11 +131,12 @@ def test_chat_template_from_the_gguf_is_rendered_and_its_special_tokens_parsed()
 
 
 
-def test_rolling_windows_are_lm_evals_with_a_full_context_for_the_last(backend):
+def test_rolling_windows_are_lm_evals_with_a_full_context_for_the_last(backend, monkeypatch):
     from smallfit.records import RollingRequest
 
     long_text = " ".join(["The quick brown fox jumps over the lazy dog."] * 60)  # > 512 tokens, < 1024
     tokens = backend.tokenize(long_text, add_bos=False)
+    monkeypatch.setattr(backend, "rolling_length", backend.n_ctx)  # windows of 512: the rule, cheaply
     n, size = backend.n_ctx, len(tokens)
     assert n < size < 2 * n
     # lm-eval (context_len 1, then make_disjoint_window), written out: n tokens from the prefix token,
@@ -149,3 +150,21 @@ def test_rolling_windows_are_lm_evals_with_a_full_context_for_the_last(backend):
     (r,) = backend.loglikelihood_rolling([RollingRequest(long_text)])
     assert r.n_tokens == size
     assert r.logprob == pytest.approx(expected, abs=1e-3)
+
+
+def test_rolling_windows_are_the_training_context_whatever_the_loaded_one(backend):
+    from smallfit.backends.base import BackendConfig, load_backend
+    from smallfit.records import RollingRequest
+
+    info = backend.info()
+    assert info["rolling_window_tokens"] == backend.rolling_length >= 8192 > info["context_size"] == 512
+    long_text = " ".join(["The quick brown fox jumps over the lazy dog."] * 60)  # ~600 tokens: one window
+    (r,) = backend.loglikelihood_rolling([RollingRequest(long_text)])
+    assert backend.n_ctx == 512 and backend.info()["context_size"] == 512  # the loaded context is back
+    roomy = load_backend("llamacpp", BackendConfig(backend.config.model_path, threads=2, context_size=1024))
+    try:
+        (same,) = roomy.loglikelihood_rolling([RollingRequest(long_text)])
+    finally:
+        roomy.close()
+    # one window either way, from a context made for it or the loaded one: the same arithmetic
+    assert r.n_tokens == same.n_tokens > 512 and r.logprob == pytest.approx(same.logprob, abs=1e-4)

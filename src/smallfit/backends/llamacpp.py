@@ -9,11 +9,12 @@ every generation so that no request benefits from an earlier one's prompt.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,8 @@ class LlamaCppBackend:
         self.n_vocab = int(self._llm.n_vocab())
         self._logits_type = ctypes.c_float * self.n_vocab
         self.n_ctx = int(self._llm.n_ctx())
+        # lm-eval's rolling window: the model's own (training) context, as the transformers backend's
+        self.rolling_length = int(self._lib.llama_model_n_ctx_train(self._llm._model.model)) or self.n_ctx
         self._batch = self._lib.llama_batch_init(config.batch_size, 0, 1)
         bos = int(self._lib.llama_vocab_bos(self._vocab))
         self._bos = bos
@@ -198,19 +201,48 @@ class LlamaCppBackend:
         return [o for o in out if o is not None]
 
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest]) -> list[RollingLoglikelihood]:
-        """lm-eval's rolling windows of the loaded context (``n_ctx``): the first token is predicted
-        from the BOS (or EOS) token, each later window from a full window of the tokens before it."""
+        """lm-eval's rolling windows of the model's own (training) context, as lm-eval and the
+        transformers backend build them: the first token is predicted from the BOS (or EOS) token,
+        each later window from a full window of the tokens before it. Windows longer than the
+        loaded context are scored in a context made for them (as many cells as the longest
+        window needs, at most the training context) and freed afterwards."""
+        docs = [self.tokenize(r.text, add_bos=False) for r in requests]
+        needed = max((min(len(t) + 1, self.rolling_length) for t in docs), default=0)
         results = []
-        for req in requests:
-            tokens = self.tokenize(req.text, add_bos=False)
-            total = 0.0
-            for ctx, targets in rolling_windows(tokens, self._prefix_token, self.n_ctx):
-                self._clear()
-                self._eval_prefix(ctx[:-1])  # context without logits; its last token predicts the first target
-                logprob, _ = self._eval_scored([ctx[-1], *targets[:-1]], targets, len(ctx) - 1)
-                total += logprob
-            results.append(RollingLoglikelihood(total, len(tokens)))
+        with self._context_of(needed):
+            for tokens in docs:
+                total = 0.0
+                for ctx, targets in rolling_windows(tokens, self._prefix_token, self.rolling_length):
+                    self._clear()
+                    self._eval_prefix(ctx[:-1])  # context without logits; its last token predicts the first target
+                    logprob, _ = self._eval_scored([ctx[-1], *targets[:-1]], targets, len(ctx) - 1)
+                    total += logprob
+                results.append(RollingLoglikelihood(total, len(tokens)))
         return results
+
+    @contextlib.contextmanager
+    def _context_of(self, cells: int) -> Iterator[None]:
+        """Decode in a context of at least ``cells`` cells for the block: the loaded one where it
+        is big enough, else a new one with the same settings, freed on the way out."""
+        if cells <= self.n_ctx:
+            yield
+            return
+        from llama_cpp._internals import LlamaContext
+
+        params = type(self._llm.context_params).from_buffer_copy(self._llm.context_params)
+        params.n_ctx = cells
+        try:
+            big = LlamaContext(model=self._llm._model, params=params, verbose=False)
+        except ValueError as exc:
+            raise SmallfitError(f"llama.cpp could not make a {cells}-token context for a rolling window: {exc}; "
+                                "lower the documents' length or run on a machine with more memory") from None
+        saved = self._ctx, self._mem, self.n_ctx
+        self._ctx, self._mem, self.n_ctx = big.ctx, self._lib.llama_get_memory(big.ctx), cells
+        try:
+            yield
+        finally:
+            self._ctx, self._mem, self.n_ctx = saved
+            big.close()
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         """Greedy generation, one request at a time, each from an empty KV cache."""
@@ -333,6 +365,7 @@ class LlamaCppBackend:
             "library_version": getattr(self._lib, "__version__", "unknown"),
             "threads": self.threads,
             "context_size": self.n_ctx,
+            "rolling_window_tokens": self.rolling_length,
             "batch_size": self.config.batch_size,
             "n_vocab": self.n_vocab,
             "prefix_cache": False,
