@@ -242,7 +242,7 @@ class LlamaCppBackend:
             yield
         finally:
             self._ctx, self._mem, self.n_ctx = saved
-            big.close()
+            big.close()  # type: ignore[no-untyped-call]
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         """Greedy generation, one request at a time, each from an empty KV cache."""
