@@ -244,7 +244,7 @@ def test_bundled_models_cascade_live_and_replayed(cli, tmp_path):
 
     live = "cascade:smollm2-135m,gemma3-270m@0.9"
     cli("run", "-m", "smollm2-135m", "-m", "gemma3-270m", "-m", live, "-t", str(REPO / "examples" / "tickets.toml"),
-        "--limit", "24", "--quick", check=True)
+        "--limit", "20", "--quick", check=True)
     out = cli("cascade", "--models", "smollm2-135m,gemma3-270m", "--budget", "acc>=0.5", check=True).stdout
     assert "APGR" in out and "gemma3-270m alone" in out and "(chosen)" in out
     store = Store.open(cli.db)
