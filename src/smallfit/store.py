@@ -11,7 +11,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -151,6 +151,40 @@ ALTER TABLE runs ADD COLUMN executor_json TEXT;
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One atomic write on a connection opened with ``isolation_level=None``: everything inside
+    commits together or not at all."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def apply_migrations(conn: sqlite3.Connection, migrations: list[tuple[str, str]],
+                     too_new: Callable[[int], str]) -> None:
+    """Apply the ``(name, sql)`` migrations not yet recorded in ``schema_migrations``, each in its
+    own transaction; a database with a newer migration than these is refused with
+    ``too_new(its newest version)``."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
+                 "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
+    applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    newest = max(applied, default=0)
+    if newest > len(migrations):
+        raise SmallfitError(too_new(newest))
+    for version, (name, sql) in enumerate(migrations, 1):
+        if version in applied:
+            continue
+        with transaction(conn) as tx:
+            for statement in sql.split(";"):
+                if statement.strip():
+                    tx.execute(statement)
+            tx.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, time.time()))
+
+
 def default_db_path() -> Path:
     """``$SMALLFIT_DB``, else ``$XDG_DATA_HOME/smallfit/smallfit.db`` (``~/.local/share/...``)."""
     env = os.environ.get("SMALLFIT_DB")
@@ -233,30 +267,15 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic write: everything inside commits together or not at all."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        with transaction(self.conn) as tx:
+            yield tx
 
     def _migrate(self) -> None:
-        self.conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
-                          "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
-        applied = {row["version"] for row in self.conn.execute("SELECT version FROM schema_migrations")}
-        newest = max(applied, default=0)
-        if newest > SCHEMA_VERSION:
-            raise SmallfitError(f"--db {self.path} was written by a newer smallfit (schema {newest}, this "
-                                f"one knows {SCHEMA_VERSION}); upgrade smallfit or pass another --db")
-        for version, (name, sql) in enumerate(MIGRATIONS, 1):
-            if version in applied:
-                continue
-            with self.transaction() as tx:
-                for statement in sql.split(";"):
-                    if statement.strip():
-                        tx.execute(statement)
-                tx.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, time.time()))
+        def too_new(newest: int) -> str:
+            return (f"--db {self.path} was written by a newer smallfit (schema {newest}, this one knows "
+                    f"{SCHEMA_VERSION}); upgrade smallfit or pass another --db")
+
+        apply_migrations(self.conn, MIGRATIONS, too_new)
 
     def schema_version(self) -> int:
         """The newest migration applied."""

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from smallfit.errors import SmallfitError
+from smallfit.store import apply_migrations, transaction
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_board", """
@@ -128,28 +129,12 @@ class BoardDB:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic write."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        with transaction(self.conn) as tx:
+            yield tx
 
     def _migrate(self) -> None:
-        self.conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
-                          "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
-        applied = {r["version"] for r in self.conn.execute("SELECT version FROM schema_migrations")}
-        if applied and max(applied) > len(MIGRATIONS):
-            raise SmallfitError(f"--board-db {self.path} was written by a newer smallfit; upgrade smallfit")
-        for version, (name, sql) in enumerate(MIGRATIONS, 1):
-            if version in applied:
-                continue
-            with self.transaction() as tx:
-                for statement in sql.split(";"):
-                    if statement.strip():
-                        tx.execute(statement)
-                tx.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, time.time()))
+        apply_migrations(self.conn, MIGRATIONS,
+                         lambda _: f"--board-db {self.path} was written by a newer smallfit; upgrade smallfit")
 
     # -- tokens, tasks, configurations ------------------------------------------------------------
 
