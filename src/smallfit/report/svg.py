@@ -127,6 +127,26 @@ def _labels(points: list[Point], pos: dict[str, tuple[float, float]], colours: d
     return out
 
 
+def _axes(xt: list[float], yt: list[float], sx: tuple[float, float], sy: tuple[float, float],
+          x_ticks: list[str], y_ticks: list[str], x_title: str, y_title: str) -> list[str]:
+    """Grid lines with their tick labels, and the two axis titles, of a plot of the standard size."""
+    parts = []
+    for t, label in zip(xt, x_ticks, strict=True):
+        x = t * sx[0] + sx[1]
+        parts.append(f'<line x1="{x:.1f}" y1="{_TOP}" x2="{x:.1f}" y2="{_H - _BOTTOM}" stroke="#e5e7eb"/>'
+                     f'<text x="{x:.1f}" y="{_H - _BOTTOM + 18}" text-anchor="middle" class="tick">'
+                     f"{escape(label)}</text>")
+    for t, label in zip(yt, y_ticks, strict=True):
+        y = t * sy[0] + sy[1]
+        parts.append(f'<line x1="{_LEFT}" y1="{y:.1f}" x2="{_W - _RIGHT}" y2="{y:.1f}" stroke="#e5e7eb"/>'
+                     f'<text x="{_LEFT - 8}" y="{y + 4:.1f}" text-anchor="end" class="tick">{escape(label)}</text>')
+    parts.append(f'<text x="{(_LEFT + _W - _RIGHT) / 2}" y="{_H - 12}" text-anchor="middle" class="axis">'
+                 f"{escape(x_title)}</text>")
+    parts.append(f'<text transform="translate(16 {(_TOP + _H - _BOTTOM) / 2}) rotate(-90)" text-anchor="middle" '
+                 f'class="axis">{escape(y_title)}</text>')
+    return parts
+
+
 def scatter(frontier: Frontier, colours: dict[str, str], radii: dict[str, float] | None = None) -> str:
     """One frontier as an SVG scatter with each figure's 95% interval as an error bar: frontier
     candidates in colour, those the point estimates alone put behind another half-filled (not
@@ -144,20 +164,8 @@ def scatter(frontier: Frontier, colours: dict[str, str], radii: dict[str, float]
              f'aria-label="{escape(frontier.task)}: {escape(frontier.y)} against {escape(frontier.x)}">'),
              (f'<rect x="{_LEFT}" y="{_TOP}" width="{_W - _LEFT - _RIGHT}" height="{_H - _TOP - _BOTTOM}" '
              'fill="#fafafa" stroke="#d1d5db"/>')]
-    for t in xt:
-        x = t * sx[0] + sx[1]
-        parts.append(f'<line x1="{x:.1f}" y1="{_TOP}" x2="{x:.1f}" y2="{_H - _BOTTOM}" stroke="#e5e7eb"/>'
-                     f'<text x="{x:.1f}" y="{_H - _BOTTOM + 18}" text-anchor="middle" class="tick">'
-                     f"{escape(tick_label(frontier.x, t))}</text>")
-    for t in yt:
-        y = t * sy[0] + sy[1]
-        parts.append(f'<line x1="{_LEFT}" y1="{y:.1f}" x2="{_W - _RIGHT}" y2="{y:.1f}" stroke="#e5e7eb"/>'
-                     f'<text x="{_LEFT - 8}" y="{y + 4:.1f}" text-anchor="end" class="tick">'
-                     f"{escape(tick_label(frontier.y, t))}</text>")
-    parts.append(f'<text x="{(_LEFT + _W - _RIGHT) / 2}" y="{_H - 12}" text-anchor="middle" class="axis">'
-                 f"{escape(axis_title(frontier.x))}</text>")
-    parts.append(f'<text transform="translate(16 {(_TOP + _H - _BOTTOM) / 2}) rotate(-90)" text-anchor="middle" '
-                 f'class="axis">{escape(axis_title(frontier.y))}</text>')
+    parts += _axes(xt, yt, sx, sy, [tick_label(frontier.x, t) for t in xt], [tick_label(frontier.y, t) for t in yt],
+                   axis_title(frontier.x), axis_title(frontier.y))
     parts.append(_frontier_path(pts, sx, sy))
     pos = {p.candidate: (p.x * sx[0] + sx[1], p.y * sy[0] + sy[1]) for p in pts}
     for p in pts:
@@ -215,19 +223,7 @@ def line_chart(title: str, x_title: str, y_title: str, series: list[Series], mar
               f'aria-label="{escape(title)}">'),
              (f'<rect x="{_LEFT}" y="{_TOP}" width="{_W - _LEFT - _RIGHT}" height="{_H - _TOP - _BOTTOM}" '
               'fill="#fafafa" stroke="#d1d5db"/>')]
-    for t in xt:
-        x = t * sx[0] + sx[1]
-        parts.append(f'<line x1="{x:.1f}" y1="{_TOP}" x2="{x:.1f}" y2="{_H - _BOTTOM}" stroke="#e5e7eb"/>'
-                     f'<text x="{x:.1f}" y="{_H - _BOTTOM + 18}" text-anchor="middle" class="tick">'
-                     f"{escape(tick_label(x_label, t))}</text>")
-    for t in yt:
-        y = t * sy[0] + sy[1]
-        parts.append(f'<line x1="{_LEFT}" y1="{y:.1f}" x2="{_W - _RIGHT}" y2="{y:.1f}" stroke="#e5e7eb"/>'
-                     f'<text x="{_LEFT - 8}" y="{y + 4:.1f}" text-anchor="end" class="tick">{t:g}</text>')
-    parts.append(f'<text x="{(_LEFT + _W - _RIGHT) / 2}" y="{_H - 12}" text-anchor="middle" class="axis">'
-                 f"{escape(x_title)}</text>")
-    parts.append(f'<text transform="translate(16 {(_TOP + _H - _BOTTOM) / 2}) rotate(-90)" text-anchor="middle" '
-                 f'class="axis">{escape(y_title)}</text>')
+    parts += _axes(xt, yt, sx, sy, [tick_label(x_label, t) for t in xt], [f"{t:g}" for t in yt], x_title, y_title)
     for i, s in enumerate(series):
         pts = " ".join(f"{x * sx[0] + sx[1]:.1f},{y * sy[0] + sy[1]:.1f}" for x, y in zip(s.xs, s.ys, strict=True))
         dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
