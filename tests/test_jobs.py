@@ -48,6 +48,16 @@ def test_a_run_is_stored_as_jobs_with_hash_state_attempts_node_and_fingerprint(t
     assert any(r["state"] == "failed" and "worker killed by SIGKILL" in r["error"] for r in failed)
 
 
+def test_a_worker_stopped_by_an_illegal_instruction_is_named_with_the_rebuild_command(tmp_path):
+    lacks = Toy("lacks", knows=3, delay_ms=1.0, options=(("crash", "sigill"),))
+    run_id = make_run(tmp_path / "r.db", tmp_path, [Toy("a", 3, 1.0), lacks], n=4, quick=True)
+    rows = _jobs(tmp_path / "r.db", run_id)
+    (error,) = {r["error"] for (c, _), r in rows.items() if c == "lacks" and r["state"] == "failed"}
+    assert error.startswith("worker killed by SIGILL (an instruction this CPU lacks")
+    assert "pip install --force-reinstall --no-cache-dir --no-deps llama-cpp-python" in error
+    assert all(r["state"] == "done" for (c, _), r in rows.items() if c == "a")
+
+
 def test_the_job_hash_follows_what_runs_and_nothing_else():
     model = ResolvedModel("m", "m.gguf", "llamacpp", "file", "gguf", "/x/m.gguf", sha256="a" * 64)
     shape = {"threads": None, "context_size": 2048, "batch_size": 512}

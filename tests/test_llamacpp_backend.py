@@ -168,3 +168,23 @@ def test_rolling_windows_are_the_training_context_whatever_the_loaded_one(backen
         roomy.close()
     # one window either way, from a context made for it or the loaded one: the same arithmetic
     assert r.n_tokens == same.n_tokens > 512 and r.logprob == pytest.approx(same.logprob, abs=1e-4)
+
+
+def test_info_records_which_cpu_kernels_the_weights_got(backend):
+    info = backend.info()
+    assert info["weight_buffers_mib"] and all(mib > 0 for mib in info["weight_buffers_mib"].values())
+    assert bool(info["repacked_tensors"]) == ("CPU_REPACK" in info["weight_buffers_mib"])
+    if info["weights_file_type"] == "3":  # SmolLM2's Q4_1: no repacked layout on any CPU
+        assert info["repacked_tensors"] == {}
+
+
+def test_weight_kernels_read_from_the_load_log():
+    from smallfit.backends.llamacpp import weight_kernels
+
+    log = ["load_tensors:   CPU_Mapped model buffer size =   235.16 MiB\n",
+           "load_tensors:   CPU_REPACK model buffer size =    12.66 MiB\n", "....",
+           "repack: repack tensor blk.0.attn_output.weight with q4_K_8x8\n",
+           "repack: repack tensor blk.2.ffn_down.weight with q4_K_8x8\n",
+           "repack: repack tensor blk.2.ffn_up.weight with q4_0_8x8\n"]
+    assert weight_kernels(log) == {"repacked_tensors": {"q4_0_8x8": 1, "q4_K_8x8": 2},
+                                   "weight_buffers_mib": {"CPU_Mapped": 235.16, "CPU_REPACK": 12.66}}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import re
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -72,13 +73,15 @@ class LlamaCppBackend:
         self.config = config
         self.threads = config.threads or 1
         try:
-            self._llm = self._lib.Llama(
-                model_path=str(path), n_ctx=config.context_size, n_batch=config.batch_size,
-                n_ubatch=config.batch_size, n_threads=self.threads, n_threads_batch=self.threads,
-                seed=config.seed, logits_all=False, verbose=False,
-            )
+            with _load_log(self._lib) as log:
+                self._llm = self._lib.Llama(
+                    model_path=str(path), n_ctx=config.context_size, n_batch=config.batch_size,
+                    n_ubatch=config.batch_size, n_threads=self.threads, n_threads_batch=self.threads,
+                    seed=config.seed, logits_all=False, verbose=False,
+                )
         except (ValueError, RuntimeError) as exc:
             raise SmallfitError(f"llama.cpp could not load {path}: {exc}") from None
+        self._kernels = weight_kernels(log)
         self._ctx = self._llm._ctx.ctx
         self._mem = self._lib.llama_get_memory(self._ctx)
         self._vocab = self._lib.llama_model_get_vocab(self._llm._model.model)
@@ -372,6 +375,7 @@ class LlamaCppBackend:
             "decoding": "greedy (argmax)",
             "system_info": sysinfo.decode("utf-8", "replace") if isinstance(sysinfo, bytes) else str(sysinfo),
             "weights_file_type": self._llm.metadata.get("general.file_type", "unknown"),
+            **self._kernels,
             **build_info(self._lib),
         }
 
@@ -406,6 +410,45 @@ def build_info(lib: Any) -> dict[str, str]:
         digest.update(so.read_bytes())
     out["llama_cpp_lib_sha256"] = digest.hexdigest()[:16]
     return out
+
+
+@contextlib.contextmanager
+def _load_log(lib: Any) -> Iterator[list[str]]:
+    """llama.cpp's log lines while the block runs (a model load), whatever the verbosity: a
+    capturing callback is swapped in and llama-cpp-python's own put back after."""
+    lines: list[str] = []
+    try:
+        from llama_cpp._logger import llama_log_callback as own
+    except ImportError:  # another binding layout: nothing captured, nothing changed
+        yield lines
+        return
+
+    @lib.llama_log_callback  # type: ignore[untyped-decorator]
+    def capture(level: int, text: bytes, user_data: Any) -> None:
+        lines.append(text.decode("utf-8", "replace"))
+
+    lib.llama_log_set(capture, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        lib.llama_log_set(own, ctypes.c_void_p(0))
+
+
+_REPACKED = re.compile(r"repack tensor (\S+) with (\S+)")
+_BUFFER = re.compile(r"(\S+) model buffer size =\s*([\d.]+) MiB")
+
+
+def weight_kernels(log: Sequence[str]) -> dict[str, Any]:
+    """Which CPU kernels the weights got, from llama.cpp's load log: the tensors repacked into an
+    interleaved layout (its CPU_REPACK buffer: AVX2/AVX-512 or ARM GEMM kernels for types such as
+    Q4_0, Q4_K, IQ4_NL and Q8_0) by layout, and the MiB in each weight buffer. Tensors of other types
+    (Q4_1, Q5_0, Q6_K, ...) stay in the plain CPU buffer and use ggml's vector-dot kernels."""
+    text = "".join(log)
+    repacked: dict[str, int] = {}
+    for _tensor, layout in _REPACKED.findall(text):
+        repacked[layout] = repacked.get(layout, 0) + 1
+    buffers = {name: float(mib) for name, mib in _BUFFER.findall(text)}
+    return {"repacked_tensors": dict(sorted(repacked.items())), "weight_buffers_mib": buffers}
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:

@@ -88,7 +88,10 @@ def exit_reason(code: int, stderr_tail: str) -> str:
     """One line: the signal or exit code that ended a worker, and the end of what it printed."""
     if code < 0:
         sig = signal.Signals(-code).name
-        hint = " (out of memory?)" if sig == "SIGKILL" else ""
+        hint = {"SIGKILL": " (out of memory?)",
+                "SIGILL": " (an instruction this CPU lacks: a native library built for another CPU, such as a "
+                          "llama.cpp wheel compiled elsewhere; rebuild it here: pip install --force-reinstall "
+                          "--no-cache-dir --no-deps llama-cpp-python==0.3.36)"}.get(sig, "")
         reason = f"worker killed by {sig}{hint}"
     else:
         reason = f"worker exited with code {code}"

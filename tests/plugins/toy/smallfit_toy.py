@@ -9,7 +9,8 @@ the model know an answer: after a context ending in its suffix, the answer's log
 near 0, where a bigram guess has the bigram's: the token log-probability signals tell them apart).
 ``delay_ms`` sleeps per generated
 token, so timings are real and of a known size. Its ``options`` can make it fail at load
-(``{"fail": "load"}``) or kill its own process on the first generation (``{"crash": "generate"}``):
+(``{"fail": "load"}``), kill its own process on the first generation (``{"crash": "generate"}``), or
+stop there with SIGILL as a native library built for another CPU does (``{"crash": "sigill"}``):
 faults the runner must survive.
 
 smallfit finds it through the ``smallfit.backends`` entry point in this folder's pyproject.toml.
@@ -100,8 +101,9 @@ class ToyBackend:
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         """Greedy bytes, timestamped as each is chosen."""
-        if self.options.get("crash") == "generate":
-            os.kill(os.getpid(), signal.SIGKILL)
+        crash = self.options.get("crash")
+        if crash in ("generate", "sigill"):
+            os.kill(os.getpid(), signal.SIGKILL if crash == "generate" else signal.SIGILL)
         return [self._generate_one(r) for r in requests]
 
     def _generate_one(self, req: GenerationRequest) -> Completion:
