@@ -1,8 +1,10 @@
 """Wall time of the bundled default run (`smallfit run` with no arguments), end to end.
 
-Target (issue 2): under 5 minutes on 2 cores. Runs the real CLI in a subprocess with a fresh
-database, records the machine load before and after (the machine is shared), and prints the
-figures plus per-candidate x task timings from the stored results.
+Targets: under 5 minutes on 2 cores (issue 2), under 3 minutes on the slower 2-core CPU seen, an
+AVX2-only AMD EPYC (issue 15). Runs the real CLI in a subprocess with a fresh database, records
+the machine load before and after (the machine is shared), and prints the figures plus, per
+candidate x task, where the time went: the job's wall time, its scoring (quality pass) seconds and
+its timed generation (latency pass) seconds and requests, from the stored results.
 
     .venv/bin/python benchmarks/default_run.py [--repeat N]
 """
@@ -34,8 +36,30 @@ def one_run(db: Path) -> tuple[float, list[dict[str, object]]]:
                                      capture_output=True, text=True, check=True).stdout)
     with sqlite3.connect(db) as conn:
         threads, hardware = conn.execute("SELECT threads, hardware_json FROM runs").fetchone()
+        split = conn.execute(
+            "SELECT j.candidate, j.task, j.finished_at - j.started_at,"
+            " (SELECT SUM(latency_s) FROM timings t WHERE t.candidate = j.candidate AND t.task = j.task"
+            "  AND t.phase = 'quality'),"
+            " (SELECT SUM(latency_s) FROM timings t WHERE t.candidate = j.candidate AND t.task = j.task"
+            "  AND t.phase = 'latency'),"
+            " (SELECT COUNT(*) FROM timings t WHERE t.candidate = j.candidate AND t.task = j.task"
+            "  AND t.phase = 'latency') FROM jobs j ORDER BY j.position").fetchall()
     print(f"threads {threads} ({json.loads(hardware).get('threads_chosen_by')})")
+    totals = [0.0, 0.0, 0.0]
+    for cand, task, job_s, quality_s, latency_s, n_latency in split:
+        quality_s, latency_s = quality_s or 0.0, latency_s or 0.0
+        print(f"  {cand:>13} {task:<16} job {job_s:6.1f} s: scoring {quality_s:5.1f} s, timed generation "
+              f"{latency_s:5.1f} s ({n_latency} requests), the rest {job_s - quality_s - latency_s:4.1f} s")
+        totals = [totals[0] + job_s, totals[1] + quality_s, totals[2] + latency_s]
+    print(f"  jobs {totals[0]:.1f} s of the {wall:.1f} s: scoring {totals[1]:.1f} s, timed generation "
+          f"{totals[2]:.1f} s, the rest {totals[0] - totals[1] - totals[2]:.1f} s; outside the jobs "
+          f"{wall - totals[0]:.1f} s")
     return wall, rows
+
+
+def _has_avx512() -> bool:
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.exists() and "avx512f" in cpuinfo.read_text()
 
 
 def main() -> None:
@@ -55,8 +79,11 @@ def main() -> None:
             m = r["metrics"]
             print(f"  {r['candidate']:>13} {r['task']:<16} latency p50 {m['latency_s']:.3f} s  "
                   f"decode {m['decode_tok_s']:.1f} tok/s  verdict {r['verdict']}")
-    print(f"default run wall time: median {statistics.median(walls):.1f} s over {len(walls)} run(s) "
-          f"(target < 300 s): {'MET' if statistics.median(walls) < 300 else 'NOT MET'}")
+    med = statistics.median(walls)
+    print(f"default run wall time: median {med:.1f} s over {len(walls)} run(s); target < 300 s (issue 2): "
+          f"{'MET' if med < 300 else 'NOT MET'}; target < 180 s (issue 15, on an AVX2-only CPU; this one has "
+          f"{'AVX-512' if _has_avx512() else 'no AVX-512'}): "
+          f"{'MET' if med < 180 else 'NOT MET'}")
 
 
 if __name__ == "__main__":
