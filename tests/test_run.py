@@ -109,6 +109,13 @@ def _alive(pid: int) -> bool:
     return "State:\tZ" not in status
 
 
+def _has_loaded(pid: int, library: str) -> bool:
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
 def _start(cli, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "smallfit", "run", *args], env=cli.env, cwd=Path(cli.db).parent,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -154,12 +161,12 @@ def test_a_crashed_candidate_is_recorded_and_the_run_goes_on(cli, tmp_path):
     proc = _start(cli, str(_spec(tmp_path, limit=3)))
     deadline = time.time() + 120
     worker = None
-    while worker is None and time.time() < deadline:
-        kids = _children(proc.pid)
-        worker = kids[0] if kids else None
-        time.sleep(0.05)
-    assert worker is not None
-    time.sleep(1.0)
+    # the first candidate's worker, killed once it has llama.cpp loaded: mid-way through its tasks
+    # (their timing passes alone take 3 s), however fast the machine
+    while worker is None and time.time() < deadline and proc.poll() is None:
+        worker = next((k for k in _children(proc.pid) if _has_loaded(k, "libllama")), None)
+        time.sleep(0.02)
+    assert worker is not None, "no worker loaded llama.cpp"
     os.kill(worker, signal.SIGKILL)  # what the kernel's out-of-memory killer does
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
