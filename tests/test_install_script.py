@@ -19,12 +19,23 @@ def test_an_unknown_target_is_one_line_and_exit_2_before_anything_is_made(tmp_pa
 def test_the_compile_is_announced_with_minutes_for_the_cores_present():
     text = (REPO / "install.sh").read_text()
     # the announcement comes before the first pip install that could compile
-    assert text.index("pip compiles $KIND from source once: about $MIN minutes on $CORES cores") < text.index(
+    assert text.index("pip compiles $KIND from source once: $TAKES on $CORES cores") < text.index(
         '$PIP install -e ".[$EXTRAS]"')
     readme = (REPO / "README.md").read_text().splitlines()
     assert readme[3] == "sh install.sh && .venv/bin/smallfit run"
     ci = (REPO / ".ci" / "run").read_text()
     assert readme[4] in ci  # the README's test command is the one CI runs
+
+
+def test_the_minutes_announced_follow_the_core_count(tmp_path):
+    # install.sh's own helper, run by sh with the script's figures for the library-only build
+    text = (REPO / "install.sh").read_text()
+    helper = text[text.index("LIB_CORE_MIN_FAST="):text.index("case \"$WHAT\" in")]
+    said = {}
+    for cores in (1, 2, 4, 16):
+        script = f"CORES={cores}\n{helper}\nminutes $LIB_CORE_MIN_FAST $LIB_CORE_MIN_SLOW\n"
+        said[cores] = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout.strip()
+    assert said == {1: "4 to 9 minutes", 2: "2 to 5 minutes", 4: "1 to 3 minutes", 16: "about a minute"}
 
 
 def test_a_llama_cpp_library_that_does_not_load_is_one_line_naming_the_rebuild(tmp_path):
