@@ -118,37 +118,6 @@ def test_smollm2_server_cannot_score_and_says_why(smollm2):
 
 @needs_models
 @pytest.mark.models
-def test_gemma_server_scores_like_llamacpp_in_process():
-    """Gemma adds a BOS token, so the same server's echoed log-probabilities line up. Same GGUF,
-    same llama.cpp: agreement within 0.15 nats per request (measured: 2e-7 on single-token
-    continuations; 0.13 on ' a brick', whose ' a' differs by 0.05 between the server's one-batch
-    prompt and the in-process backend's context-then-continuation evaluation)."""
-    from smallfit.backends.base import BackendConfig, load_backend
-    from smallfit.errors import SmallfitError
-    from smallfit.records import LoglikelihoodRequest, RollingRequest
-
-    reqs = [LoglikelihoodRequest("The capital of France is", " Paris"),
-            LoglikelihoodRequest("Question: What do bees make?\nAnswer:", " honey"),
-            LoglikelihoodRequest("Question: Which is heavier, a feather or a brick?\nAnswer:", " a brick"),
-            LoglikelihoodRequest("Question: Which is heavier, a feather or a brick?\nAnswer: ", "a feather")]
-    llama = load_backend("llamacpp", BackendConfig(_model("gemma3-270m"), threads=1, context_size=512))
-    expected = llama.loglikelihood(reqs)
-    llama.close()
-    with llama_server(_model("gemma3-270m")) as url:
-        b = _load(url)
-        assert b.capabilities.loglikelihood and b.info()["loglikelihood_unsupported_because"] is None
-        got = b.loglikelihood(reqs)
-        # the first token of a prompt gets no log-probability from this server: perplexity is refused
-        with pytest.raises(SmallfitError, match="no log-probability for the first token"):
-            b.loglikelihood_rolling([RollingRequest("Hello there.")])
-        b.close()
-    for x, y in zip(got, expected, strict=True):
-        assert x.n_tokens == y.n_tokens
-        assert x.logprob == pytest.approx(y.logprob, abs=0.15)
-
-
-@needs_models
-@pytest.mark.models
 def test_concurrency_levels(smollm2):
     from smallfit.backends.base import ConcurrentBackend
     from smallfit.records import GenerationRequest
