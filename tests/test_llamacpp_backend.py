@@ -179,3 +179,27 @@ def test_weight_kernels_read_from_the_load_log():
            "repack: repack tensor blk.2.ffn_up.weight with q4_0_8x8\n"]
     assert weight_kernels(log) == {"repacked_tensors": {"q4_0_8x8": 1, "q4_K_8x8": 2},
                                    "weight_buffers_mib": {"CPU_Mapped": 235.16, "CPU_REPACK": 12.66}}
+
+
+def test_a_file_llama_cpp_cannot_load_is_one_line_with_its_own_cause(tmp_path):
+    from smallfit.backends.base import BackendConfig, load_backend
+    from smallfit.errors import SmallfitError
+    from smallfit.models import parse_model_ref, resolve_model
+
+    # cut short, as an interrupted download leaves it
+    truncated = tmp_path / "cut.gguf"
+    with open(resolve_model(parse_model_ref("smollm2-135m")), "rb") as fh:
+        truncated.write_bytes(fh.read(200_000))
+    with pytest.raises(SmallfitError, match=r"could not load .*cut\.gguf.*\(gguf_init_from_reader: failed to read"):
+        load_backend("llamacpp", BackendConfig(truncated))
+    # an architecture this llama.cpp does not know (a model newer than the library, say)
+    gguf = pytest.importorskip("gguf")
+    alien = tmp_path / "alien.gguf"
+    writer = gguf.GGUFWriter(str(alien), "nonesuch")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(SmallfitError) as err:
+        load_backend("llamacpp", BackendConfig(alien))
+    assert "unknown model architecture: 'nonesuch'" in str(err.value) and "\n" not in str(err.value)

@@ -80,7 +80,7 @@ class LlamaCppBackend:
                     seed=config.seed, logits_all=False, verbose=False,
                 )
         except (ValueError, RuntimeError) as exc:
-            raise SmallfitError(f"llama.cpp could not load {path}: {exc}") from None
+            raise SmallfitError(f"llama.cpp could not load {path}: {exc}{_log_cause(log)}") from None
         self._kernels = weight_kernels(log)
         self._ctx = self._llm._ctx.ctx
         self._mem = self._lib.llama_get_memory(self._ctx)
@@ -434,6 +434,17 @@ def _load_log(lib: Any) -> Iterator[list[str]]:
         lib.llama_log_set(own, ctypes.c_void_p(0))
 
 
+def _log_cause(log: Sequence[str]) -> str:
+    """The first failure llama.cpp logged during a failed load (its root cause: a truncated file's
+    "failed to read key-value pairs", an "unknown model architecture"), which llama-cpp-python's
+    exception does not carry; "" when it logged none."""
+    for line in "".join(log).splitlines():
+        if _FAILURE.search(line):
+            return f" ({line.strip()})"
+    return ""
+
+
+_FAILURE = re.compile(r"error|failed|unknown|invalid|unsupported", re.IGNORECASE)
 _REPACKED = re.compile(r"repack tensor (\S+) with (\S+)")
 _BUFFER = re.compile(r"(\S+) model buffer size =\s*([\d.]+) MiB")
 
