@@ -32,6 +32,8 @@ from smallfit.records import (
     RollingRequest,
 )
 
+# Logit blocks at least this big (elements) have their log-sum-exp split over the threads.
+_SPLIT_ELEMENTS = 2**22
 # Bytes of logits one decode may ask for: caps the rows per step when every position is scored
 # (Gemma's 262k-token vocabulary makes a 512-row output buffer 512 MiB).
 _LOGIT_BUFFER_BYTES = 64 * 2**20
@@ -95,6 +97,7 @@ class LlamaCppBackend:
         self._bos = bos
         self._prefix_token = bos if bos >= 0 else int(self._lib.llama_vocab_eos(self._vocab))
         self._rows_per_logits_step = max(1, min(config.batch_size, _LOGIT_BUFFER_BYTES // (4 * self.n_vocab)))
+        self._pool: Any = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -157,13 +160,31 @@ class LlamaCppBackend:
             chunk = inputs[lo : lo + step]
             self._decode(chunk, start_pos + lo, [True] * len(chunk))
             logits = self._output_rows(len(chunk))
-            peak = logits.max(axis=1)
-            # log-softmax at the target only: x[t] - (max + log(sum(exp(x - max))))
-            lse = peak + self._np.log(self._np.exp(logits - peak[:, None]).sum(axis=1, dtype=self._np.float64))
+            peak, lse = self._row_norms(logits)
             for j, tgt in enumerate(targets[lo : lo + step]):
                 total += float(logits[j, tgt]) - float(lse[j])
                 greedy = greedy and float(logits[j, tgt]) >= float(peak[j])
         return total, greedy
+
+    def _row_norms(self, logits: Any) -> tuple[Any, Any]:
+        """Each row's max and log-sum-exp, for log-softmax at the targets only:
+        x[t] - (max + log(sum(exp(x - max)))). Big blocks (every position of a text scored with a
+        large vocabulary: Gemma's 262k) are split by rows over the candidate's threads, which sit
+        idle while numpy works; each row's arithmetic is the same either way."""
+        np = self._np
+
+        def norms(rows: Any) -> tuple[Any, Any]:
+            peak = rows.max(axis=1)
+            return peak, peak + np.log(np.exp(rows - peak[:, None]).sum(axis=1, dtype=np.float64))
+
+        if self.threads < 2 or logits.size < _SPLIT_ELEMENTS:
+            return norms(logits)
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="smallfit-lse")
+        parts = list(self._pool.map(norms, np.array_split(logits, self.threads)))
+        return np.concatenate([p for p, _ in parts]), np.concatenate([n for _, n in parts])
 
     def _eval_prefix(self, tokens: Sequence[int]) -> None:
         """Evaluate tokens into the cache without asking for logits."""
@@ -380,7 +401,10 @@ class LlamaCppBackend:
         }
 
     def close(self) -> None:
-        """Free the batch and the model."""
+        """Free the batch, the model and the row-norm threads."""
+        if getattr(self, "_pool", None) is not None:
+            self._pool.shutdown()
+            self._pool = None
         if getattr(self, "_batch", None) is not None:
             self._lib.llama_batch_free(self._batch)
             self._batch = None
