@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# The fix for a llama.cpp library that cannot run here (an old glibc, a wheel built for another CPU).
+LLAMA_CPP_REBUILD = "pip install --force-reinstall --no-cache-dir --no-deps llama-cpp-python==0.3.36"
+
 
 class SmallfitError(Exception):
     """A problem the user can fix: the CLI prints the message on one line and exits with code 2."""

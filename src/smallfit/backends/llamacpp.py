@@ -14,7 +14,7 @@ import ctypes
 import hashlib
 import re
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 from smallfit.backends.base import BackendConfig, Capabilities
 from smallfit.backends.registry import BackendSpec
 from smallfit.backends.rolling import rolling_windows
-from smallfit.errors import MissingExtraError, SmallfitError
+from smallfit.errors import LLAMA_CPP_REBUILD, MissingExtraError, SmallfitError
 from smallfit.records import (
     Completion,
     GenerationRequest,
@@ -47,8 +47,8 @@ def _import() -> tuple[Any, Any]:
         raise MissingExtraError("llama-cpp-python", "llamacpp") from None
     except (OSError, RuntimeError) as exc:  # its shared library: an old glibc, a missing CPU feature
         cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise SmallfitError(f"llama.cpp's library does not load on this machine ({cause}); rebuild it here: pip "
-                            "install --force-reinstall --no-cache-dir --no-deps llama-cpp-python==0.3.36") from None
+        raise SmallfitError(f"llama.cpp's library does not load on this machine ({cause}); rebuild it here: "
+                            f"{LLAMA_CPP_REBUILD}") from None
     return llama_cpp, numpy
 
 
@@ -440,12 +440,9 @@ def build_info(lib: Any) -> dict[str, str]:
 def _load_log(lib: Any) -> Iterator[list[str]]:
     """llama.cpp's log lines while the block runs (a model load), whatever the verbosity: a
     capturing callback is swapped in and llama-cpp-python's own put back after."""
+    from llama_cpp._logger import llama_log_callback as own
+
     lines: list[str] = []
-    try:
-        from llama_cpp._logger import llama_log_callback as own
-    except ImportError:  # another binding layout: nothing captured, nothing changed
-        yield lines
-        return
 
     @lib.llama_log_callback  # type: ignore[untyped-decorator]
     def capture(level: int, text: bytes, user_data: Any) -> None:
@@ -479,9 +476,7 @@ def weight_kernels(log: Sequence[str]) -> dict[str, Any]:
     Q4_0, Q4_K, IQ4_NL and Q8_0) by layout, and the MiB in each weight buffer. Tensors of other types
     (Q4_1, Q5_0, Q6_K, ...) stay in the plain CPU buffer and use ggml's vector-dot kernels."""
     text = "".join(log)
-    repacked: dict[str, int] = {}
-    for _tensor, layout in _REPACKED.findall(text):
-        repacked[layout] = repacked.get(layout, 0) + 1
+    repacked = Counter(layout for _tensor, layout in _REPACKED.findall(text))
     buffers = {name: float(mib) for name, mib in _BUFFER.findall(text)}
     return {"repacked_tensors": dict(sorted(repacked.items())), "weight_buffers_mib": buffers}
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from smallfit.contract import Job, WorkerEvent, decode_event, encode_job
+from smallfit.errors import LLAMA_CPP_REBUILD
 
 
 @dataclass
@@ -90,8 +91,7 @@ def exit_reason(code: int, stderr_tail: str) -> str:
         sig = signal.Signals(-code).name
         hint = {"SIGKILL": " (out of memory?)",
                 "SIGILL": " (an instruction this CPU lacks: a native library built for another CPU, such as a "
-                          "llama.cpp wheel compiled elsewhere; rebuild it here: pip install --force-reinstall "
-                          "--no-cache-dir --no-deps llama-cpp-python==0.3.36)"}.get(sig, "")
+                          f"llama.cpp wheel compiled elsewhere; rebuild it here: {LLAMA_CPP_REBUILD})"}.get(sig, "")
         reason = f"worker killed by {sig}{hint}"
     else:
         reason = f"worker exited with code {code}"

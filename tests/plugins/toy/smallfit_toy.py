@@ -101,9 +101,9 @@ class ToyBackend:
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         """Greedy bytes, timestamped as each is chosen."""
-        crash = self.options.get("crash")
-        if crash in ("generate", "sigill"):
-            os.kill(os.getpid(), signal.SIGKILL if crash == "generate" else signal.SIGILL)
+        crash = {"generate": signal.SIGKILL, "sigill": signal.SIGILL}.get(self.options.get("crash", ""))
+        if crash is not None:
+            os.kill(os.getpid(), crash)
         return [self._generate_one(r) for r in requests]
 
     def _generate_one(self, req: GenerationRequest) -> Completion:
