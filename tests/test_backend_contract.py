@@ -141,7 +141,9 @@ def test_a_server_without_the_first_tokens_logprob_refuses_perplexity_in_one_lin
 
 
 def _is_server(backend) -> bool:
-    return type(backend).__name__ == "OpenAIBackend"
+    from smallfit.backends.openai import OpenAIBackend
+
+    return isinstance(backend, OpenAIBackend)
 
 
 def test_errors_surface_as_smallfit_errors(case):
